@@ -1,0 +1,222 @@
+//! The libvirt domain XML of a test guest.
+//!
+//! TCG (`type='qemu'`: the nested /dev/kvm here cannot run a normal guest), direct kernel boot of
+//! the rig's kernel and initramfs, serial console to a file, an i6300esb watchdog, and a
+//! vhost-user-vsock device that libvirt 9.0 has no XML for, passed to QEMU with
+//! `<qemu:commandline>`. vhost-user needs guest RAM the backend process can map, hence memfd
+//! shared memory; the device gets a fixed PCI slot far from the ones libvirt assigns itself.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// PCI slot of the vhost-user-vsock device on bus pci.0. libvirt fills slots from the bottom.
+pub const VSOCK_PCI_SLOT: u32 = 0x1e;
+
+/// What QEMU does when the guest reboots (`<on_reboot>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReboot {
+    /// Reset inside the running QEMU.
+    Restart,
+    /// Stop the domain: a reboot becomes a shutdown, and whoever manages the domain starts it
+    /// again. The robust choice while vhost-device-vsock 0.3.0 can wedge on in-process resets.
+    Destroy,
+}
+
+impl OnReboot {
+    fn as_str(self) -> &'static str {
+        match self {
+            OnReboot::Restart => "restart",
+            OnReboot::Destroy => "destroy",
+        }
+    }
+}
+
+/// What the i6300esb watchdog does when it fires (`<watchdog action=...>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogAction {
+    Reset,
+    Poweroff,
+    Shutdown,
+    Pause,
+    None,
+}
+
+impl WatchdogAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            WatchdogAction::Reset => "reset",
+            WatchdogAction::Poweroff => "poweroff",
+            WatchdogAction::Shutdown => "shutdown",
+            WatchdogAction::Pause => "pause",
+            WatchdogAction::None => "none",
+        }
+    }
+}
+
+/// Everything the template needs; [`DomainSpec::to_xml`] renders it.
+#[derive(Debug, Clone)]
+pub struct DomainSpec {
+    pub name: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub on_reboot: OnReboot,
+    pub watchdog: WatchdogAction,
+    pub console_log: PathBuf,
+    /// vhost-device-vsock's `--socket` (QEMU connects to it).
+    pub vhost_user_socket: PathBuf,
+    /// Raw XML placed inside `<metadata>` (e.g. the host agent's policy element).
+    pub metadata_xml: String,
+    /// Raw XML placed inside `<devices>` (e.g. a virtio-serial `<channel>`).
+    pub extra_devices_xml: String,
+}
+
+impl DomainSpec {
+    pub fn to_xml(&self) -> String {
+        let mut x = String::new();
+        let p = |path: &Path| escape(&path.to_string_lossy());
+        // Writing to a String cannot fail.
+        let _ = write!(
+            x,
+            "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>{name}</name>
+",
+            name = escape(&self.name)
+        );
+        if !self.metadata_xml.is_empty() {
+            let _ = writeln!(x, "  <metadata>\n{}\n  </metadata>", self.metadata_xml);
+        }
+        let _ = write!(
+            x,
+            "  <memory unit='MiB'>{mem}</memory>
+  <currentMemory unit='MiB'>{mem}</currentMemory>
+  <memoryBacking>
+    <source type='memfd'/>
+    <access mode='shared'/>
+  </memoryBacking>
+  <vcpu placement='static'>{vcpus}</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <features>
+    <acpi/>
+  </features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>{on_reboot}</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <controller type='usb' model='none'/>
+    <serial type='file'>
+      <source path='{console}' append='on'/>
+      <target port='0'/>
+    </serial>
+    <console type='file'>
+      <source path='{console}' append='on'/>
+      <target type='serial' port='0'/>
+    </console>
+    <watchdog model='i6300esb' action='{watchdog}'/>
+    <memballoon model='none'/>
+",
+            mem = self.memory_mib,
+            vcpus = self.vcpus,
+            kernel = p(&self.kernel),
+            initrd = p(&self.initrd),
+            cmdline = escape(&self.cmdline),
+            on_reboot = self.on_reboot.as_str(),
+            console = p(&self.console_log),
+            watchdog = self.watchdog.as_str(),
+        );
+        if !self.extra_devices_xml.is_empty() {
+            let _ = writeln!(x, "{}", self.extra_devices_xml);
+        }
+        let _ = write!(
+            x,
+            "  </devices>
+  <qemu:commandline>
+    <qemu:arg value='-chardev'/>
+    <qemu:arg value='socket,id=chr-vhu-vsock0,path={sock}'/>
+    <qemu:arg value='-device'/>
+    <qemu:arg value='vhost-user-vsock-pci,chardev=chr-vhu-vsock0,bus=pci.0,addr={slot:#x}'/>
+  </qemu:commandline>
+</domain>
+",
+            sock = p(&self.vhost_user_socket),
+            slot = VSOCK_PCI_SLOT,
+        );
+        x
+    }
+}
+
+/// Escapes text for XML element content and single- or double-quoted attributes.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DomainSpec {
+        DomainSpec {
+            name: "appmon-t-boot-12-0".into(),
+            memory_mib: 128,
+            vcpus: 1,
+            kernel: "/rig/kernel/vmlinuz".into(),
+            initrd: "/rig/images/appmon-guest.cpio.gz".into(),
+            cmdline: "console=ttyS0 appmon.demo=\"a & b\"".into(),
+            on_reboot: OnReboot::Destroy,
+            watchdog: WatchdogAction::Reset,
+            console_log: "/rig/run/t/12-0/console.log".into(),
+            vhost_user_socket: "/rig/run/t/12-0/vhu.sock".into(),
+            metadata_xml: String::new(),
+            extra_devices_xml: String::new(),
+        }
+    }
+
+    #[test]
+    fn xml_escapes_the_kernel_command_line() {
+        let xml = spec().to_xml();
+        assert!(
+            xml.contains("<cmdline>console=ttyS0 appmon.demo=&quot;a &amp; b&quot;</cmdline>"),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn xml_carries_on_reboot_and_the_vsock_device_at_its_fixed_slot() {
+        let xml = spec().to_xml();
+        assert!(xml.contains("<on_reboot>destroy</on_reboot>"));
+        assert!(xml.contains("path=/rig/run/t/12-0/vhu.sock'"));
+        assert!(xml.contains("bus=pci.0,addr=0x1e'"));
+        assert!(xml.contains("<source type='memfd'/>"));
+        assert!(!xml.contains("<metadata>"));
+    }
+
+    #[test]
+    fn xml_includes_metadata_and_extra_devices_when_given() {
+        let mut s = spec();
+        s.metadata_xml = "<m:x xmlns:m='urn:t'/>".into();
+        s.extra_devices_xml = "<channel type='unix'/>".into();
+        let xml = s.to_xml();
+        assert!(xml.contains("<metadata>\n<m:x xmlns:m='urn:t'/>\n  </metadata>"));
+        assert!(xml.contains("<channel type='unix'/>\n  </devices>"));
+    }
+}

@@ -1,0 +1,265 @@
+//! Host → guest connections over hybrid vsock: vhost-device-vsock's `--uds-path` Unix socket.
+//!
+//! Protocol (Firecracker's, also vhost-device-vsock's): connect to the Unix socket, write
+//! `CONNECT <guest port>\n`, read `OK <port>\n`, then the socket is a byte stream to the guest.
+//! The `OK` line is read one byte at a time: a buffered reader dropped afterwards would swallow
+//! the first bytes the guest sends right behind it. Nothing is sent before the `OK` either:
+//! vhost-device-vsock 0.3.0 reads the `CONNECT` line through its own buffered reader and would
+//! lose bytes that arrive with it.
+//!
+//! The host side only ever uses AF_UNIX here; never AF_VSOCK (this machine's /dev/vsock belongs to
+//! the infrastructure).
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Longest `OK <port>\n` line accepted: "OK " + 10 digits + "\n" is 14 bytes.
+const MAX_OK_LINE: usize = 16;
+
+/// Default bound for connect + handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a hybrid-vsock connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HybridConnectError {
+    #[error("cannot connect to hybrid-vsock socket {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot send CONNECT {port} on {path}")]
+    Send {
+        path: PathBuf,
+        port: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no OK reply for CONNECT {port} on {path} (is the guest listening on that port?)")]
+    Closed { path: PathBuf, port: u32 },
+    #[error("reading the reply to CONNECT {port} on {path} failed")]
+    Read {
+        path: PathBuf,
+        port: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bad reply to CONNECT {port} on {path}: {reply:?}")]
+    BadReply {
+        path: PathBuf,
+        port: u32,
+        reply: String,
+    },
+}
+
+/// Connects to guest `port` through the hybrid-vsock socket `uds_path` with
+/// [`DEFAULT_HANDSHAKE_TIMEOUT`]. The returned stream has no read or write timeout set.
+pub fn hybrid_connect(uds_path: &Path, port: u32) -> Result<UnixStream, HybridConnectError> {
+    hybrid_connect_timeout(uds_path, port, DEFAULT_HANDSHAKE_TIMEOUT)
+}
+
+/// Like [`hybrid_connect`], with a bound on the handshake.
+pub fn hybrid_connect_timeout(
+    uds_path: &Path,
+    port: u32,
+    timeout: Duration,
+) -> Result<UnixStream, HybridConnectError> {
+    let path = uds_path.to_path_buf();
+    let mut stream =
+        UnixStream::connect(uds_path).map_err(|source| HybridConnectError::Connect {
+            path: path.clone(),
+            source,
+        })?;
+    let set_timeouts = |s: &UnixStream, t: Option<Duration>| -> io::Result<()> {
+        s.set_read_timeout(t)?;
+        s.set_write_timeout(t)
+    };
+    set_timeouts(&stream, Some(timeout)).map_err(|source| HybridConnectError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(|source| HybridConnectError::Send {
+            path: path.clone(),
+            port,
+            source,
+        })?;
+    let deadline = Instant::now() + timeout;
+    let line = read_ok_line(&mut stream, deadline).map_err(|e| match e {
+        OkLineError::Eof => HybridConnectError::Closed {
+            path: path.clone(),
+            port,
+        },
+        OkLineError::Io(source) => HybridConnectError::Read {
+            path: path.clone(),
+            port,
+            source,
+        },
+        OkLineError::TooLong(partial) => HybridConnectError::BadReply {
+            path: path.clone(),
+            port,
+            reply: String::from_utf8_lossy(&partial).into_owned(),
+        },
+    })?;
+    if parse_ok_line(&line).is_none() {
+        return Err(HybridConnectError::BadReply {
+            path,
+            port,
+            reply: String::from_utf8_lossy(&line).into_owned(),
+        });
+    }
+    set_timeouts(&stream, None).map_err(|source| HybridConnectError::Read {
+        path: path.clone(),
+        port,
+        source,
+    })?;
+    Ok(stream)
+}
+
+#[derive(Debug)]
+enum OkLineError {
+    Eof,
+    Io(io::Error),
+    TooLong(Vec<u8>),
+}
+
+/// Reads up to and including `\n`, one byte per read so nothing behind the line is consumed.
+fn read_ok_line(stream: &mut impl Read, deadline: Instant) -> Result<Vec<u8>, OkLineError> {
+    let mut line = Vec::with_capacity(MAX_OK_LINE);
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return Err(OkLineError::Eof),
+            Ok(_) => {
+                line.push(byte[0]);
+                if byte[0] == b'\n' {
+                    return Ok(line);
+                }
+                if line.len() >= MAX_OK_LINE {
+                    return Err(OkLineError::TooLong(line));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && Instant::now() < deadline => {}
+            Err(e) => return Err(OkLineError::Io(e)),
+        }
+    }
+}
+
+/// Parses `OK <port>\n` and returns the port. Anything else is `None`.
+pub fn parse_ok_line(line: &[u8]) -> Option<u32> {
+    let rest = line.strip_prefix(b"OK ")?.strip_suffix(b"\n")?;
+    if rest.is_empty() || !rest.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(rest).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+    use std::thread;
+
+    #[test]
+    fn parse_ok_line_accepts_ok_and_port() {
+        assert_eq!(parse_ok_line(b"OK 5315\n"), Some(5315));
+        assert_eq!(parse_ok_line(b"OK 4294967295\n"), Some(u32::MAX));
+    }
+
+    #[test]
+    fn parse_ok_line_rejects_everything_else() {
+        for bad in [
+            &b"OK 5315"[..],
+            b"OK \n",
+            b"OK -1\n",
+            b"OK 4294967296\n",
+            b"ok 5315\n",
+            b"OK  5315\n",
+            b"OK 53a5\n",
+            b"NO 5315\n",
+            b"\n",
+        ] {
+            assert_eq!(
+                parse_ok_line(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// A fake backend that answers the CONNECT line with `reply` in the same write as the guest's
+    /// first bytes, as a real backend may.
+    fn fake_backend(
+        reply: &'static [u8],
+    ) -> (tempfile::TempDir, PathBuf, thread::JoinHandle<Vec<u8>>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v.uds");
+        let listener = UnixListener::bind(&path).expect("bind fake backend");
+        let handle = thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut got = Vec::new();
+            let mut b = [0u8; 1];
+            while !got.ends_with(b"\n") {
+                if s.read(&mut b).expect("read CONNECT") == 0 {
+                    break;
+                }
+                got.push(b[0]);
+            }
+            s.write_all(reply).expect("write reply");
+            got
+        });
+        (dir, path, handle)
+    }
+
+    #[test]
+    fn bytes_sent_right_behind_ok_line_are_not_swallowed() {
+        let (_dir, path, backend) = fake_backend(b"OK 5399\nhello");
+        let mut s = hybrid_connect(&path, 5399).expect("handshake");
+        let mut first = [0u8; 5];
+        s.read_exact(&mut first).expect("guest bytes");
+        assert_eq!(&first, b"hello");
+        assert_eq!(backend.join().expect("backend thread"), b"CONNECT 5399\n");
+    }
+
+    #[test]
+    fn closed_before_ok_is_reported_as_closed() {
+        let (_dir, path, backend) = fake_backend(b"");
+        let err = hybrid_connect(&path, 7).unwrap_err();
+        assert!(
+            matches!(err, HybridConnectError::Closed { port: 7, .. }),
+            "{err}"
+        );
+        backend.join().expect("backend thread");
+    }
+
+    #[test]
+    fn garbage_reply_is_rejected_with_its_text() {
+        let (_dir, path, backend) = fake_backend(b"ERR nope\n");
+        let err = hybrid_connect(&path, 7).unwrap_err();
+        assert!(
+            matches!(&err, HybridConnectError::BadReply { reply, .. } if reply == "ERR nope\n"),
+            "{err}"
+        );
+        backend.join().expect("backend thread");
+    }
+
+    #[test]
+    fn endless_reply_is_cut_off() {
+        let (_dir, path, backend) = fake_backend(b"OK 111111111111111111111111111111\n");
+        let err = hybrid_connect(&path, 7).unwrap_err();
+        assert!(matches!(err, HybridConnectError::BadReply { .. }), "{err}");
+        backend.join().expect("backend thread");
+    }
+
+    #[test]
+    fn missing_socket_names_the_path() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("absent.uds");
+        let err = hybrid_connect(&path, 7).unwrap_err();
+        assert!(err.to_string().contains("absent.uds"), "{err}");
+    }
+}

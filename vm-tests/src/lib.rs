@@ -1,0 +1,57 @@
+//! Test harness for tests that boot real QEMU guests under libvirt (the nested-VM rig).
+//!
+//! In the manner of Cloud Hypervisor's `test_infra` and crosvm's `e2e_tests`: each test owns a
+//! [`TestVm`] with its own directory, libvirt domain and vhost-device-vsock process, and everything
+//! is stopped and removed when the `TestVm` drops, also when the test panics. Waits are bounded
+//! and say what they waited for; a failed wait shows the guest console.
+//!
+//! Modules:
+//! - [`rig`]: where the rig's kernel, guest image and vhost-device-vsock are, and the check that
+//!   they are there ([`Rig::require`]), which fails (never skips) naming the set-up command.
+//! - [`vm`]: [`TestVm`] and its [`VmConfig`]: domain lifecycle, console, vsock.
+//! - [`domain_xml`]: the libvirt domain XML template (pure, unit-tested).
+//! - [`hybrid`]: host → guest connections through vhost-device-vsock's hybrid-vsock Unix socket
+//!   (`CONNECT <port>\n` / `OK <port>\n`).
+//! - [`console`]: reading the guest's serial console log: markers, tails, marks.
+//! - [`virsh`]: bounded `virsh -c qemu:///system` invocations.
+//! - [`wait`]: bounded polling helpers.
+//! - [`sweep`]: removal of domains, processes and directories left by test processes that died.
+//!
+//! The host side never opens AF_VSOCK: this machine's own /dev/vsock belongs to the
+//! infrastructure. Only the guest-only binary `vsock-echo` does, inside the guest.
+//!
+//! The VM tests themselves (`tests/`) compile only with the `vm` feature; `scripts/test` runs
+//! them with `cargo nextest run -p appmon-vm-tests --features vm`.
+
+pub mod console;
+pub mod domain_xml;
+pub mod hybrid;
+pub mod rig;
+pub mod sweep;
+pub mod virsh;
+pub mod vm;
+pub mod wait;
+
+pub use console::ConsoleMark;
+pub use domain_xml::{OnReboot, WatchdogAction};
+pub use hybrid::{hybrid_connect, hybrid_connect_timeout, HybridConnectError};
+pub use rig::Rig;
+pub use virsh::{DomainState, VirshError};
+pub use vm::{BootTimes, TestVm, VmConfig, BASE_CMDLINE, DEFAULT_BOOT_TIMEOUT};
+pub use wait::{wait_for, wait_until, WaitTimeout};
+
+/// Prefix of every domain (and nothing else) the harness creates; the sweeper only ever touches
+/// domains with this prefix.
+pub const DOMAIN_PREFIX: &str = "appmon-t-";
+
+/// Guest port of the `vsock-echo` helper started by the rig image's /init.
+pub const VSOCK_ECHO_PORT: u32 = 5399;
+
+/// Guest port the guest agent listens on (DESIGN.md, Transport).
+pub const GUEST_AGENT_PORT: u32 = 5315;
+
+/// Console marker /init prints once modules are loaded and the guest programs are started.
+pub const GUEST_READY_MARKER: &str = "APPMON-GUEST-READY";
+
+/// Console marker /init prints first, with the boot id.
+pub const INIT_MARKER: &str = "APPMON-INIT";

@@ -1,0 +1,774 @@
+//! [`TestVm`]: one test guest with its own directory, libvirt domain and vhost-device-vsock.
+//!
+//! Lifecycle: [`TestVm::new`] sweeps leftovers of dead test processes (once per process), starts
+//! the vsock backend (QEMU connects to it while realising the device, so it must listen before
+//! `virsh start`) and defines the domain. [`TestVm::boot`] also starts it and waits for the
+//! guest's ready marker. Dropping the `TestVm` destroys and undefines the domain, kills and reaps
+//! the backend and removes the directory, also while a test panics; then it first copies the
+//! console and logs to `<rig>/logs/vm-tests/<domain>/` (with `APPMON_VM_KEEP_LOGS=1`, always).
+//!
+//! Every method that drives the guest panics on failure with the guest console's tail, the
+//! backend's log and QEMU's log: a panic is how a VM test fails, and that is what one reads
+//! first.
+
+use std::fmt::Display;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::console::{self, ConsoleMark};
+use crate::domain_xml::{DomainSpec, OnReboot, WatchdogAction};
+use crate::hybrid::{hybrid_connect, HybridConnectError};
+use crate::rig::Rig;
+use crate::sweep::{
+    self, remove_domain, sweep_dir, sweep_stale, BACKEND_PID_FILE, QEMU_LOG_DIR, VHOST_USER_SOCKET,
+    VSOCK_UDS,
+};
+use crate::virsh::{virsh, DomainState, VirshError};
+use crate::wait::{wait_for, wait_until};
+use crate::{DOMAIN_PREFIX, GUEST_READY_MARKER, INIT_MARKER};
+
+/// Kernel arguments every test guest gets; [`VmConfig::cmdline_arg`] appends to them.
+/// `panic=-1` reboots at once on a panic instead of hanging the test until its timeout.
+pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+
+/// Bound for a boot to the ready marker. A boot takes ~5 s under TCG with the machine idle; two
+/// guests booting at once on two cores, a loaded CI machine and a first-time page cache make it
+/// several times that.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Bound for vhost-device-vsock to create its socket.
+const BACKEND_READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The guest CID the backend gives each guest. Every guest has its own backend, so all can be 3.
+pub const GUEST_CID: u32 = 3;
+
+const CONSOLE_TAIL_LINES: usize = 60;
+const LOG_TAIL_LINES: usize = 20;
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+static SWEEP: Once = Once::new();
+
+/// How to build a test guest. Defaults: 128 MiB, 1 vCPU, `<on_reboot>restart`, watchdog resets.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    test_name: String,
+    memory_mib: u32,
+    vcpus: u32,
+    cmdline_args: Vec<String>,
+    on_reboot: OnReboot,
+    watchdog: WatchdogAction,
+    metadata_xml: String,
+    extra_devices_xml: String,
+    initrd: Option<PathBuf>,
+}
+
+impl VmConfig {
+    /// `test_name` becomes part of the domain name; keep it short.
+    pub fn new(test_name: &str) -> VmConfig {
+        VmConfig {
+            test_name: test_name.to_owned(),
+            memory_mib: 128,
+            vcpus: 1,
+            cmdline_args: Vec::new(),
+            on_reboot: OnReboot::Restart,
+            watchdog: WatchdogAction::Reset,
+            metadata_xml: String::new(),
+            extra_devices_xml: String::new(),
+            initrd: None,
+        }
+    }
+
+    /// Guest RAM. 96–128 MiB is enough for the rig's image; 64 MiB is not.
+    pub fn memory_mib(mut self, mib: u32) -> VmConfig {
+        self.memory_mib = mib;
+        self
+    }
+
+    pub fn vcpus(mut self, n: u32) -> VmConfig {
+        self.vcpus = n;
+        self
+    }
+
+    /// Appends one kernel argument, e.g. `appmon.demo="heartbeat 5"` or
+    /// `appmon.skip=appmon-guest`. Guest programs read them from /proc/cmdline.
+    pub fn cmdline_arg(mut self, arg: impl Into<String>) -> VmConfig {
+        self.cmdline_args.push(arg.into());
+        self
+    }
+
+    pub fn on_reboot(mut self, on_reboot: OnReboot) -> VmConfig {
+        self.on_reboot = on_reboot;
+        self
+    }
+
+    pub fn watchdog(mut self, action: WatchdogAction) -> VmConfig {
+        self.watchdog = action;
+        self
+    }
+
+    /// Raw XML for the domain's `<metadata>` (e.g. the host agent's monitoring policy).
+    pub fn metadata_xml(mut self, xml: impl Into<String>) -> VmConfig {
+        self.metadata_xml = xml.into();
+        self
+    }
+
+    /// Raw XML appended to `<devices>` (e.g. a virtio-serial `<channel>`).
+    pub fn extra_devices_xml(mut self, xml: impl Into<String>) -> VmConfig {
+        self.extra_devices_xml = xml.into();
+        self
+    }
+
+    /// A different initramfs than the rig's image.
+    pub fn initrd(mut self, path: impl Into<PathBuf>) -> VmConfig {
+        self.initrd = Some(path.into());
+        self
+    }
+
+    /// The full kernel command line.
+    pub fn cmdline(&self) -> String {
+        let mut s = BASE_CMDLINE.to_owned();
+        for a in &self.cmdline_args {
+            s.push(' ');
+            s.push_str(a);
+        }
+        s
+    }
+}
+
+/// How long a boot took, from just before `virsh start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootTimes {
+    /// Until `virsh start` returned.
+    pub virsh_start: Duration,
+    /// Until /init printed `APPMON-INIT`.
+    pub init: Duration,
+    /// Until /init printed `APPMON-GUEST-READY`.
+    pub ready: Duration,
+}
+
+/// One test guest. See the module docs for its lifecycle.
+#[derive(Debug)]
+pub struct TestVm {
+    rig: Rig,
+    config: VmConfig,
+    name: String,
+    dir: PathBuf,
+    backend: Option<Child>,
+    defined: bool,
+}
+
+impl TestVm {
+    /// Prepares a guest: directory, vsock backend, defined (not started) domain.
+    pub fn new(config: VmConfig) -> TestVm {
+        let rig = Rig::require();
+        SWEEP.call_once(|| {
+            let report = sweep_stale(&rig);
+            if !report.domains.is_empty() || !report.backends.is_empty() || !report.dirs.is_empty()
+            {
+                eprintln!(
+                    "vm-tests: removed leftovers of dead test processes: domains {:?}, vhost-device-vsock pids {:?}, dirs {:?}",
+                    report.domains, report.backends, report.dirs
+                );
+            }
+            for e in &report.errors {
+                eprintln!("vm-tests: sweeping leftovers: {e}");
+            }
+        });
+
+        let pid = std::process::id();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "{DOMAIN_PREFIX}{}-{pid}-{id}",
+            short_name(&config.test_name)
+        );
+        let dir = rig.tests_dir().join(format!("{pid}-{id}"));
+        let mut vm = TestVm {
+            rig,
+            config,
+            name,
+            dir,
+            backend: None,
+            defined: false,
+        };
+        vm.prepare_dir();
+        vm.start_backend();
+        vm.define();
+        vm
+    }
+
+    /// [`TestVm::new`], then starts the guest and waits for its ready marker; prints the times.
+    pub fn boot(config: VmConfig) -> TestVm {
+        let vm = TestVm::new(config);
+        vm.start_measured(DEFAULT_BOOT_TIMEOUT);
+        vm
+    }
+
+    /// The domain name (`appmon-t-<test>-<pid>-<n>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The test's own directory (console log, sockets, backend log, domain XML).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn rig(&self) -> &Rig {
+        &self.rig
+    }
+
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// vhost-device-vsock's `--uds-path`: host → guest connections, and the prefix of the
+    /// `<path>_<port>` listeners that receive guest → host connections.
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.dir.join(VSOCK_UDS)
+    }
+
+    /// vhost-device-vsock's vhost-user `--socket`, which QEMU connects to.
+    pub fn vhost_user_socket(&self) -> PathBuf {
+        self.dir.join(VHOST_USER_SOCKET)
+    }
+
+    /// The serial console log file.
+    pub fn console_path(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// The pid of this guest's vhost-device-vsock.
+    pub fn backend_pid(&self) -> Option<u32> {
+        self.backend.as_ref().map(Child::id)
+    }
+
+    // --- lifecycle ------------------------------------------------------------------------------
+
+    /// `virsh start`.
+    pub fn start(&self) {
+        self.virsh_ok(&["start", &self.name]);
+    }
+
+    /// Starts the guest and waits for `APPMON-INIT` and `APPMON-GUEST-READY` of this boot.
+    pub fn start_measured(&self, timeout: Duration) -> BootTimes {
+        let mark = self.console_mark();
+        let t0 = Instant::now();
+        self.start();
+        let virsh_start = t0.elapsed();
+        self.wait_for_marker(mark, INIT_MARKER, timeout);
+        let init = t0.elapsed();
+        self.wait_for_marker(mark, GUEST_READY_MARKER, timeout.saturating_sub(init));
+        let ready = t0.elapsed();
+        let times = BootTimes {
+            virsh_start,
+            init,
+            ready,
+        };
+        eprintln!(
+            "{}: boot: virsh start returned after {:.2}s, {INIT_MARKER} after {:.2}s, {GUEST_READY_MARKER} after {:.2}s",
+            self.name,
+            virsh_start.as_secs_f64(),
+            init.as_secs_f64(),
+            ready.as_secs_f64()
+        );
+        times
+    }
+
+    /// Waits for the next `APPMON-GUEST-READY` after `mark` (e.g. after a reset) and returns how
+    /// long that took.
+    pub fn wait_ready_since(&self, mark: ConsoleMark, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        self.wait_for_marker(mark, GUEST_READY_MARKER, timeout);
+        t0.elapsed()
+    }
+
+    /// `virsh destroy` (hard power off).
+    pub fn destroy(&self) {
+        self.virsh_ok(&["destroy", &self.name]);
+    }
+
+    /// `virsh reset` (reset button, inside the running QEMU).
+    pub fn reset(&self) {
+        self.virsh_ok(&["reset", &self.name]);
+    }
+
+    /// `virsh reboot` (libvirt's default: ACPI power button and restart when the guest stops).
+    pub fn reboot(&self) {
+        self.virsh_ok(&["reboot", &self.name]);
+    }
+
+    /// `virsh shutdown` (ACPI power button; the image's acpid powers off).
+    pub fn shutdown(&self) {
+        self.virsh_ok(&["shutdown", &self.name]);
+    }
+
+    /// Destroy (if running) and start: the reset that also reconnects QEMU to the vsock
+    /// backend, robust against vhost-device-vsock 0.3.0 wedging on in-process resets.
+    pub fn power_cycle(&self) {
+        if self.state() != DomainState::ShutOff {
+            self.destroy();
+        }
+        self.start();
+    }
+
+    /// `virsh domstate`.
+    pub fn state(&self) -> DomainState {
+        DomainState::parse(&self.virsh_ok(&["domstate", &self.name]))
+    }
+
+    /// Waits until the domain is in `state`.
+    pub fn wait_for_state(&self, state: DomainState, timeout: Duration) -> Duration {
+        self.wait_until(timeout, &format!("domain state {state}"), || {
+            virsh(&["domstate", &self.name]).is_ok_and(|s| DomainState::parse(&s) == state)
+        })
+    }
+
+    /// `virsh dumpxml` of the live (or defined) domain.
+    pub fn domain_xml(&self) -> String {
+        self.virsh_ok(&["dumpxml", &self.name])
+    }
+
+    // --- console --------------------------------------------------------------------------------
+
+    /// The whole console log so far (all boots).
+    pub fn console(&self) -> String {
+        console::read_console(&self.console_path()).unwrap_or_else(|e| {
+            format!(
+                "<cannot read console log {}: {e}>",
+                self.console_path().display()
+            )
+        })
+    }
+
+    /// The current end of the console log; pass it to the `*_since` waits to ignore older boots.
+    pub fn console_mark(&self) -> ConsoleMark {
+        ConsoleMark(fs::metadata(self.console_path()).map_or(0, |m| m.len()))
+    }
+
+    /// The console text past `mark`.
+    pub fn console_since(&self, mark: ConsoleMark) -> String {
+        console::since(&self.console(), mark).to_owned()
+    }
+
+    /// The last `lines` lines of the console.
+    pub fn console_tail(&self, lines: usize) -> String {
+        console::tail(&self.console(), lines).to_owned()
+    }
+
+    /// Waits for a marker line (`MARKER` or `MARKER key=value…` at the start of a line) past
+    /// `mark` and returns the line.
+    pub fn wait_for_marker(&self, mark: ConsoleMark, marker: &str, timeout: Duration) -> String {
+        self.wait_for(timeout, &format!("console marker {marker}"), || {
+            let text = self.console();
+            let line = console::marker_lines(console::since(&text, mark), marker)
+                .next()
+                .map(str::to_owned);
+            line
+        })
+    }
+
+    /// Waits for any console line past `mark` that contains `needle` and returns the line.
+    pub fn wait_for_console_line(
+        &self,
+        mark: ConsoleMark,
+        needle: &str,
+        timeout: Duration,
+    ) -> String {
+        self.wait_for(
+            timeout,
+            &format!("a console line containing {needle:?}"),
+            || {
+                let text = self.console();
+                console::since(&text, mark)
+                    .lines()
+                    .find(|l| l.contains(needle))
+                    .map(str::to_owned)
+            },
+        )
+    }
+
+    /// How many marker lines the console holds in all (e.g. boots: `INIT_MARKER`).
+    pub fn marker_count(&self, marker: &str) -> usize {
+        console::marker_lines(&self.console(), marker).count()
+    }
+
+    /// The boot ids of all boots so far, in order.
+    pub fn boot_ids(&self) -> Vec<String> {
+        let text = self.console();
+        console::marker_lines(&text, INIT_MARKER)
+            .filter_map(|l| console::field(l, "boot_id"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    // --- vsock ----------------------------------------------------------------------------------
+
+    /// One host → guest connection attempt to guest `port`.
+    pub fn try_connect(&self, port: u32) -> Result<UnixStream, HybridConnectError> {
+        hybrid_connect(&self.vsock_uds(), port)
+    }
+
+    /// Connects to guest `port`, retrying until `timeout` (the guest program may not listen yet).
+    pub fn connect(&self, port: u32, timeout: Duration) -> UnixStream {
+        let mut last: Option<HybridConnectError> = None;
+        let res = wait_for(
+            timeout,
+            &format!("a vsock connection to guest port {port}"),
+            || match self.try_connect(port) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    last = Some(e);
+                    None
+                }
+            },
+        );
+        match res {
+            Ok(s) => s,
+            Err(t) => match last {
+                Some(e) => self.fail(format!("{t}; last attempt: {}", error_chain(&e))),
+                None => self.fail(t),
+            },
+        }
+    }
+
+    /// A listener for guest → host connections to host port `port` (the guest dials CID 2).
+    pub fn listen_guest_port(&self, port: u32) -> UnixListener {
+        let path = PathBuf::from(format!("{}_{port}", self.vsock_uds().display()));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => self.fail(format!("cannot remove old socket {}: {e}", path.display())),
+        }
+        UnixListener::bind(&path)
+            .unwrap_or_else(|e| self.fail(format!("cannot listen on {}: {e}", path.display())))
+    }
+
+    // --- waiting and failing --------------------------------------------------------------------
+
+    /// Bounded wait for `cond`; on timeout the test fails with the guest's console and logs.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        cond: impl FnMut() -> bool,
+    ) -> Duration {
+        wait_until(timeout, what, cond).unwrap_or_else(|e| self.fail(e))
+    }
+
+    /// Bounded wait for `cond` to yield a value; on timeout the test fails with diagnostics.
+    pub fn wait_for<T>(&self, timeout: Duration, what: &str, cond: impl FnMut() -> Option<T>) -> T {
+        wait_for(timeout, what, cond).unwrap_or_else(|e| self.fail(e))
+    }
+
+    /// Fails the test: panics with `msg`, the console tail, and the backend's and QEMU's logs.
+    pub fn fail(&self, msg: impl Display) -> ! {
+        panic!("{}: {msg}\n{}", self.name, self.diagnostics())
+    }
+
+    /// The console tail and log tails that every failure message carries.
+    pub fn diagnostics(&self) -> String {
+        let qemu_log = qemu_log_path(&self.name);
+        format!(
+            "--- guest console, last {CONSOLE_TAIL_LINES} lines ({}) ---\n{}\n\
+             --- vhost-device-vsock log, last {LOG_TAIL_LINES} lines ---\n{}\n\
+             --- QEMU log, last {LOG_TAIL_LINES} lines ({}) ---\n{}\n--- end ---",
+            self.console_path().display(),
+            self.console_tail(CONSOLE_TAIL_LINES),
+            file_tail(&self.backend_log_path(), LOG_TAIL_LINES),
+            qemu_log.display(),
+            file_tail(&qemu_log, LOG_TAIL_LINES),
+        )
+    }
+
+    /// Runs `virsh ARGS`; fails the test (with diagnostics) if it fails.
+    pub fn virsh_ok(&self, args: &[&str]) -> String {
+        virsh(args).unwrap_or_else(|e| self.fail(e))
+    }
+
+    /// Runs `virsh ARGS` and returns the result, for tests that expect failures.
+    pub fn virsh(&self, args: &[&str]) -> Result<String, VirshError> {
+        virsh(args)
+    }
+
+    // --- setup and teardown ---------------------------------------------------------------------
+
+    fn backend_log_path(&self) -> PathBuf {
+        self.dir.join("vhost-device-vsock.log")
+    }
+
+    fn prepare_dir(&mut self) {
+        // A leftover with this very name can only come from a dead process whose pid we now
+        // have again: this process has not used this counter yet.
+        if let Ok(out) = virsh(&["domstate", &self.name]) {
+            eprintln!(
+                "vm-tests: removing stale domain {} ({})",
+                self.name,
+                out.trim()
+            );
+            if let Err(e) = remove_domain(&self.name) {
+                self.fail(e);
+            }
+        }
+        if self.dir.exists() {
+            let mut report = sweep::SweepReport::default();
+            sweep_dir(&self.dir, &mut report);
+            if let Some(e) = report.errors.first() {
+                self.fail(format!("cannot clear stale test directory: {e}"));
+            }
+        }
+        if let Err(e) = fs::create_dir_all(&self.dir) {
+            self.fail(format!(
+                "cannot create test directory {}: {e}",
+                self.dir.display()
+            ));
+        }
+    }
+
+    fn start_backend(&mut self) {
+        let log = File::create(self.backend_log_path()).unwrap_or_else(|e| {
+            self.fail(format!(
+                "cannot create {}: {e}",
+                self.backend_log_path().display()
+            ))
+        });
+        let log2 = log
+            .try_clone()
+            .unwrap_or_else(|e| self.fail(format!("cannot duplicate the backend log handle: {e}")));
+        let vhu = self.vhost_user_socket();
+        let uds = self.vsock_uds();
+        let child = Command::new(&self.rig.vhost_device_vsock)
+            .arg("--guest-cid")
+            .arg(GUEST_CID.to_string())
+            .arg("--socket")
+            .arg(&vhu)
+            .arg("--uds-path")
+            .arg(&uds)
+            .env(
+                "RUST_LOG",
+                std::env::var("APPMON_VDV_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| {
+                self.fail(format!(
+                    "cannot start {}: {e}",
+                    self.rig.vhost_device_vsock.display()
+                ))
+            });
+        let pid = child.id();
+        self.backend = Some(child);
+        // Recorded so a later sweep can stop it if this process dies without unwinding.
+        if let Err(e) = fs::write(self.dir.join(BACKEND_PID_FILE), format!("{pid}\n")) {
+            self.fail(format!(
+                "cannot record the backend pid in {}: {e}",
+                self.dir.display()
+            ));
+        }
+        let started = wait_for(
+            BACKEND_READY_TIMEOUT,
+            "vhost-device-vsock to create its socket",
+            || {
+                if vhu.exists() {
+                    return Some(Ok(()));
+                }
+                match self.backend.as_mut().map(Child::try_wait) {
+                    Some(Ok(Some(status))) => {
+                        Some(Err(format!("vhost-device-vsock exited: {status}")))
+                    }
+                    _ => None,
+                }
+            },
+        );
+        match started {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.fail(e),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn define(&mut self) {
+        let spec = DomainSpec {
+            name: self.name.clone(),
+            memory_mib: self.config.memory_mib,
+            vcpus: self.config.vcpus,
+            kernel: self.rig.kernel.clone(),
+            initrd: self
+                .config
+                .initrd
+                .clone()
+                .unwrap_or_else(|| self.rig.initrd.clone()),
+            cmdline: self.config.cmdline(),
+            on_reboot: self.config.on_reboot,
+            watchdog: self.config.watchdog,
+            console_log: self.console_path(),
+            vhost_user_socket: self.vhost_user_socket(),
+            metadata_xml: self.config.metadata_xml.clone(),
+            extra_devices_xml: self.config.extra_devices_xml.clone(),
+        };
+        let xml_path = self.dir.join("domain.xml");
+        if let Err(e) = fs::write(&xml_path, spec.to_xml()) {
+            self.fail(format!("cannot write {}: {e}", xml_path.display()));
+        }
+        let xml_arg = xml_path.to_string_lossy().into_owned();
+        self.virsh_ok(&["define", &xml_arg]);
+        self.defined = true;
+    }
+
+    /// Copies the console and logs of a failed test where they outlive the test directory.
+    fn keep_logs(&self) -> Option<PathBuf> {
+        let dest = self.rig.kept_logs_dir().join(&self.name);
+        fs::create_dir_all(&dest).ok()?;
+        let files = [
+            self.console_path(),
+            self.backend_log_path(),
+            self.dir.join("domain.xml"),
+            qemu_log_path(&self.name),
+        ];
+        for f in files {
+            if let Some(name) = f.file_name() {
+                let _ = fs::copy(&f, dest.join(name));
+            }
+        }
+        Some(dest)
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        // No panics in here: a panic while the test is already unwinding aborts the process and
+        // would skip the rest of the cleanup. Problems are reported on stderr instead.
+        let keep = thread::panicking() || std::env::var_os("APPMON_VM_KEEP_LOGS").is_some();
+        if keep {
+            if let Some(dest) = self.keep_logs() {
+                eprintln!("{}: logs kept in {}", self.name, dest.display());
+            }
+        }
+        if self.defined {
+            match remove_domain(&self.name) {
+                Ok(()) => self.defined = false,
+                Err(e) => eprintln!("{}: cleanup: {e}", self.name),
+            }
+        }
+        if let Some(mut child) = self.backend.take() {
+            let pid = child.id();
+            if let Err(e) = child.kill() {
+                eprintln!(
+                    "{}: cleanup: cannot kill vhost-device-vsock pid {pid}: {e}",
+                    self.name
+                );
+            }
+            if let Err(e) = child.wait() {
+                eprintln!(
+                    "{}: cleanup: cannot reap vhost-device-vsock pid {pid}: {e}",
+                    self.name
+                );
+            }
+        }
+        if self.defined {
+            // The domain could not be removed; keep its directory for the next sweep, which
+            // needs the recorded pid, and for whoever investigates.
+            return;
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                eprintln!(
+                    "{}: cleanup: cannot remove {}: {e}",
+                    self.name,
+                    self.dir.display()
+                );
+            }
+        }
+    }
+}
+
+/// Lower-case letters, digits and single dashes, at most 24 characters.
+fn short_name(test_name: &str) -> String {
+    let mut s = String::new();
+    for c in test_name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            s.push(c);
+        } else if !s.is_empty() && !s.ends_with('-') {
+            s.push('-');
+        }
+        if s.len() >= 24 {
+            break;
+        }
+    }
+    let s = s.trim_end_matches('-');
+    if s.is_empty() {
+        "vm".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+fn qemu_log_path(domain: &str) -> PathBuf {
+    Path::new(QEMU_LOG_DIR).join(format!("{domain}.log"))
+}
+
+fn file_tail(path: &Path, lines: usize) -> String {
+    match fs::read(path) {
+        Ok(b) => console::tail(&String::from_utf8_lossy(&b), lines).to_owned(),
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_name_keeps_domain_names_tame() {
+        assert_eq!(short_name("boot"), "boot");
+        assert_eq!(short_name("Echo Round_Trip!"), "echo-round-trip");
+        assert_eq!(short_name("--"), "vm");
+        assert_eq!(
+            short_name("a_very_long_test_name_that_goes_on_and_on"),
+            "a-very-long-test-name-th"
+        );
+    }
+
+    #[test]
+    fn cmdline_appends_test_arguments_to_the_base() {
+        let c = VmConfig::new("x")
+            .cmdline_arg("appmon.demo=\"beat 5\"")
+            .cmdline_arg("appmon.skip=appmon-guest");
+        assert_eq!(
+            c.cmdline(),
+            "console=ttyS0 panic=-1 quiet appmon.demo=\"beat 5\" appmon.skip=appmon-guest"
+        );
+    }
+
+    #[test]
+    fn error_chain_includes_sources() {
+        let e = HybridConnectError::Connect {
+            path: "/x".into(),
+            source: io::Error::new(io::ErrorKind::NotFound, "gone"),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "cannot connect to hybrid-vsock socket /x: gone"
+        );
+    }
+}
