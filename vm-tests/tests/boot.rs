@@ -5,17 +5,24 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use appmon_vm_tests::{DomainState, TestVm, VmConfig, DEFAULT_BOOT_TIMEOUT, VSOCK_ECHO_PORT};
+use appmon_vm_tests::{
+    ConsoleMark, DomainState, TestVm, VmConfig, DEFAULT_BOOT_TIMEOUT, VSOCK_ECHO_PORT,
+};
 
 #[test]
 fn guest_boots_to_ready_marker() {
-    let vm = TestVm::new(VmConfig::new("boot"));
+    let vm = TestVm::new(VmConfig::new("boot").cmdline_arg("appmon.demo=\"beat 5\""));
     let times = vm.start_measured(DEFAULT_BOOT_TIMEOUT);
 
     assert_eq!(vm.state(), DomainState::Running);
     assert!(times.init <= times.ready);
     let ids = vm.boot_ids();
     assert_eq!(ids.len(), 1, "one boot, one boot id: {ids:?}");
+    let cmdline = vm.wait_for_marker(ConsoleMark::default(), "APPMON-CMDLINE", Duration::ZERO);
+    assert!(
+        cmdline.contains(" appmon.demo=\"beat 5\""),
+        "guest programs see appmon.* options in /proc/cmdline: {cmdline}"
+    );
     println!(
         "boot time: APPMON-INIT after {:.2}s, APPMON-GUEST-READY after {:.2}s (virsh start {:.2}s)",
         times.init.as_secs_f64(),
