@@ -88,6 +88,19 @@ stop_pid() {
   fi
 }
 
+# is_static FILE: true for a statically linked executable. (Output is captured first: under
+# pipefail, `ldd | grep -q` fails whenever grep stops reading early.)
+is_static() {
+  local out
+  out=$(ldd "$1" 2>&1 || true)
+  [[ $out == *"not a dynamic executable"* || $out == *"statically linked"* ]]
+}
+
+# deb_installed PACKAGE: true when the Debian package is installed.
+deb_installed() {
+  [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
+}
+
 # kernel_dir: the unpacked guest kernel in use (contains boot/ and lib/modules/).
 kernel_dir() { printf '%s\n' "$RIG/kernel/current"; }
 
@@ -149,7 +162,7 @@ sweep_test_leftovers() {
     found=1
     vpid=$(read_pidfile "$dir/vhost-device-vsock.pid")
     if [ -n "$vpid" ] && proc_alive "$vpid" &&
-      tr '\0' '\n' <"/proc/$vpid/cmdline" 2>/dev/null | grep -qxF "$dir/vhu.sock"; then
+      grep -qxF "$dir/vhu.sock" <<<"$(tr '\0' '\n' <"/proc/$vpid/cmdline" 2>/dev/null)"; then
       if [ "$dry" = --dry-run ]; then
         log "leftover vhost-device-vsock pid $vpid (of $dir)"
       else
