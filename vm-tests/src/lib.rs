@@ -12,6 +12,7 @@
 //! - [`domain_xml`]: the libvirt domain XML template (pure, unit-tested).
 //! - [`hybrid`]: host → guest connections through vhost-device-vsock's hybrid-vsock Unix socket
 //!   (`CONNECT <port>\n` / `OK <port>\n`).
+//! - [`initrd`]: a test's own guest files, appended to the rig's image as an extra cpio archive.
 //! - [`console`]: reading the guest's serial console log: markers, tails, marks.
 //! - [`virsh`]: bounded `virsh -c qemu:///system` invocations.
 //! - [`wait`]: bounded polling helpers.
@@ -26,6 +27,7 @@
 pub mod console;
 pub mod domain_xml;
 pub mod hybrid;
+pub mod initrd;
 pub mod rig;
 pub mod sweep;
 pub mod virsh;
@@ -35,6 +37,7 @@ pub mod wait;
 pub use console::ConsoleMark;
 pub use domain_xml::{OnReboot, WatchdogAction};
 pub use hybrid::{hybrid_connect, hybrid_connect_timeout, HybridConnectError};
+pub use initrd::GuestFile;
 pub use rig::Rig;
 pub use virsh::{DomainState, VirshError};
 pub use vm::{BootTimes, TestVm, VmConfig, BASE_CMDLINE, DEFAULT_BOOT_TIMEOUT};

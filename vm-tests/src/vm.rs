@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::console::{self, ConsoleMark};
 use crate::domain_xml::{DomainSpec, OnReboot, WatchdogAction};
 use crate::hybrid::{hybrid_connect, HybridConnectError};
+use crate::initrd::{write_with_extra_files, GuestFile};
 use crate::rig::Rig;
 use crate::sweep::{
     self, remove_domain, sweep_dir, sweep_stale, BACKEND_PID_FILE, QEMU_LOG_DIR, VHOST_USER_SOCKET,
@@ -67,6 +68,7 @@ pub struct VmConfig {
     metadata_xml: String,
     extra_devices_xml: String,
     initrd: Option<PathBuf>,
+    guest_files: Vec<GuestFile>,
 }
 
 impl VmConfig {
@@ -82,6 +84,7 @@ impl VmConfig {
             metadata_xml: String::new(),
             extra_devices_xml: String::new(),
             initrd: None,
+            guest_files: Vec::new(),
         }
     }
 
@@ -128,6 +131,32 @@ impl VmConfig {
     /// A different initramfs than the rig's image.
     pub fn initrd(mut self, path: impl Into<PathBuf>) -> VmConfig {
         self.initrd = Some(path.into());
+        self
+    }
+
+    /// Adds (or replaces) a file in the guest, mode 0644. No image rebuild: it travels in an
+    /// extra cpio archive appended to the image.
+    pub fn guest_file(self, path: &str, contents: impl Into<Vec<u8>>) -> VmConfig {
+        self.guest_file_mode(path, 0o644, contents)
+    }
+
+    /// Adds an executable to the guest, mode 0755. Scripts in /etc/appmon/init.d/ are started by
+    /// /init like the guest programs, in a respawn loop with their output on the console.
+    pub fn guest_script(self, path: &str, contents: impl Into<Vec<u8>>) -> VmConfig {
+        self.guest_file_mode(path, 0o755, contents)
+    }
+
+    /// The guest agent's configuration, /etc/appmon/guest.toml.
+    pub fn guest_config(self, toml: impl Into<Vec<u8>>) -> VmConfig {
+        self.guest_file("/etc/appmon/guest.toml", toml)
+    }
+
+    fn guest_file_mode(mut self, path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> VmConfig {
+        self.guest_files.push(GuestFile {
+            path: path.to_owned(),
+            mode,
+            contents: contents.into(),
+        });
         self
     }
 
@@ -596,16 +625,28 @@ impl TestVm {
     }
 
     fn define(&mut self) {
+        let mut initrd = self
+            .config
+            .initrd
+            .clone()
+            .unwrap_or_else(|| self.rig.initrd.clone());
+        if !self.config.guest_files.is_empty() {
+            let own = self.dir.join("initrd.img");
+            if let Err(e) = write_with_extra_files(&initrd, &self.config.guest_files, &own) {
+                self.fail(format!(
+                    "cannot write {} from {} and the test's guest files: {e}",
+                    own.display(),
+                    initrd.display()
+                ));
+            }
+            initrd = own;
+        }
         let spec = DomainSpec {
             name: self.name.clone(),
             memory_mib: self.config.memory_mib,
             vcpus: self.config.vcpus,
             kernel: self.rig.kernel.clone(),
-            initrd: self
-                .config
-                .initrd
-                .clone()
-                .unwrap_or_else(|| self.rig.initrd.clone()),
+            initrd,
             cmdline: self.config.cmdline(),
             on_reboot: self.config.on_reboot,
             watchdog: self.config.watchdog,

@@ -11,7 +11,14 @@ use appmon_vm_tests::{
 
 #[test]
 fn guest_boots_to_ready_marker() {
-    let vm = TestVm::new(VmConfig::new("boot").cmdline_arg("appmon.demo=\"beat 5\""));
+    let config = VmConfig::new("boot")
+        .cmdline_arg("appmon.demo=\"beat 5\"")
+        .guest_file("/etc/appmon/greeting", "hello from the test\n")
+        .guest_script(
+            "/etc/appmon/init.d/greet",
+            "#!/bin/sh\necho \"greeting: $(cat /etc/appmon/greeting)\"\nexec sleep 1000000\n",
+        );
+    let vm = TestVm::new(config);
     let times = vm.start_measured(DEFAULT_BOOT_TIMEOUT);
 
     assert_eq!(vm.state(), DomainState::Running);
@@ -22,6 +29,12 @@ fn guest_boots_to_ready_marker() {
     assert!(
         cmdline.contains(" appmon.demo=\"beat 5\""),
         "guest programs see appmon.* options in /proc/cmdline: {cmdline}"
+    );
+    // The test's own files arrive in the guest and its init.d script runs.
+    vm.wait_for_console_line(
+        ConsoleMark::default(),
+        "[greet] greeting: hello from the test",
+        Duration::from_secs(10),
     );
     println!(
         "boot time: APPMON-INIT after {:.2}s, APPMON-GUEST-READY after {:.2}s (virsh start {:.2}s)",
