@@ -76,10 +76,12 @@ pub fn hybrid_connect_timeout(
         s.set_read_timeout(t)?;
         s.set_write_timeout(t)
     };
+    // Bounds the CONNECT write; read_ok_line bounds each read by the deadline.
     set_timeouts(&stream, Some(timeout)).map_err(|source| HybridConnectError::Connect {
         path: path.clone(),
         source,
     })?;
+    let deadline = Instant::now() + timeout;
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(|source| HybridConnectError::Send {
@@ -87,7 +89,6 @@ pub fn hybrid_connect_timeout(
             port,
             source,
         })?;
-    let deadline = Instant::now() + timeout;
     let line = read_ok_line(&mut stream, deadline).map_err(|e| match e {
         OkLineError::Eof => HybridConnectError::Closed {
             path: path.clone(),
@@ -127,10 +128,21 @@ enum OkLineError {
 }
 
 /// Reads up to and including `\n`, one byte per read so nothing behind the line is consumed.
-fn read_ok_line(stream: &mut impl Read, deadline: Instant) -> Result<Vec<u8>, OkLineError> {
+/// Each read waits at most until `deadline`.
+fn read_ok_line(stream: &mut UnixStream, deadline: Instant) -> Result<Vec<u8>, OkLineError> {
     let mut line = Vec::with_capacity(MAX_OK_LINE);
     let mut byte = [0u8; 1];
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(OkLineError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no complete OK line before the deadline",
+            )));
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(OkLineError::Io)?;
         match stream.read(&mut byte) {
             Ok(0) => return Err(OkLineError::Eof),
             Ok(_) => {
@@ -142,7 +154,7 @@ fn read_ok_line(stream: &mut impl Read, deadline: Instant) -> Result<Vec<u8>, Ok
                     return Err(OkLineError::TooLong(line));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted && Instant::now() < deadline => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(OkLineError::Io(e)),
         }
     }
@@ -253,6 +265,17 @@ mod tests {
         let err = hybrid_connect(&path, 7).unwrap_err();
         assert!(matches!(err, HybridConnectError::BadReply { .. }), "{err}");
         backend.join().expect("backend thread");
+    }
+
+    #[test]
+    fn silent_backend_times_out_within_the_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("silent.uds");
+        let _listener = UnixListener::bind(&path).expect("bind");
+        let start = Instant::now();
+        let err = hybrid_connect_timeout(&path, 7, Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, HybridConnectError::Read { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
