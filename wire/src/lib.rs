@@ -1,0 +1,65 @@
+//! The appmon protocol between a guest agent and the host agent.
+//!
+//! # Primer
+//!
+//! **Transport.** A byte stream: a vsock connection (kernel vhost-vsock, or hybrid vsock over a
+//! Unix socket, see [`hybrid`]), or a virtio-serial port, which has no connection boundaries at
+//! all. The host always initiates; the guest agent listens on port [`DEFAULT_VSOCK_PORT`].
+//!
+//! **Frames.** Each frame is one [`Frame`] (a [`Tag`] and one message) encoded with postcard,
+//! then COBS-encoded, then ended with a single `0x00` byte ([`frame`]). COBS removes every zero
+//! from the payload, so a `0x00` is always a frame boundary: a reader that starts in the middle
+//! of a stream (a virtio-serial port opened while the guest is writing) drops at most one partial
+//! frame and is in step from the next delimiter on. A length prefix would be smaller by a byte or
+//! two but cannot be resynchronised without a magic number and a checksum, and a corrupt length
+//! makes the reader wait for, or allocate, bytes that never belong together. COBS costs one byte
+//! per 254 and one pass; one codec then serves every transport.
+//!
+//! **Limits.** A frame is at most [`MAX_FRAME_LEN`] encoded bytes. The decoder reports an
+//! oversized frame as soon as the buffered bytes pass the limit, without waiting for its end,
+//! and throws the rest away as it arrives, so a guest cannot make the host buffer more than the
+//! limit. Every malformed frame is a [`FrameError`] that names its stream offset; none panics.
+//!
+//! **Handshake.** Each side's first frame is a `Hello` with its protocol range, its agent name
+//! and version, its boot id and its [`Capabilities`]. [`negotiate`] picks the newest common
+//! version. After the handshake the guest sends its whole [`GuestState`], so a host agent that
+//! restarted, or the destination host of a migration, picks up where the last one was.
+//!
+//! **Requests.** A frame tagged [`Tag::Request`] with an id gets exactly one frame tagged
+//! [`Tag::Reply`] with that id: the answer or an `Error`. [`Tag::Event`] frames get no reply
+//! unless they cannot be taken, in which case the answer is an `Error` tagged as an event.
+//! Nobody answers an `Error` with an `Error`.
+//!
+//! # Version rule
+//!
+//! - The variant order of [`GuestMsg`] and [`HostMsg`] is the wire format. New message kinds are
+//!   appended at the end; nothing is ever removed or reordered (golden fixtures pin the bytes).
+//! - A peer that receives a kind it does not know (an index at or past its own
+//!   [`WireMessage::KINDS`]) answers `Error(Unsupported { kind })` and keeps the session.
+//! - Anything else that changes existing bytes (a field added to a message, a variant added to
+//!   a nested enum) raises [`PROTOCOL_VERSION`]. A peer sends such a message only when the
+//!   negotiated version has it.
+//! - [`MIN_PROTOCOL_VERSION`] is raised only when support for an old version is dropped.
+//!
+//! # Modules
+//!
+//! - [`message`]: the message types of both directions.
+//! - [`frame`]: [`Frame`], [`Tag`] and the tokio codec [`FrameCodec`].
+//! - [`cobs`]: the byte stuffing under the frames.
+//! - [`handshake`]: the `Hello` negotiation and boot ids.
+//! - [`hybrid`]: the `CONNECT`/`OK` handshake of hybrid vsock.
+
+pub mod cobs;
+pub mod frame;
+pub mod handshake;
+pub mod hybrid;
+pub mod message;
+
+pub use frame::{
+    decode_all, encode_frame, EncodeError, Frame, FrameCodec, FrameError, GuestCodec, HostCodec,
+    Tag, DELIMITER, MAX_FRAME_LEN,
+};
+pub use handshake::{
+    format_boot_id, negotiate, parse_boot_id, Agreement, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+pub use message::*;
