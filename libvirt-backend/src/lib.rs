@@ -1,1 +1,200 @@
-//! placeholder
+//! Everything of appmon that touches libvirt.
+//!
+//! The host agent sees the [`Hypervisor`] trait and the plain types of this module, never the
+//! `virt` crate: domains, their state, lifecycle events, the monitoring policy stored in each
+//! domain's metadata, reset and power-cycle.
+//!
+//! # Modules
+//!
+//! - [`spec`]: the `<appmon:monitor>` metadata element: policy overrides and how to reach the
+//!   guest agent; parsing and writing it.
+//! - [`domxml`]: what the host agent reads from a domain's XML (vsock CID, channel sockets).
+//! - [`libvirt`]: [`LibvirtHypervisor`], the implementation over the `virt` crate, with the
+//!   event loop thread and reconnection.
+//! - [`events`]: the one place with `unsafe`: registering lifecycle, reboot and metadata-change
+//!   callbacks through `virt::sys`, which the `virt` crate does not wrap.
+//!
+//! # Threads
+//!
+//! libvirt calls block. The trait's methods are synchronous and must be called off the async
+//! runtime (a blocking pool or a dedicated thread). Events arrive on a channel fed by one named
+//! event-loop thread.
+
+use std::fmt;
+
+pub mod spec;
+
+pub use spec::{
+    MonitorSpec, ResetMethod, SpecError, Transport, DEFAULT_CHANNEL_NAME, METADATA_KEY,
+    METADATA_URI,
+};
+
+/// A domain's identity. The UUID is what stays the same across a migration; the name is what
+/// operators type; `id` is the running instance's number (it changes on every start and on
+/// the destination of a migration).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DomainRef {
+    pub uuid: String,
+    pub name: String,
+}
+
+impl fmt::Display for DomainRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// A domain's state with libvirt's reason, as far as monitoring cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DomainState {
+    Running(RunningReason),
+    /// Paused for any reason; `Migrating` and `Saving` say that the domain is leaving.
+    Paused(PausedReason),
+    ShutOff(ShutOffReason),
+    Crashed,
+    /// Shutting down, or a state libvirt reports that we do not act on (pmsuspended, blocked).
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunningReason {
+    Booted,
+    /// Arrived by migration: the destination of a live migration.
+    Migrated,
+    Restored,
+    Unpaused,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PausedReason {
+    User,
+    Migrating,
+    Saving,
+    /// Incoming migration not finished (`paused (starting up)` / `paused (migrating)` on the
+    /// destination before `Resumed Migrated`).
+    StartingUp,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShutOffReason {
+    Shutdown,
+    Destroyed,
+    Crashed,
+    Migrated,
+    Saved,
+    Failed,
+    Other,
+}
+
+/// What the host agent needs to know of one domain.
+#[derive(Debug, Clone)]
+pub struct DomainInfo {
+    pub domain: DomainRef,
+    pub state: DomainState,
+    /// The `<appmon:monitor>` element: `Ok(None)` when there is none (the domain is never
+    /// touched), `Err` when it is there but broken (logged; the domain is left alone).
+    pub spec: Result<Option<MonitorSpec>, SpecError>,
+    /// `<devices><vsock><cid address=.../>` of the live XML, for kernel vhost-vsock.
+    pub vsock_cid: Option<u32>,
+}
+
+/// Lifecycle and other events, mapped from libvirt's callbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DomainEvent {
+    Defined,
+    Undefined,
+    Started(StartedReason),
+    Suspended(PausedReason),
+    Resumed(RunningReason),
+    Stopped(ShutOffReason),
+    /// A guest or host initiated shutdown finished (the `Stopped` event follows).
+    ShutdownFinished,
+    Crashed,
+    /// The guest rebooted inside the running QEMU: `virsh reset`, `virsh reboot`, a guest
+    /// reboot or a watchdog reset. libvirt may deliver several for one reboot.
+    Rebooted,
+    /// A watchdog device fired (with action reset, a `Rebooted` follows).
+    Watchdog,
+    /// The domain's metadata changed (someone ran `appmonctl enable` or `disable`).
+    MetadataChanged,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StartedReason {
+    Booted,
+    /// The incoming side of a migration has started; the domain is not here until
+    /// `Resumed(Migrated)` (an aborted migration ends in `Stopped(Failed)` instead).
+    Migrated,
+    Restored,
+    FromSnapshot,
+    Wakeup,
+    Other,
+}
+
+/// What the backend reports on its event channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendEvent {
+    Domain {
+        domain: DomainRef,
+        event: DomainEvent,
+    },
+    /// The connection to libvirtd is (again) up and callbacks are registered. After a
+    /// reconnect, events may have been missed: re-read every domain with
+    /// [`Hypervisor::list_domains`].
+    Connected,
+    /// The connection to libvirtd was lost; the backend keeps trying to reconnect.
+    Disconnected { reason: String },
+}
+
+/// How a libvirt call failed. Every variant names the domain it was about, where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("libvirt at {uri} is not reachable")]
+    Connect {
+        uri: String,
+        #[source]
+        source: virt::error::Error,
+    },
+    #[error("no connection to libvirt (it went away; reconnecting)")]
+    NotConnected,
+    #[error("domain {domain} not found")]
+    NoSuchDomain { domain: String },
+    #[error("{operation} of domain {domain} failed")]
+    Operation {
+        operation: &'static str,
+        domain: String,
+        #[source]
+        source: virt::error::Error,
+    },
+    #[error("domain {domain} has an XML description appmon cannot read")]
+    DomainXml {
+        domain: String,
+        #[source]
+        source: quick_xml::Error,
+    },
+}
+
+/// The host agent's view of the hypervisor. Methods block; call them off the async runtime.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Every domain libvirt knows, running or not, with its monitoring spec.
+    fn list_domains(&self) -> Result<Vec<DomainInfo>, BackendError>;
+
+    /// One domain, looked up by UUID or, failing that, by name.
+    fn domain(&self, uuid_or_name: &str) -> Result<DomainInfo, BackendError>;
+
+    /// Resets the guest in place (virDomainReset): like pressing the reset button.
+    fn reset(&self, domain: &DomainRef) -> Result<(), BackendError>;
+
+    /// Destroys the domain and starts it again: the robust reset where an in-place reset does
+    /// not bring the guest back.
+    fn power_cycle(&self, domain: &DomainRef) -> Result<(), BackendError>;
+
+    /// Writes (`Some`) or removes (`None`) the `<appmon:monitor>` element, in the live and
+    /// the persistent definition as far as the domain has them.
+    fn set_spec(&self, domain: &DomainRef, spec: Option<&MonitorSpec>) -> Result<(), BackendError>;
+
+    /// The live domain XML, for a domain's channel socket paths and for diagnostics.
+    fn domain_xml(&self, domain: &DomainRef) -> Result<String, BackendError>;
+}

@@ -1,0 +1,542 @@
+//! The `<appmon:monitor>` element in a domain's `<metadata>`: whether and how appmon monitors the
+//! domain. It lives in the domain definition, so the policy travels with the domain on
+//! migration. Host-wide defaults fill whatever the element leaves out.
+//!
+//! ```xml
+//! <appmon:monitor xmlns:appmon="https://appmon.dev/xmlns/monitor/1">
+//!   <appmon:policy failure-interval="30s" min-uptime="2m" max-resets="3" reset-window="1h"
+//!                  reset-method="power-cycle"/>
+//!   <appmon:hybrid-vsock path="/run/appmon/vm1.vsock" port="5315"/>
+//! </appmon:monitor>
+//! ```
+//!
+//! The transport is one of `<appmon:vsock [cid=".."] [port=".."]/>` (kernel vhost-vsock; the
+//! CID comes from the domain's `<vsock>` device when left out), `<appmon:hybrid-vsock
+//! path=".." [port=".."]/>` (a vhost-user-vsock backend's Unix socket), or `<appmon:channel
+//! [path=".."] [name=".."]/>` (a virtio-serial channel's host-side Unix socket; without a path,
+//! the one libvirt generated for the channel `name` in the live XML).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::NsReader;
+
+use appmon_wire::DEFAULT_VSOCK_PORT;
+
+/// The XML namespace of appmon's metadata element.
+pub const METADATA_URI: &str = "https://appmon.dev/xmlns/monitor/1";
+/// The namespace prefix libvirt writes the element with.
+pub const METADATA_KEY: &str = "appmon";
+/// The virtio-serial channel name the guest agent opens by default.
+pub const DEFAULT_CHANNEL_NAME: &str = "org.appmon.agent.0";
+
+/// A domain's monitoring settings. `None` fields take the host's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorSpec {
+    pub failure_interval: Option<Duration>,
+    pub min_uptime: Option<Duration>,
+    pub max_resets: Option<u32>,
+    pub reset_window: Option<Duration>,
+    pub reset_method: Option<ResetMethod>,
+    pub transport: Transport,
+}
+
+/// How a VM is reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResetMethod {
+    /// virDomainReset, and a power-cycle if the guest does not come back.
+    Reset,
+    /// Destroy and start: robust where an in-place reset can wedge a device backend.
+    PowerCycle,
+}
+
+impl ResetMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetMethod::Reset => "reset",
+            ResetMethod::PowerCycle => "power-cycle",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "reset" => Some(ResetMethod::Reset),
+            "power-cycle" => Some(ResetMethod::PowerCycle),
+            _ => None,
+        }
+    }
+}
+
+/// How the host agent reaches the guest agent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Kernel vhost-vsock: AF_VSOCK to the guest's CID.
+    Vsock { cid: Option<u32>, port: u32 },
+    /// Hybrid vsock: the Unix socket of a vhost-user-vsock backend, `CONNECT <port>`.
+    HybridVsock { path: PathBuf, port: u32 },
+    /// A virtio-serial channel's host-side Unix socket.
+    Channel { path: Option<PathBuf>, name: String },
+}
+
+/// What is wrong with a metadata element. Each names the element or attribute.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("metadata is not well-formed XML: {0}")]
+    Xml(String),
+    #[error("metadata has no <monitor> element in namespace {METADATA_URI}")]
+    NoMonitorElement,
+    #[error("<{element}> attribute {attribute}={value:?}: {problem}")]
+    BadAttribute {
+        element: String,
+        attribute: String,
+        value: String,
+        problem: &'static str,
+    },
+    #[error("<{element}> has an attribute {attribute} appmon does not know")]
+    UnknownAttribute { element: String, attribute: String },
+    #[error("<{element}> is not an element appmon knows inside <monitor>")]
+    UnknownElement { element: String },
+    #[error("<{element}> needs the attribute {attribute}")]
+    MissingAttribute {
+        element: &'static str,
+        attribute: &'static str,
+    },
+    #[error("<monitor> names no transport (vsock, hybrid-vsock or channel)")]
+    NoTransport,
+    #[error("<monitor> names more than one transport")]
+    TwoTransports,
+}
+
+/// Parses a duration as operators write it: `500ms`, `30s`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let value: u64 = text[..digits].parse().ok()?;
+    let millis = match &text[digits..] {
+        "ms" => value,
+        "" | "s" => value.checked_mul(1_000)?,
+        "m" => value.checked_mul(60_000)?,
+        "h" => value.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
+}
+
+/// Writes a duration in the largest unit that represents it exactly.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1_000 == 0 {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+impl MonitorSpec {
+    /// A spec with every policy field left to the host's defaults.
+    pub fn with_transport(transport: Transport) -> Self {
+        MonitorSpec {
+            failure_interval: None,
+            min_uptime: None,
+            max_resets: None,
+            reset_window: None,
+            reset_method: None,
+            transport,
+        }
+    }
+
+    /// Parses the element as libvirt returns it from virDomainGetMetadata.
+    pub fn from_xml(xml: &str) -> Result<Self, SpecError> {
+        let mut reader = NsReader::from_str(xml);
+        reader.config_mut().trim_text(true);
+        let mut in_monitor = false;
+        let mut seen_monitor = false;
+        let mut spec = MonitorSpec::with_transport(Transport::Vsock {
+            cid: None,
+            port: DEFAULT_VSOCK_PORT,
+        });
+        let mut transports = 0;
+        loop {
+            let event = reader
+                .read_resolved_event()
+                .map_err(|e| SpecError::Xml(e.to_string()))?;
+            match event {
+                (ns, Event::Start(e)) | (ns, Event::Empty(e)) => {
+                    let ours = matches!(ns, ResolveResult::Bound(n) if n.as_ref() == METADATA_URI.as_bytes());
+                    let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                    if !in_monitor {
+                        if ours && local == "monitor" {
+                            in_monitor = true;
+                            seen_monitor = true;
+                        }
+                        continue;
+                    }
+                    if !ours {
+                        return Err(SpecError::UnknownElement { element: local });
+                    }
+                    match local.as_str() {
+                        "policy" => read_policy(&e, &mut spec)?,
+                        "vsock" | "hybrid-vsock" | "channel" => {
+                            transports += 1;
+                            spec.transport = read_transport(&local, &e)?;
+                        }
+                        _ => return Err(SpecError::UnknownElement { element: local }),
+                    }
+                }
+                (ns, Event::End(e)) => {
+                    let ours = matches!(ns, ResolveResult::Bound(n) if n.as_ref() == METADATA_URI.as_bytes());
+                    if ours && e.local_name().as_ref() == b"monitor" {
+                        in_monitor = false;
+                    }
+                }
+                (_, Event::Eof) => break,
+                _ => {}
+            }
+        }
+        match (seen_monitor, transports) {
+            (false, _) => Err(SpecError::NoMonitorElement),
+            (true, 0) => Err(SpecError::NoTransport),
+            (true, 1) => Ok(spec),
+            (true, _) => Err(SpecError::TwoTransports),
+        }
+    }
+
+    /// The element's XML, for virDomainSetMetadata with key [`METADATA_KEY`] and namespace
+    /// [`METADATA_URI`].
+    pub fn to_xml(&self) -> String {
+        let mut policy = String::new();
+        let mut attr = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                policy.push_str(&format!(" {name}=\"{}\"", escape(&v)));
+            }
+        };
+        attr(
+            "failure-interval",
+            self.failure_interval.map(format_duration),
+        );
+        attr("min-uptime", self.min_uptime.map(format_duration));
+        attr("max-resets", self.max_resets.map(|n| n.to_string()));
+        attr("reset-window", self.reset_window.map(format_duration));
+        attr(
+            "reset-method",
+            self.reset_method.map(|m| m.as_str().to_string()),
+        );
+        let transport = match &self.transport {
+            Transport::Vsock { cid, port } => {
+                let cid = cid.map(|c| format!(" cid=\"{c}\"")).unwrap_or_default();
+                format!("<{METADATA_KEY}:vsock{cid} port=\"{port}\"/>")
+            }
+            Transport::HybridVsock { path, port } => format!(
+                "<{METADATA_KEY}:hybrid-vsock path=\"{}\" port=\"{port}\"/>",
+                escape(&path.to_string_lossy())
+            ),
+            Transport::Channel { path, name } => {
+                let path = path
+                    .as_ref()
+                    .map(|p| format!(" path=\"{}\"", escape(&p.to_string_lossy())))
+                    .unwrap_or_default();
+                format!("<{METADATA_KEY}:channel{path} name=\"{}\"/>", escape(name))
+            }
+        };
+        format!(
+            "<{k}:monitor xmlns:{k}=\"{METADATA_URI}\"><{k}:policy{policy}/>{transport}</{k}:monitor>",
+            k = METADATA_KEY
+        )
+    }
+}
+
+fn escape(text: &str) -> String {
+    quick_xml::escape::escape(text).into_owned()
+}
+
+fn attributes(e: &BytesStart<'_>) -> Result<Vec<(String, String)>, SpecError> {
+    let element = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+    e.attributes()
+        .map(|a| {
+            let a = a.map_err(|err| SpecError::Xml(format!("<{element}>: {err}")))?;
+            let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
+            let value = a
+                .unescape_value()
+                .map_err(|err| SpecError::Xml(format!("<{element}> {key}: {err}")))?
+                .into_owned();
+            Ok((key, value))
+        })
+        .collect()
+}
+
+fn bad(element: &str, attribute: &str, value: &str, problem: &'static str) -> SpecError {
+    SpecError::BadAttribute {
+        element: element.to_string(),
+        attribute: attribute.to_string(),
+        value: value.to_string(),
+        problem,
+    }
+}
+
+fn read_policy(e: &BytesStart<'_>, spec: &mut MonitorSpec) -> Result<(), SpecError> {
+    const DURATION: &str = "expected a duration such as 500ms, 30s, 2m or 1h";
+    for (key, value) in attributes(e)? {
+        let duration =
+            || parse_duration(&value).ok_or_else(|| bad("policy", &key, &value, DURATION));
+        match key.as_str() {
+            "failure-interval" => {
+                let d = duration()?;
+                if d.is_zero() {
+                    return Err(bad("policy", &key, &value, "must be more than zero"));
+                }
+                spec.failure_interval = Some(d);
+            }
+            "min-uptime" => spec.min_uptime = Some(duration()?),
+            "reset-window" => {
+                let d = duration()?;
+                if d.is_zero() {
+                    return Err(bad("policy", &key, &value, "must be more than zero"));
+                }
+                spec.reset_window = Some(d);
+            }
+            "max-resets" => {
+                spec.max_resets = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad("policy", &key, &value, "expected a whole number"))?,
+                )
+            }
+            "reset-method" => {
+                spec.reset_method =
+                    Some(ResetMethod::parse(&value).ok_or_else(|| {
+                        bad("policy", &key, &value, "expected reset or power-cycle")
+                    })?)
+            }
+            _ => {
+                return Err(SpecError::UnknownAttribute {
+                    element: "policy".into(),
+                    attribute: key,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_transport(element: &str, e: &BytesStart<'_>) -> Result<Transport, SpecError> {
+    let (mut cid, mut port, mut path, mut name) = (None, None, None, None);
+    for (key, value) in attributes(e)? {
+        match (element, key.as_str()) {
+            ("vsock", "cid") => {
+                let n: u32 = value
+                    .parse()
+                    .map_err(|_| bad(element, &key, &value, "expected a number"))?;
+                if n < 3 {
+                    return Err(bad(element, &key, &value, "guest CIDs start at 3"));
+                }
+                cid = Some(n);
+            }
+            ("vsock" | "hybrid-vsock", "port") => {
+                port = Some(
+                    value
+                        .parse::<u32>()
+                        .map_err(|_| bad(element, &key, &value, "expected a number"))?,
+                )
+            }
+            ("hybrid-vsock" | "channel", "path") => {
+                if !value.starts_with('/') {
+                    return Err(bad(element, &key, &value, "expected an absolute path"));
+                }
+                path = Some(PathBuf::from(value));
+            }
+            ("channel", "name") => {
+                if value.is_empty() {
+                    return Err(bad(element, &key, &value, "must not be empty"));
+                }
+                name = Some(value)
+            }
+            _ => {
+                return Err(SpecError::UnknownAttribute {
+                    element: element.to_string(),
+                    attribute: key,
+                })
+            }
+        }
+    }
+    let port = port.unwrap_or(DEFAULT_VSOCK_PORT);
+    Ok(match element {
+        "vsock" => Transport::Vsock { cid, port },
+        "hybrid-vsock" => Transport::HybridVsock {
+            path: path.ok_or(SpecError::MissingAttribute {
+                element: "hybrid-vsock",
+                attribute: "path",
+            })?,
+            port,
+        },
+        _ => Transport::Channel {
+            path,
+            name: name.unwrap_or_else(|| DEFAULT_CHANNEL_NAME.to_string()),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrap(inner: &str) -> String {
+        format!("<appmon:monitor xmlns:appmon=\"{METADATA_URI}\">{inner}</appmon:monitor>")
+    }
+
+    #[test]
+    fn full_spec_round_trips_through_xml() {
+        let spec = MonitorSpec {
+            failure_interval: Some(Duration::from_secs(5)),
+            min_uptime: Some(Duration::from_millis(1500)),
+            max_resets: Some(2),
+            reset_window: Some(Duration::from_secs(3600)),
+            reset_method: Some(ResetMethod::PowerCycle),
+            transport: Transport::HybridVsock {
+                path: "/run/vm & co/vsock.uds".into(),
+                port: 5315,
+            },
+        };
+        assert_eq!(MonitorSpec::from_xml(&spec.to_xml()), Ok(spec));
+    }
+
+    #[test]
+    fn every_transport_round_trips() {
+        for transport in [
+            Transport::Vsock {
+                cid: Some(7),
+                port: 1,
+            },
+            Transport::Vsock {
+                cid: None,
+                port: 5315,
+            },
+            Transport::HybridVsock {
+                path: "/a".into(),
+                port: 9,
+            },
+            Transport::Channel {
+                path: Some("/b".into()),
+                name: "x".into(),
+            },
+            Transport::Channel {
+                path: None,
+                name: DEFAULT_CHANNEL_NAME.into(),
+            },
+        ] {
+            let spec = MonitorSpec::with_transport(transport);
+            assert_eq!(MonitorSpec::from_xml(&spec.to_xml()), Ok(spec));
+        }
+    }
+
+    #[test]
+    fn any_prefix_for_our_namespace_is_accepted() {
+        let xml = format!("<m:monitor xmlns:m=\"{METADATA_URI}\"><m:vsock cid=\"4\"/></m:monitor>");
+        let spec = MonitorSpec::from_xml(&xml).expect("valid");
+        assert_eq!(
+            spec.transport,
+            Transport::Vsock {
+                cid: Some(4),
+                port: DEFAULT_VSOCK_PORT
+            }
+        );
+    }
+
+    #[test]
+    fn broken_specs_say_what_is_wrong() {
+        let cases = [
+            (
+                wrap("<appmon:policy failure-interval=\"soon\"/><appmon:vsock/>"),
+                "failure-interval",
+            ),
+            (
+                wrap("<appmon:policy failure-interval=\"0s\"/><appmon:vsock/>"),
+                "more than zero",
+            ),
+            (
+                wrap("<appmon:policy max-resets=\"-1\"/><appmon:vsock/>"),
+                "whole number",
+            ),
+            (
+                wrap("<appmon:policy reset-method=\"reboot\"/><appmon:vsock/>"),
+                "reset or power-cycle",
+            ),
+            (
+                wrap("<appmon:policy colour=\"red\"/><appmon:vsock/>"),
+                "colour",
+            ),
+            (wrap("<appmon:vsock cid=\"2\"/>"), "CIDs start at 3"),
+            (
+                wrap("<appmon:hybrid-vsock port=\"1\"/>"),
+                "needs the attribute path",
+            ),
+            (
+                wrap("<appmon:hybrid-vsock path=\"rel/x\"/>"),
+                "absolute path",
+            ),
+            (wrap("<appmon:policy/>"), "no transport"),
+            (
+                wrap("<appmon:vsock/><appmon:channel/>"),
+                "more than one transport",
+            ),
+            (wrap("<appmon:watchdog/>"), "<watchdog>"),
+            (
+                "<monitor><vsock/></monitor>".to_string(),
+                "no <monitor> element",
+            ),
+            (
+                "<appmon:monitor xmlns:appmon=\"x\">".to_string(),
+                "no <monitor>",
+            ),
+            (wrap("<appmon:vsock cid=\"3\">"), "well-formed"),
+        ];
+        for (xml, needle) in cases {
+            let err = MonitorSpec::from_xml(&xml).expect_err(&xml).to_string();
+            assert!(err.contains(needle), "{xml}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_in_operator_units() {
+        let cases = [
+            ("500ms", Some(500)),
+            ("30s", Some(30_000)),
+            ("30", Some(30_000)),
+            ("2m", Some(120_000)),
+            ("1h", Some(3_600_000)),
+            ("", None),
+            ("1.5s", None),
+            ("s", None),
+            ("10d", None),
+            ("99999999999999999999h", None),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(
+                parse_duration(text),
+                ms.map(Duration::from_millis),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_format_in_the_largest_exact_unit() {
+        for (ms, text) in [
+            (0, "0s"),
+            (1500, "1500ms"),
+            (30_000, "30s"),
+            (120_000, "2m"),
+            (7_200_000, "2h"),
+        ] {
+            assert_eq!(format_duration(Duration::from_millis(ms)), text);
+        }
+    }
+}
