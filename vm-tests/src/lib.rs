@@ -17,15 +17,18 @@
 //! - [`virsh`]: bounded `virsh -c qemu:///system` invocations.
 //! - [`wait`]: bounded polling helpers.
 //! - [`sweep`]: removal of domains, processes and directories left by test processes that died.
+//! - [`guest`]: GUEST-ONLY pieces shared by the programs that run inside the test guests.
 //!
 //! The host side never opens AF_VSOCK: this machine's own /dev/vsock belongs to the
-//! infrastructure. Only the guest-only binary `vsock-echo` does, inside the guest.
+//! infrastructure. Only the guest-only binaries `vsock-echo` and `appmon-demo` do, inside the
+//! guest.
 //!
 //! The VM tests themselves (`tests/`) compile only with the `vm` feature; `scripts/test` runs
 //! them with `cargo nextest run -p appmon-vm-tests --features vm`.
 
 pub mod console;
 pub mod domain_xml;
+pub mod guest;
 pub mod hybrid;
 pub mod initrd;
 pub mod rig;
@@ -49,6 +52,9 @@ pub const DOMAIN_PREFIX: &str = "appmon-t-";
 
 /// Guest port of the `vsock-echo` helper started by the rig image's /init.
 pub const VSOCK_ECHO_PORT: u32 = 5399;
+
+/// Guest port on which the demo application (`appmon-demo`) takes commands from the host.
+pub const DEMO_CONTROL_PORT: u32 = 5400;
 
 /// Guest port the guest agent listens on (DESIGN.md, Transport).
 pub const GUEST_AGENT_PORT: u32 = 5315;
