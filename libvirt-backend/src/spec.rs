@@ -154,12 +154,23 @@ impl MonitorSpec {
         }
     }
 
-    /// Parses the element as libvirt returns it from virDomainGetMetadata.
+    /// Parses the element, in either of two forms:
+    ///
+    /// - as libvirt returns it from virDomainGetMetadata: libvirt strips our namespace from the
+    ///   element and its children (`<monitor><vsock cid="5"/></monitor>`, possibly with a stray
+    ///   `xmlns:appmon` declaration left on the root);
+    /// - as it stands in the domain XML and as [`MonitorSpec::to_xml`] writes it, in namespace
+    ///   [`METADATA_URI`] under any prefix.
+    ///
+    /// A `<monitor>` in another namespace is not ours ([`SpecError::NoMonitorElement`]).
     pub fn from_xml(xml: &str) -> Result<Self, SpecError> {
         let mut reader = NsReader::from_str(xml);
         reader.config_mut().trim_text(true);
         let mut in_monitor = false;
         let mut seen_monitor = false;
+        // Whether the <monitor> we read carries our namespace (domain XML form) or none (the
+        // stripped form virDomainGetMetadata returns). Its children are ours on the same terms.
+        let mut namespaced = true;
         let mut spec = MonitorSpec::with_transport(Transport::Vsock {
             cid: None,
             port: DEFAULT_VSOCK_PORT,
@@ -171,15 +182,23 @@ impl MonitorSpec {
                 .map_err(|e| SpecError::Xml(e.to_string()))?;
             match event {
                 (ns, Event::Start(e)) | (ns, Event::Empty(e)) => {
-                    let ours = matches!(ns, ResolveResult::Bound(n) if n.as_ref() == METADATA_URI.as_bytes());
                     let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
                     if !in_monitor {
-                        if ours && local == "monitor" {
+                        if local == "monitor" {
+                            if is_our_namespace(&ns) {
+                                namespaced = true;
+                            } else if matches!(ns, ResolveResult::Unbound) {
+                                namespaced = false;
+                            } else {
+                                continue;
+                            }
                             in_monitor = true;
                             seen_monitor = true;
                         }
                         continue;
                     }
+                    let ours = is_our_namespace(&ns)
+                        || (!namespaced && matches!(ns, ResolveResult::Unbound));
                     if !ours {
                         return Err(SpecError::UnknownElement { element: local });
                     }
@@ -193,7 +212,8 @@ impl MonitorSpec {
                     }
                 }
                 (ns, Event::End(e)) => {
-                    let ours = matches!(ns, ResolveResult::Bound(n) if n.as_ref() == METADATA_URI.as_bytes());
+                    let ours = is_our_namespace(&ns)
+                        || (!namespaced && matches!(ns, ResolveResult::Unbound));
                     if ours && e.local_name().as_ref() == b"monitor" {
                         in_monitor = false;
                     }
@@ -210,9 +230,28 @@ impl MonitorSpec {
         }
     }
 
-    /// The element's XML, for virDomainSetMetadata with key [`METADATA_KEY`] and namespace
-    /// [`METADATA_URI`].
+    /// The element's XML as it stands in a domain's `<metadata>`: `<appmon:monitor
+    /// xmlns:appmon="...">`, for documents and for showing operators.
+    ///
+    /// Not for virDomainSetMetadata: libvirt puts the element into the namespace itself and
+    /// refuses one that already declares the prefix [`METADATA_KEY`] ("failed to create a new
+    /// XML namespace"). Use [`MonitorSpec::to_metadata_xml`] there.
     pub fn to_xml(&self) -> String {
+        self.write_xml(Some(METADATA_KEY))
+    }
+
+    /// The element without namespace (`<monitor><policy/><vsock port="5315"/></monitor>`), as
+    /// virDomainSetMetadata takes it together with key [`METADATA_KEY`] and namespace
+    /// [`METADATA_URI`]; libvirt puts every element of it into that namespace.
+    pub fn to_metadata_xml(&self) -> String {
+        self.write_xml(None)
+    }
+
+    fn write_xml(&self, prefix: Option<&str>) -> String {
+        let (p, declaration) = match prefix {
+            Some(k) => (format!("{k}:"), format!(" xmlns:{k}=\"{METADATA_URI}\"")),
+            None => (String::new(), String::new()),
+        };
         let mut policy = String::new();
         let mut attr = |name: &str, value: Option<String>| {
             if let Some(v) = value {
@@ -233,10 +272,10 @@ impl MonitorSpec {
         let transport = match &self.transport {
             Transport::Vsock { cid, port } => {
                 let cid = cid.map(|c| format!(" cid=\"{c}\"")).unwrap_or_default();
-                format!("<{METADATA_KEY}:vsock{cid} port=\"{port}\"/>")
+                format!("<{p}vsock{cid} port=\"{port}\"/>")
             }
             Transport::HybridVsock { path, port } => format!(
-                "<{METADATA_KEY}:hybrid-vsock path=\"{}\" port=\"{port}\"/>",
+                "<{p}hybrid-vsock path=\"{}\" port=\"{port}\"/>",
                 escape(&path.to_string_lossy())
             ),
             Transport::Channel { path, name } => {
@@ -244,14 +283,15 @@ impl MonitorSpec {
                     .as_ref()
                     .map(|p| format!(" path=\"{}\"", escape(&p.to_string_lossy())))
                     .unwrap_or_default();
-                format!("<{METADATA_KEY}:channel{path} name=\"{}\"/>", escape(name))
+                format!("<{p}channel{path} name=\"{}\"/>", escape(name))
             }
         };
-        format!(
-            "<{k}:monitor xmlns:{k}=\"{METADATA_URI}\"><{k}:policy{policy}/>{transport}</{k}:monitor>",
-            k = METADATA_KEY
-        )
+        format!("<{p}monitor{declaration}><{p}policy{policy}/>{transport}</{p}monitor>")
     }
+}
+
+fn is_our_namespace(ns: &ResolveResult<'_>) -> bool {
+    matches!(ns, ResolveResult::Bound(n) if n.as_ref() == METADATA_URI.as_bytes())
 }
 
 fn escape(text: &str) -> String {
@@ -433,6 +473,10 @@ mod tests {
             },
         ] {
             let spec = MonitorSpec::with_transport(transport);
+            assert_eq!(
+                MonitorSpec::from_xml(&spec.to_metadata_xml()),
+                Ok(spec.clone())
+            );
             assert_eq!(MonitorSpec::from_xml(&spec.to_xml()), Ok(spec));
         }
     }
@@ -448,6 +492,45 @@ mod tests {
                 port: DEFAULT_VSOCK_PORT
             }
         );
+    }
+
+    #[test]
+    fn the_form_libvirt_returns_without_namespace_is_read() {
+        // virDomainGetMetadata strips our namespace and may leave the declaration behind.
+        let cases = [
+            "<monitor><vsock cid=\"5\"/></monitor>".to_string(),
+            format!("<monitor xmlns:appmon=\"{METADATA_URI}\">\n  <policy/>\n  <vsock cid=\"5\"/>\n</monitor>"),
+        ];
+        for xml in cases {
+            let spec = MonitorSpec::from_xml(&xml).expect(&xml);
+            assert_eq!(
+                spec.transport,
+                Transport::Vsock {
+                    cid: Some(5),
+                    port: DEFAULT_VSOCK_PORT
+                },
+                "{xml}"
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_form_has_no_namespace_and_round_trips() {
+        let spec = MonitorSpec {
+            failure_interval: Some(Duration::from_secs(30)),
+            min_uptime: None,
+            max_resets: Some(3),
+            reset_window: None,
+            reset_method: Some(ResetMethod::Reset),
+            transport: Transport::Channel {
+                path: None,
+                name: "org.appmon.agent.0".into(),
+            },
+        };
+        let xml = spec.to_metadata_xml();
+        assert!(xml.starts_with("<monitor><policy "), "{xml}");
+        assert!(!xml.contains("xmlns"), "{xml}");
+        assert_eq!(MonitorSpec::from_xml(&xml), Ok(spec));
     }
 
     #[test]
@@ -489,8 +572,13 @@ mod tests {
             ),
             (wrap("<appmon:watchdog/>"), "<watchdog>"),
             (
-                "<monitor><vsock/></monitor>".to_string(),
+                "<monitor xmlns=\"urn:other\"><vsock/></monitor>".to_string(),
                 "no <monitor> element",
+            ),
+            ("<monitor><vsock/></monitor".to_string(), "well-formed"),
+            (
+                format!("<monitor><x:vsock xmlns:x=\"urn:other\"/></monitor>"),
+                "<vsock>",
             ),
             (
                 "<appmon:monitor xmlns:appmon=\"x\">".to_string(),
