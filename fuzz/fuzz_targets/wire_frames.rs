@@ -16,7 +16,7 @@ where
     M: appmon_wire::WireMessage,
 {
     let mut buf = BytesMut::new();
-    let mut check = |item: Result<appmon_wire::Frame<M>, appmon_wire::FrameError>| {
+    let check = |item: Result<appmon_wire::Frame<M>, appmon_wire::FrameError>| {
         if let Ok(frame) = item {
             // What was accepted re-encodes, and decodes back to the same bytes (bytes, not
             // values: a NaN counter value is not equal to itself).
