@@ -1,1 +1,7 @@
-//! placeholder
+//! appmon's host agent: resets a VM through libvirt when its application stops sending
+//! heartbeats or asks for a reset, and never otherwise.
+//!
+//! # Modules
+//!
+//! - [`policy`]: the per-VM monitoring policy, a pure state machine with a virtual clock.
+pub mod policy;

@@ -1,0 +1,866 @@
+//! The per-VM monitoring policy: a pure state machine, `(state, input, now) -> (state, actions)`.
+//!
+//! No sockets, no libvirt, no clock: [`VmMachine::handle`] takes an [`Input`] and the current
+//! monotonic time and returns [`Action`]s; [`VmMachine::next_deadline`] says when it wants to be
+//! woken with [`Input::Tick`]. The supervisor feeds it; tests feed it a virtual clock.
+//!
+//! # Rules
+//!
+//! Defaults are vSphere's: failure interval 30 s, minimum uptime 120 s, at most 3 resets per
+//! 1 h window, reset method `reset`. Each can be overridden per VM ([`Policy`]).
+//!
+//! **Status** (as the guest sees it):
+//! - *Gray*: the host agent has no state for this guest: since it started, since the domain
+//!   migrated in, or since monitoring metadata appeared. The guest agent must Enable again.
+//!   Gray never causes a reset.
+//! - *Green*: enabled, and the last heartbeat is at most one failure interval old.
+//! - *Red*: enabled but heartbeats overdue, needReset posted, a reset under way, or given up;
+//!   **and also disabled**. vSphere defines Red as "infrastructure does not think the
+//!   application is being monitored", which is exactly a disabled application; Gray is kept
+//!   for "no state at all", the only status after which a guest agent re-enables on its own.
+//!
+//! **Monitoring starts at Enable**: the last-heartbeat clock starts at the Enable (and at every
+//! heartbeat). Heartbeats while not enabled are ignored.
+//!
+//! **A failure** is: enabled, domain running, `now - last_heartbeat > failure_interval`, and
+//! `now - booted_at >= min_uptime`, where `booted_at` is the last start, reboot or reset seen by
+//! this host agent (a domain that was already running when the host agent first saw it counts
+//! from that moment: the conservative choice, as its real start time is unknown).
+//!
+//! **needReset** (posted while enabled) resets at once, **even inside the minimum uptime**: the
+//! application asked explicitly, and the minimum uptime exists to protect slow starters that
+//! have not begun to heartbeat, not to delay an explicit request. The rate limit still applies.
+//! needReset while not enabled (Gray or disabled) is ignored and logged.
+//!
+//! **No failure while not running**: paused (user, migrating, saving, starting up), shut off,
+//! crashed, or libvirt unreachable. When the domain runs again the heartbeat clock restarts, so
+//! a heartbeat gap that overlaps such a period is never a failure.
+//!
+//! **Rate limit**: at most `max_resets` resets (every reset *attempt*, including failed ones and
+//! recovery power-cycles) in any sliding `reset_window`. A failure beyond that raises an alarm
+//! ("gave up"): the VM is Red and is not reset until the window has room again (then a failure
+//! that still holds resets it) or an operator clears the alarm (`appmonctl clear`, which also
+//! forgets the window's resets and restarts the heartbeat clock).
+//!
+//! **After a reset or reboot** the guest's state is gone: monitoring is disabled until the guest
+//! agent enables again. Reset method `reset` waits `channel_timeout` for the guest channel to
+//! come back (a Hello with a new boot id) and power-cycles if it does not. The same recovery
+//! applies when an enabled guest reboots by itself after its channel had been up. A reset that
+//! libvirt refuses is retried one failure interval later, still rate limited.
+//!
+//! **Migration**: the source sees the domain paused (no failures) and then gone (the supervisor
+//! drops it); the destination sees `Started(Migrated)` (paused, Gray) and `Resumed(Migrated)`
+//! (running, Gray, minimum uptime from the arrival).
+//!
+//! **No spec, no action**: a machine without a [`Policy`] never emits a reset or an alarm.
+//!
+//! **Adopting guest state**: when the host has state for the guest (a mere reconnect), the
+//! guest's `State` fills gaps: its `enabled` is the truth (the application may have disabled
+//! while the channel was down), a newer heartbeat age moves the clock forward (never back), and
+//! a pending needReset is taken as posted. With no state (Gray), the guest's state is ignored
+//! and the guest is told Gray.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use appmon_libvirt_backend::{DomainEvent, DomainState, ResetMethod, RunningReason, StartedReason};
+use appmon_wire::{format_boot_id, AppState, AppStatus, GuestState};
+
+/// The smallest step of the clock the rules compare with `>`.
+const EPSILON: Duration = Duration::from_millis(1);
+
+/// A VM's effective policy: the spec's overrides on top of the host defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub failure_interval: Duration,
+    pub min_uptime: Duration,
+    pub max_resets: u32,
+    pub reset_window: Duration,
+    pub reset_method: ResetMethod,
+    /// How long to wait for the guest channel after a reset or reboot before power-cycling.
+    pub channel_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            failure_interval: Duration::from_secs(30),
+            min_uptime: Duration::from_secs(120),
+            max_resets: 3,
+            reset_window: Duration::from_secs(3600),
+            reset_method: ResetMethod::Reset,
+            channel_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Whether the domain can fail right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Running,
+    /// Paused for any reason, including migrating, saving and an incoming migration.
+    Paused,
+    /// Shut off or crashed.
+    Off,
+    /// libvirt is unreachable or reports a state we do not act on.
+    Unknown,
+}
+
+impl Phase {
+    pub fn from_state(state: DomainState) -> Self {
+        match state {
+            DomainState::Running(_) => Phase::Running,
+            DomainState::Paused(_) => Phase::Paused,
+            DomainState::ShutOff(_) | DomainState::Crashed => Phase::Off,
+            DomainState::Other => Phase::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Paused => "paused",
+            Phase::Off => "off",
+            Phase::Unknown => "unknown",
+        }
+    }
+}
+
+/// The application's monitoring as the host sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Monitoring {
+    /// No state for this guest (Gray).
+    Unknown,
+    Disabled,
+    Enabled { last_heartbeat: Duration },
+}
+
+/// Why a VM was reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResetCause {
+    HeartbeatsStopped,
+    NeedReset,
+    /// The guest channel did not come back after our reset.
+    ChannelLostAfterReset,
+    /// The guest rebooted by itself and its channel did not come back.
+    ChannelLostAfterReboot,
+}
+
+impl fmt::Display for ResetCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResetCause::HeartbeatsStopped => "heartbeats stopped",
+            ResetCause::NeedReset => "the application asked for a reset (needReset)",
+            ResetCause::ChannelLostAfterReset => "guest channel did not come back after reset",
+            ResetCause::ChannelLostAfterReboot => "guest channel lost after reboot",
+        })
+    }
+}
+
+/// One reset attempt, kept while it is inside the reset window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetRecord {
+    /// Monotonic time of the attempt.
+    pub at: Duration,
+    pub method: ResetMethod,
+    pub reason: String,
+}
+
+/// The "gave up" alarm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alarm {
+    pub at: Duration,
+    pub reason: String,
+}
+
+/// What happens between a reset and the guest being back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    Idle,
+    /// A reset was issued; its result has not come back.
+    Resetting {
+        method: ResetMethod,
+        cause: ResetCause,
+    },
+    /// Waiting for a Hello with a boot id other than `old_boot`.
+    AwaitingChannel {
+        deadline: Duration,
+        old_boot: Option<[u8; 16]>,
+        after_reset: bool,
+    },
+}
+
+/// What the machine is fed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The domain's state from a listing or lookup (no event history implied).
+    DomainState(DomainState),
+    /// A libvirt lifecycle event.
+    Domain(DomainEvent),
+    /// libvirtd went away: nothing can be judged until a fresh state arrives.
+    HypervisorLost,
+    /// The monitoring spec changed: `None` when it was removed or is broken.
+    Policy(Option<Policy>),
+    /// The guest's Hello arrived on a new session.
+    GuestHello { boot_id: [u8; 16] },
+    /// The guest's full state, sent after its Hello.
+    GuestState(GuestState),
+    Enable,
+    Disable,
+    Heartbeat,
+    PostAppState(AppState),
+    /// The session to the guest ended.
+    ChannelClosed,
+    ResetDone,
+    ResetFailed { error: String },
+    /// An operator cleared the alarm and the window's resets.
+    Clear,
+    /// Time passed.
+    Tick,
+}
+
+/// How much a note matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// What the machine asks of the world.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Reset the VM now.
+    Reset {
+        method: ResetMethod,
+        cause: ResetCause,
+    },
+    /// Gave up: the rate limit is exhausted.
+    Alarm { reason: String },
+    /// Tell the guest its new status.
+    SendStatus(AppStatus),
+    /// The reset history or alarm changed: write it to the state directory.
+    Persist,
+    /// A decision and its reason, for the log and the VM's event history.
+    Note { level: Level, text: String },
+}
+
+/// One VM's monitoring state.
+#[derive(Debug, Clone)]
+pub struct VmMachine {
+    policy: Option<Policy>,
+    phase: Phase,
+    booted_at: Duration,
+    monitoring: Monitoring,
+    need_reset: bool,
+    resets: VecDeque<ResetRecord>,
+    alarm: Option<Alarm>,
+    pending: Pending,
+    retry_at: Option<Duration>,
+    channel_up: bool,
+    boot_id: Option<[u8; 16]>,
+    hello_since_boot: bool,
+    status_sent: Option<AppStatus>,
+}
+
+impl VmMachine {
+    /// A VM first seen at `now` in `state`: Gray, minimum uptime counted from now.
+    pub fn new(now: Duration, state: DomainState, policy: Option<Policy>) -> Self {
+        VmMachine {
+            policy,
+            phase: Phase::from_state(state),
+            booted_at: now,
+            monitoring: Monitoring::Unknown,
+            need_reset: false,
+            resets: VecDeque::new(),
+            alarm: None,
+            pending: Pending::Idle,
+            retry_at: None,
+            channel_up: false,
+            boot_id: None,
+            hello_since_boot: false,
+            status_sent: None,
+        }
+    }
+
+    /// Puts back reset history and alarm loaded from the state directory.
+    pub fn restore(&mut self, resets: Vec<ResetRecord>, alarm: Option<Alarm>) {
+        self.resets = resets.into();
+        self.alarm = alarm;
+    }
+
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn monitoring(&self) -> Monitoring {
+        self.monitoring
+    }
+
+    pub fn alarm(&self) -> Option<&Alarm> {
+        self.alarm.as_ref()
+    }
+
+    pub fn pending(&self) -> Pending {
+        self.pending
+    }
+
+    pub fn need_reset(&self) -> bool {
+        self.need_reset
+    }
+
+    pub fn resets(&self) -> impl Iterator<Item = &ResetRecord> {
+        self.resets.iter()
+    }
+
+    pub fn boot_id(&self) -> Option<[u8; 16]> {
+        self.boot_id
+    }
+
+    pub fn channel_up(&self) -> bool {
+        self.channel_up
+    }
+
+    /// Resets inside the window ending at `now`.
+    pub fn resets_in_window(&self, now: Duration) -> usize {
+        let Some(policy) = &self.policy else {
+            return 0;
+        };
+        self.resets
+            .iter()
+            .filter(|r| now.saturating_sub(r.at) < policy.reset_window)
+            .count()
+    }
+
+    /// The status the guest should see; `None` when the VM is not monitored.
+    pub fn status(&self, now: Duration) -> Option<AppStatus> {
+        let policy = self.policy.as_ref()?;
+        Some(match self.monitoring {
+            Monitoring::Unknown => AppStatus::Gray,
+            Monitoring::Disabled => AppStatus::Red,
+            Monitoring::Enabled { last_heartbeat } => {
+                let overdue = now.saturating_sub(last_heartbeat) > policy.failure_interval;
+                if self.need_reset
+                    || self.alarm.is_some()
+                    || self.pending != Pending::Idle
+                    || overdue
+                {
+                    AppStatus::Red
+                } else {
+                    AppStatus::Green
+                }
+            }
+        })
+    }
+
+    /// Whether the application enabled monitoring.
+    pub fn enabled(&self) -> bool {
+        matches!(self.monitoring, Monitoring::Enabled { .. })
+    }
+
+    /// The status for a reply to the guest; remembered as told.
+    pub fn reply_status(&mut self, now: Duration) -> AppStatus {
+        let status = self.status(now).unwrap_or(AppStatus::Gray);
+        self.status_sent = Some(status);
+        status
+    }
+
+    /// When the machine next wants a [`Input::Tick`]: the earliest deadline after `now`.
+    pub fn next_deadline(&self, now: Duration) -> Option<Duration> {
+        let policy = self.policy.as_ref()?;
+        let mut candidates: [Option<Duration>; 4] = [None; 4];
+        if let Pending::AwaitingChannel { deadline, .. } = self.pending {
+            candidates[0] = Some(deadline);
+        }
+        if self.alarm.is_some() && policy.max_resets > 0 {
+            // Room again when the oldest reset in the window leaves it.
+            candidates[1] = self
+                .resets
+                .iter()
+                .filter(|r| now.saturating_sub(r.at) < policy.reset_window)
+                .map(|r| r.at + policy.reset_window)
+                .min();
+        }
+        if let Monitoring::Enabled { last_heartbeat } = self.monitoring {
+            let overdue_at = last_heartbeat + policy.failure_interval + EPSILON;
+            // The status turns Red when heartbeats are overdue, counted or not.
+            candidates[2] = Some(overdue_at);
+            if self.phase == Phase::Running && self.pending == Pending::Idle {
+                let mut at = overdue_at.max(self.booted_at + policy.min_uptime);
+                if self.need_reset {
+                    at = now;
+                }
+                if let Some(retry) = self.retry_at {
+                    at = at.max(retry);
+                }
+                candidates[3] = Some(at);
+            }
+        }
+        candidates.into_iter().flatten().filter(|&d| d > now).min()
+    }
+
+    /// Feeds one input at `now`; returns what to do.
+    pub fn handle(&mut self, input: Input, now: Duration) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.apply(input, now, &mut out);
+        self.evaluate(now, &mut out);
+        if self.channel_up {
+            if let Some(status) = self.status(now) {
+                if self.status_sent != Some(status) {
+                    self.status_sent = Some(status);
+                    out.push(Action::SendStatus(status));
+                }
+            }
+        }
+        out
+    }
+
+    fn note(out: &mut Vec<Action>, level: Level, text: impl Into<String>) {
+        out.push(Action::Note {
+            level,
+            text: text.into(),
+        });
+    }
+
+    /// The guest's state is gone (reboot, reset, power-off, fresh start).
+    fn guest_state_gone(&mut self, now: Duration) {
+        if self.monitoring != Monitoring::Unknown {
+            self.monitoring = Monitoring::Disabled;
+        }
+        self.need_reset = false;
+        self.booted_at = now;
+        self.hello_since_boot = false;
+        self.retry_at = None;
+    }
+
+    fn enter_phase(&mut self, phase: Phase, now: Duration) {
+        if phase == Phase::Running && self.phase != Phase::Running {
+            // A gap that overlaps a pause, migration or outage is not a failure.
+            if let Monitoring::Enabled { last_heartbeat } = &mut self.monitoring {
+                *last_heartbeat = (*last_heartbeat).max(now);
+            }
+        }
+        self.phase = phase;
+    }
+
+    fn apply(&mut self, input: Input, now: Duration, out: &mut Vec<Action>) {
+        match input {
+            Input::DomainState(state) => self.enter_phase(Phase::from_state(state), now),
+            Input::HypervisorLost => self.enter_phase(Phase::Unknown, now),
+            Input::Domain(event) => self.domain_event(event, now, out),
+            Input::Policy(policy) => self.set_policy(policy, out),
+            Input::GuestHello { boot_id } => self.guest_hello(boot_id, out),
+            Input::GuestState(state) => self.adopt(state, now, out),
+            Input::Enable => {
+                if self.policy.is_none() {
+                    return;
+                }
+                self.monitoring = Monitoring::Enabled {
+                    last_heartbeat: now,
+                };
+                self.need_reset = false;
+                Self::note(out, Level::Info, "application enabled monitoring");
+            }
+            Input::Disable => {
+                if self.policy.is_none() {
+                    return;
+                }
+                if self.enabled() {
+                    Self::note(out, Level::Info, "application disabled monitoring");
+                }
+                self.monitoring = Monitoring::Disabled;
+                self.need_reset = false;
+            }
+            Input::Heartbeat => {
+                if let Monitoring::Enabled { last_heartbeat } = &mut self.monitoring {
+                    *last_heartbeat = (*last_heartbeat).max(now);
+                }
+            }
+            Input::PostAppState(AppState::NeedReset) => {
+                if self.policy.is_none() {
+                    return;
+                }
+                if self.enabled() {
+                    if !self.need_reset {
+                        Self::note(out, Level::Warn, "application posted needReset");
+                    }
+                    self.need_reset = true;
+                } else {
+                    Self::note(
+                        out,
+                        Level::Warn,
+                        "needReset ignored: the application has not enabled monitoring",
+                    );
+                }
+            }
+            Input::PostAppState(AppState::Ok) => {
+                if self.need_reset {
+                    Self::note(out, Level::Info, "application took back needReset");
+                }
+                self.need_reset = false;
+            }
+            Input::ChannelClosed => {
+                self.channel_up = false;
+                self.status_sent = None;
+            }
+            Input::ResetDone => {
+                if let Pending::Resetting { method, cause } = self.pending {
+                    let old_boot = self.boot_id;
+                    self.guest_state_gone(now);
+                    self.pending = match (method, &self.policy) {
+                        (ResetMethod::Reset, Some(policy)) => Pending::AwaitingChannel {
+                            deadline: now + policy.channel_timeout,
+                            old_boot,
+                            after_reset: true,
+                        },
+                        _ => Pending::Idle,
+                    };
+                    Self::note(
+                        out,
+                        Level::Info,
+                        format!("{} done ({cause})", method.as_str()),
+                    );
+                }
+            }
+            Input::ResetFailed { error } => {
+                if let Pending::Resetting { method, cause } = self.pending {
+                    self.pending = Pending::Idle;
+                    let retry = self
+                        .policy
+                        .as_ref()
+                        .map(|p| now + p.failure_interval)
+                        .unwrap_or(now);
+                    self.retry_at = Some(retry);
+                    Self::note(
+                        out,
+                        Level::Error,
+                        format!(
+                            "{} failed ({cause}): {error}; retrying in {} ms if still needed",
+                            method.as_str(),
+                            retry.saturating_sub(now).as_millis()
+                        ),
+                    );
+                }
+            }
+            Input::Clear => {
+                let forgotten = self.resets.len();
+                self.resets.clear();
+                if self.alarm.take().is_some() || forgotten > 0 {
+                    out.push(Action::Persist);
+                }
+                self.retry_at = None;
+                if let Monitoring::Enabled { last_heartbeat } = &mut self.monitoring {
+                    *last_heartbeat = (*last_heartbeat).max(now);
+                }
+                Self::note(
+                    out,
+                    Level::Warn,
+                    format!("operator cleared the alarm and {forgotten} reset(s) of the window"),
+                );
+            }
+            Input::Tick => {}
+        }
+    }
+
+    fn domain_event(&mut self, event: DomainEvent, now: Duration, out: &mut Vec<Action>) {
+        match event {
+            DomainEvent::Started(StartedReason::Migrated) => {
+                // The incoming side of a migration: not here until Resumed(Migrated).
+                self.phase = Phase::Paused;
+                self.arrived_by_migration(now);
+            }
+            DomainEvent::Started(_) => {
+                self.guest_state_gone(now);
+                self.cancel_awaiting_unless_ours();
+                self.enter_phase(Phase::Running, now);
+            }
+            DomainEvent::Suspended(_) => self.enter_phase(Phase::Paused, now),
+            DomainEvent::Resumed(RunningReason::Migrated) => {
+                self.arrived_by_migration(now);
+                self.enter_phase(Phase::Running, now);
+                if self.policy.is_some() {
+                    Self::note(out, Level::Info, "arrived by migration: Gray until Enable");
+                }
+            }
+            DomainEvent::Resumed(_) => self.enter_phase(Phase::Running, now),
+            DomainEvent::Stopped(_) | DomainEvent::Crashed => {
+                self.enter_phase(Phase::Off, now);
+                self.guest_state_gone(now);
+                self.cancel_awaiting_unless_ours();
+            }
+            DomainEvent::Rebooted => self.rebooted(now, out),
+            DomainEvent::Defined
+            | DomainEvent::Undefined
+            | DomainEvent::ShutdownFinished
+            | DomainEvent::Watchdog
+            | DomainEvent::MetadataChanged => {}
+        }
+    }
+
+    fn arrived_by_migration(&mut self, now: Duration) {
+        self.monitoring = Monitoring::Unknown;
+        self.need_reset = false;
+        self.pending = Pending::Idle;
+        self.retry_at = None;
+        self.booted_at = now;
+        self.hello_since_boot = false;
+    }
+
+    /// A stop or start not caused by our own power-cycle ends a wait for the channel.
+    fn cancel_awaiting_unless_ours(&mut self) {
+        if matches!(self.pending, Pending::AwaitingChannel { .. }) {
+            self.pending = Pending::Idle;
+        }
+    }
+
+    fn rebooted(&mut self, now: Duration, out: &mut Vec<Action>) {
+        if self.pending != Pending::Idle {
+            // Our own reset (libvirt reports several reboot events for one).
+            return;
+        }
+        let was_enabled = self.enabled();
+        let channel_was_up = self.hello_since_boot;
+        let old_boot = self.boot_id;
+        self.guest_state_gone(now);
+        let Some(policy) = &self.policy else {
+            return;
+        };
+        if was_enabled && channel_was_up {
+            self.pending = Pending::AwaitingChannel {
+                deadline: now + policy.channel_timeout,
+                old_boot,
+                after_reset: false,
+            };
+            Self::note(
+                out,
+                Level::Warn,
+                format!(
+                    "guest rebooted by itself; waiting {} ms for its channel",
+                    policy.channel_timeout.as_millis()
+                ),
+            );
+        } else {
+            Self::note(out, Level::Info, "guest rebooted");
+        }
+    }
+
+    fn set_policy(&mut self, policy: Option<Policy>, out: &mut Vec<Action>) {
+        match (&self.policy, policy) {
+            (None, None) => {}
+            (Some(_), None) => {
+                self.policy = None;
+                self.monitoring = Monitoring::Unknown;
+                self.need_reset = false;
+                self.pending = Pending::Idle;
+                self.retry_at = None;
+                Self::note(out, Level::Warn, "monitoring spec removed: VM left alone");
+            }
+            (None, Some(p)) => {
+                self.policy = Some(p);
+                self.monitoring = Monitoring::Unknown;
+                Self::note(out, Level::Info, "monitoring spec found: Gray until Enable");
+            }
+            (Some(old), Some(p)) => {
+                if *old != p {
+                    Self::note(out, Level::Info, "monitoring policy changed");
+                }
+                self.policy = Some(p);
+            }
+        }
+    }
+
+    fn guest_hello(&mut self, boot_id: [u8; 16], out: &mut Vec<Action>) {
+        self.channel_up = true;
+        self.status_sent = None;
+        self.hello_since_boot = true;
+        let rebooted = self.boot_id.is_some_and(|old| old != boot_id);
+        if let Pending::AwaitingChannel { old_boot, .. } = self.pending {
+            if old_boot != Some(boot_id) {
+                self.pending = Pending::Idle;
+                Self::note(
+                    out,
+                    Level::Info,
+                    format!("guest channel is back (boot id {})", format_boot_id(&boot_id)),
+                );
+            }
+        }
+        if rebooted && self.monitoring != Monitoring::Unknown {
+            // A reboot we did not see as an event: the guest's state is gone.
+            self.monitoring = Monitoring::Disabled;
+            self.need_reset = false;
+        }
+        self.boot_id = Some(boot_id);
+    }
+
+    fn adopt(&mut self, state: GuestState, now: Duration, out: &mut Vec<Action>) {
+        if self.policy.is_none() {
+            return;
+        }
+        match (self.monitoring, state.enabled) {
+            (Monitoring::Unknown, _) => {
+                // Gray: the guest enables again on its own.
+            }
+            (_, false) => {
+                if self.enabled() {
+                    Self::note(out, Level::Info, "guest reports monitoring disabled");
+                }
+                self.monitoring = Monitoring::Disabled;
+                self.need_reset = false;
+            }
+            (Monitoring::Disabled, true) => {
+                self.monitoring = Monitoring::Enabled {
+                    last_heartbeat: now,
+                };
+                Self::note(out, Level::Info, "guest reports monitoring enabled");
+            }
+            (Monitoring::Enabled { last_heartbeat }, true) => {
+                if let Some(age) = state.last_heartbeat_age_ms {
+                    let seen = now.saturating_sub(Duration::from_millis(age));
+                    self.monitoring = Monitoring::Enabled {
+                        last_heartbeat: last_heartbeat.max(seen),
+                    };
+                }
+            }
+        }
+        if state.need_reset && self.enabled() && !self.need_reset {
+            self.need_reset = true;
+            Self::note(out, Level::Warn, "guest reports a pending needReset");
+        }
+    }
+
+    /// Decides whether to reset, give up, or clear the alarm.
+    fn evaluate(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let Some(policy) = self.policy.clone() else {
+            return;
+        };
+        // Forget resets that left the window.
+        while self
+            .resets
+            .front()
+            .is_some_and(|r| now.saturating_sub(r.at) >= policy.reset_window)
+        {
+            self.resets.pop_front();
+            out.push(Action::Persist);
+        }
+        if self.alarm.is_some() && self.resets.len() < policy.max_resets as usize {
+            self.alarm = None;
+            out.push(Action::Persist);
+            Self::note(out, Level::Warn, "reset window has room again: alarm cleared");
+        }
+        if let Pending::AwaitingChannel {
+            deadline,
+            after_reset,
+            ..
+        } = self.pending
+        {
+            if now < deadline {
+                return;
+            }
+            self.pending = Pending::Idle;
+            if self.phase != Phase::Running {
+                Self::note(
+                    out,
+                    Level::Info,
+                    "guest channel did not come back, but the domain is not running: no recovery",
+                );
+                return;
+            }
+            let cause = if after_reset {
+                ResetCause::ChannelLostAfterReset
+            } else {
+                ResetCause::ChannelLostAfterReboot
+            };
+            self.try_reset(&policy, ResetMethod::PowerCycle, cause, now, out);
+            return;
+        }
+        if self.pending != Pending::Idle || self.phase != Phase::Running {
+            return;
+        }
+        if self.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let Monitoring::Enabled { last_heartbeat } = self.monitoring else {
+            return;
+        };
+        let cause = if self.need_reset {
+            ResetCause::NeedReset
+        } else if now.saturating_sub(last_heartbeat) > policy.failure_interval
+            && now.saturating_sub(self.booted_at) >= policy.min_uptime
+        {
+            ResetCause::HeartbeatsStopped
+        } else {
+            return;
+        };
+        if self.alarm.is_some() {
+            return;
+        }
+        if cause == ResetCause::HeartbeatsStopped {
+            Self::note(
+                out,
+                Level::Warn,
+                format!(
+                    "no heartbeat for {} ms (failure interval {} ms)",
+                    now.saturating_sub(last_heartbeat).as_millis(),
+                    policy.failure_interval.as_millis()
+                ),
+            );
+        }
+        self.try_reset(&policy, policy.reset_method, cause, now, out);
+    }
+
+    fn try_reset(
+        &mut self,
+        policy: &Policy,
+        method: ResetMethod,
+        cause: ResetCause,
+        now: Duration,
+        out: &mut Vec<Action>,
+    ) {
+        self.retry_at = None;
+        if self.resets_in_window(now) >= policy.max_resets as usize {
+            if self.alarm.is_none() {
+                let reason = format!(
+                    "gave up: {cause}, but {} reset(s) in the last {} s already (max {})",
+                    self.resets_in_window(now),
+                    policy.reset_window.as_secs(),
+                    policy.max_resets
+                );
+                self.alarm = Some(Alarm {
+                    at: now,
+                    reason: reason.clone(),
+                });
+                Self::note(out, Level::Error, reason.clone());
+                out.push(Action::Alarm { reason });
+                out.push(Action::Persist);
+            }
+            return;
+        }
+        let reason = cause.to_string();
+        self.resets.push_back(ResetRecord {
+            at: now,
+            method,
+            reason: reason.clone(),
+        });
+        self.pending = Pending::Resetting { method, cause };
+        Self::note(
+            out,
+            Level::Warn,
+            format!(
+                "{}: {reason} ({} of {} in the window)",
+                method.as_str(),
+                self.resets.len(),
+                policy.max_resets
+            ),
+        );
+        out.push(Action::Persist);
+        out.push(Action::Reset { method, cause });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,810 @@
+//! The policy with a virtual clock: table-driven cases and property tests.
+
+use super::*;
+use appmon_libvirt_backend::{PausedReason, ShutOffReason};
+use proptest::prelude::*;
+
+const S: u64 = 1000;
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn running() -> DomainState {
+    DomainState::Running(RunningReason::Booted)
+}
+
+/// Drives a machine with a virtual clock, waking it at its own deadlines like the supervisor.
+struct Sim {
+    m: VmMachine,
+    now: Duration,
+    /// Answer every reset with ResetDone at once.
+    auto_done: bool,
+    log: Vec<(Duration, Action)>,
+}
+
+impl Sim {
+    fn new(policy: Policy) -> Self {
+        Sim {
+            m: VmMachine::new(Duration::ZERO, running(), Some(policy)),
+            now: Duration::ZERO,
+            auto_done: true,
+            log: Vec::new(),
+        }
+    }
+
+    /// A policy without minimum uptime, to test one rule at a time.
+    fn quick() -> Self {
+        Self::new(Policy {
+            min_uptime: Duration::ZERO,
+            ..Policy::default()
+        })
+    }
+
+    fn feed(&mut self, input: Input) {
+        let actions = self.m.handle(input, self.now);
+        let mut reset = false;
+        for a in actions {
+            reset |= matches!(a, Action::Reset { .. });
+            self.log.push((self.now, a));
+        }
+        if reset && self.auto_done {
+            self.feed(Input::ResetDone);
+        }
+    }
+
+    /// Advances to `t` ms, ticking at every deadline on the way.
+    fn run_to(&mut self, t: u64) {
+        let target = ms(t);
+        while let Some(d) = self.m.next_deadline(self.now) {
+            if d > target {
+                break;
+            }
+            self.now = d;
+            self.feed(Input::Tick);
+        }
+        self.now = self.now.max(target);
+    }
+
+    fn at(&mut self, t: u64, input: Input) {
+        self.run_to(t);
+        self.feed(input);
+    }
+
+    fn resets(&self) -> Vec<(u64, ResetMethod, ResetCause)> {
+        self.log
+            .iter()
+            .filter_map(|(t, a)| match a {
+                Action::Reset { method, cause } => Some((t.as_millis() as u64, *method, *cause)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn alarms(&self) -> usize {
+        self.log
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Alarm { .. }))
+            .count()
+    }
+
+    fn status(&self) -> Option<AppStatus> {
+        self.m.status(self.now)
+    }
+
+    /// Guest connects, says hello and enables.
+    fn guest_enables(&mut self, t: u64, boot: u8) {
+        self.at(t, Input::GuestHello { boot_id: [boot; 16] });
+        self.feed(Input::Enable);
+    }
+}
+
+#[test]
+fn heartbeats_keep_it_green() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    for t in (10..600).step_by(10) {
+        sim.at(t * S, Input::Heartbeat);
+        assert_eq!(sim.status(), Some(AppStatus::Green), "at {t} s");
+    }
+    assert!(sim.resets().is_empty());
+}
+
+#[test]
+fn silence_past_failure_interval_resets_one_ms_after_it() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(10 * S, Input::Heartbeat);
+    sim.run_to(100 * S);
+    assert_eq!(
+        sim.resets(),
+        vec![(
+            40 * S + 1,
+            ResetMethod::Reset,
+            ResetCause::HeartbeatsStopped
+        )]
+    );
+}
+
+#[test]
+fn one_second_failure_interval_is_precise() {
+    let mut sim = Sim::new(Policy {
+        failure_interval: ms(S),
+        min_uptime: Duration::ZERO,
+        ..Policy::default()
+    });
+    sim.guest_enables(0, 1);
+    for t in (250..=5_250).step_by(500) {
+        sim.at(t, Input::Heartbeat);
+    }
+    sim.run_to(20 * S);
+    assert_eq!(sim.resets()[0].0, 6_251);
+}
+
+#[test]
+fn status_turns_red_when_heartbeats_are_overdue() {
+    let mut sim = Sim::new(Policy::default());
+    sim.guest_enables(0, 1);
+    sim.run_to(31 * S);
+    assert_eq!(sim.status(), Some(AppStatus::Red));
+    assert!(sim
+        .log
+        .iter()
+        .any(|(_, a)| *a == Action::SendStatus(AppStatus::Red)));
+    assert!(sim.resets().is_empty(), "inside min uptime");
+}
+
+#[test]
+fn inside_min_uptime_no_reset() {
+    let mut sim = Sim::new(Policy::default());
+    sim.guest_enables(0, 1);
+    sim.run_to(119 * S);
+    assert!(sim.resets().is_empty());
+    sim.run_to(121 * S);
+    assert_eq!(sim.resets()[0].0, 120 * S);
+}
+
+#[test]
+fn need_reset_resets_at_once_even_inside_min_uptime() {
+    let mut sim = Sim::new(Policy::default());
+    sim.guest_enables(0, 1);
+    sim.at(5 * S, Input::PostAppState(AppState::NeedReset));
+    assert_eq!(
+        sim.resets(),
+        vec![(5 * S, ResetMethod::Reset, ResetCause::NeedReset)]
+    );
+}
+
+#[test]
+fn need_reset_while_gray_or_disabled_is_ignored() {
+    let mut sim = Sim::quick();
+    sim.at(0, Input::GuestHello { boot_id: [1; 16] });
+    sim.feed(Input::PostAppState(AppState::NeedReset));
+    sim.feed(Input::Disable);
+    sim.feed(Input::PostAppState(AppState::NeedReset));
+    sim.run_to(1000 * S);
+    assert!(sim.resets().is_empty());
+}
+
+#[test]
+fn need_reset_taken_back_does_not_reset() {
+    let mut sim = Sim::quick();
+    sim.auto_done = false;
+    sim.guest_enables(0, 1);
+    sim.feed(Input::Disable);
+    sim.feed(Input::Enable);
+    sim.feed(Input::PostAppState(AppState::Ok));
+    sim.at(1 * S, Input::Heartbeat);
+    assert!(sim.resets().is_empty());
+}
+
+#[test]
+fn max_resets_then_gave_up_until_the_window_has_room() {
+    let mut sim = Sim::new(Policy {
+        min_uptime: Duration::ZERO,
+        channel_timeout: ms(3600 * S),
+        ..Policy::default()
+    });
+    for (i, t) in [0u64, 100, 200, 300].into_iter().enumerate() {
+        sim.guest_enables(t * S, i as u8 + 1);
+        sim.feed(Input::PostAppState(AppState::NeedReset));
+    }
+    assert_eq!(sim.resets().len(), 3);
+    assert_eq!(sim.alarms(), 1);
+    assert!(sim.m.alarm().is_some());
+    assert_eq!(sim.status(), Some(AppStatus::Red));
+    // The first reset leaves the window at 3600 s: the failure still holds, so it resets.
+    sim.run_to(3599 * S);
+    assert_eq!(sim.resets().len(), 3);
+    sim.run_to(3601 * S);
+    assert_eq!(sim.resets().len(), 4);
+    assert_eq!(sim.resets()[3].0, 3600 * S);
+}
+
+#[test]
+fn zero_max_resets_only_raises_the_alarm() {
+    let mut sim = Sim::new(Policy {
+        max_resets: 0,
+        min_uptime: Duration::ZERO,
+        ..Policy::default()
+    });
+    sim.guest_enables(0, 1);
+    sim.run_to(10_000 * S);
+    assert!(sim.resets().is_empty());
+    assert_eq!(sim.alarms(), 1);
+}
+
+#[test]
+fn operator_clear_lets_it_reset_again() {
+    let mut sim = Sim::new(Policy {
+        max_resets: 1,
+        min_uptime: Duration::ZERO,
+        channel_timeout: ms(3600 * S),
+        ..Policy::default()
+    });
+    sim.guest_enables(0, 1);
+    sim.feed(Input::PostAppState(AppState::NeedReset));
+    sim.guest_enables(10 * S, 2);
+    sim.feed(Input::PostAppState(AppState::NeedReset));
+    assert_eq!((sim.resets().len(), sim.alarms()), (1, 1));
+    sim.at(20 * S, Input::Clear);
+    assert!(sim.m.alarm().is_none());
+    assert_eq!(sim.resets().len(), 2, "needReset still pending");
+}
+
+#[test]
+fn pause_gap_is_not_a_failure() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(10 * S, Input::Heartbeat);
+    sim.at(
+        20 * S,
+        Input::Domain(DomainEvent::Suspended(PausedReason::User)),
+    );
+    sim.at(
+        200 * S,
+        Input::Domain(DomainEvent::Resumed(RunningReason::Unpaused)),
+    );
+    sim.run_to(229 * S);
+    assert!(sim.resets().is_empty());
+    sim.run_to(300 * S);
+    assert_eq!(sim.resets()[0].0, 230 * S + 1, "clock restarted at resume");
+}
+
+#[test]
+fn missed_heartbeat_during_migration_does_not_reset() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(
+        29 * S,
+        Input::Domain(DomainEvent::Suspended(PausedReason::Migrating)),
+    );
+    sim.at(
+        100 * S,
+        Input::Domain(DomainEvent::Stopped(ShutOffReason::Migrated)),
+    );
+    sim.run_to(1000 * S);
+    assert!(sim.resets().is_empty());
+}
+
+#[test]
+fn save_and_restore_gap_is_not_a_failure() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(
+        5 * S,
+        Input::Domain(DomainEvent::Suspended(PausedReason::Saving)),
+    );
+    sim.at(6 * S, Input::Domain(DomainEvent::Stopped(ShutOffReason::Saved)));
+    sim.at(
+        500 * S,
+        Input::Domain(DomainEvent::Started(StartedReason::Restored)),
+    );
+    // The restored guest reconnects with its old boot id and state.
+    sim.at(501 * S, Input::GuestHello { boot_id: [1; 16] });
+    sim.feed(Input::GuestState(guest_state(true, Some(0))));
+    assert_eq!(sim.status(), Some(AppStatus::Green));
+    sim.run_to(530 * S);
+    assert!(sim.resets().is_empty());
+}
+
+#[test]
+fn migrated_in_domain_is_gray_until_enable() {
+    let mut sim = Sim::quick();
+    sim.at(
+        0,
+        Input::Domain(DomainEvent::Started(StartedReason::Migrated)),
+    );
+    sim.at(
+        1 * S,
+        Input::Domain(DomainEvent::Resumed(RunningReason::Migrated)),
+    );
+    sim.at(2 * S, Input::GuestHello { boot_id: [1; 16] });
+    sim.feed(Input::GuestState(guest_state(true, Some(100))));
+    assert_eq!(sim.status(), Some(AppStatus::Gray));
+    assert!(sim
+        .log
+        .iter()
+        .any(|(_, a)| *a == Action::SendStatus(AppStatus::Gray)));
+    sim.run_to(1000 * S);
+    assert!(sim.resets().is_empty(), "Gray never resets");
+    sim.feed(Input::Enable);
+    assert_eq!(sim.status(), Some(AppStatus::Green));
+}
+
+#[test]
+fn reboot_clears_enable() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(10 * S, Input::Domain(DomainEvent::Rebooted));
+    assert_eq!(sim.status(), Some(AppStatus::Red));
+    assert!(!sim.m.enabled());
+    sim.at(11 * S, Input::GuestHello { boot_id: [2; 16] });
+    sim.run_to(1000 * S);
+    assert!(sim.resets().is_empty());
+}
+
+#[test]
+fn gray_after_restart_ignores_the_guests_enabled_state() {
+    // A fresh machine is what a restarted host agent has.
+    let mut sim = Sim::quick();
+    sim.at(0, Input::GuestHello { boot_id: [1; 16] });
+    sim.feed(Input::GuestState(GuestState {
+        need_reset: true,
+        ..guest_state(true, Some(0))
+    }));
+    assert_eq!(sim.status(), Some(AppStatus::Gray));
+    sim.run_to(1000 * S);
+    assert!(sim.resets().is_empty());
+}
+
+#[test]
+fn channel_timeout_falls_back_to_power_cycle() {
+    let mut sim = Sim::new(Policy {
+        min_uptime: Duration::ZERO,
+        channel_timeout: ms(5 * S),
+        ..Policy::default()
+    });
+    sim.guest_enables(0, 1);
+    sim.feed(Input::PostAppState(AppState::NeedReset));
+    sim.run_to(4 * S);
+    assert_eq!(sim.resets().len(), 1);
+    sim.run_to(10 * S);
+    assert_eq!(
+        sim.resets()[1],
+        (
+            5 * S,
+            ResetMethod::PowerCycle,
+            ResetCause::ChannelLostAfterReset
+        )
+    );
+}
+
+#[test]
+fn channel_back_with_new_boot_id_cancels_the_fallback() {
+    let mut sim = Sim::new(Policy {
+        min_uptime: Duration::ZERO,
+        channel_timeout: ms(5 * S),
+        ..Policy::default()
+    });
+    sim.guest_enables(0, 1);
+    sim.feed(Input::PostAppState(AppState::NeedReset));
+    sim.at(1 * S, Input::ChannelClosed);
+    // The old guest's hello (same boot id) does not count.
+    sim.at(2 * S, Input::GuestHello { boot_id: [1; 16] });
+    sim.at(3 * S, Input::GuestHello { boot_id: [2; 16] });
+    sim.run_to(100 * S);
+    assert_eq!(sim.resets().len(), 1);
+}
+
+#[test]
+fn power_cycle_method_does_not_wait_for_the_channel() {
+    let mut sim = Sim::new(Policy {
+        min_uptime: Duration::ZERO,
+        reset_method: ResetMethod::PowerCycle,
+        channel_timeout: ms(S),
+        ..Policy::default()
+    });
+    sim.guest_enables(0, 1);
+    sim.feed(Input::PostAppState(AppState::NeedReset));
+    sim.run_to(100 * S);
+    assert_eq!(
+        sim.resets(),
+        vec![(0, ResetMethod::PowerCycle, ResetCause::NeedReset)]
+    );
+}
+
+#[test]
+fn guest_reboot_without_channel_coming_back_power_cycles() {
+    let mut sim = Sim::new(Policy {
+        min_uptime: Duration::ZERO,
+        channel_timeout: ms(5 * S),
+        ..Policy::default()
+    });
+    sim.guest_enables(0, 1);
+    sim.at(1 * S, Input::Domain(DomainEvent::Rebooted));
+    sim.feed(Input::Domain(DomainEvent::Rebooted));
+    sim.run_to(100 * S);
+    assert_eq!(
+        sim.resets(),
+        vec![(
+            6 * S,
+            ResetMethod::PowerCycle,
+            ResetCause::ChannelLostAfterReboot
+        )]
+    );
+}
+
+#[test]
+fn refused_reset_is_retried_at_the_next_deadline() {
+    let mut sim = Sim::quick();
+    sim.auto_done = false;
+    sim.guest_enables(0, 1);
+    sim.run_to(31 * S);
+    assert_eq!(sim.resets().len(), 1);
+    sim.feed(Input::ResetFailed {
+        error: "not supported".into(),
+    });
+    sim.run_to(61 * S - 1);
+    assert_eq!(sim.resets().len(), 1);
+    sim.run_to(62 * S);
+    assert_eq!(sim.resets()[1].0, 61 * S);
+}
+
+#[test]
+fn metadata_removed_stops_monitoring() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(5 * S, Input::Policy(None));
+    sim.run_to(1000 * S);
+    assert!(sim.resets().is_empty());
+    assert_eq!(sim.status(), None);
+}
+
+#[test]
+fn machine_without_policy_never_acts() {
+    let mut m = VmMachine::new(Duration::ZERO, running(), None);
+    for input in [
+        Input::GuestHello { boot_id: [1; 16] },
+        Input::Enable,
+        Input::PostAppState(AppState::NeedReset),
+        Input::Tick,
+    ] {
+        let actions = m.handle(input, ms(1000 * S));
+        assert!(actions.is_empty(), "{actions:?}");
+    }
+    assert_eq!(m.next_deadline(Duration::ZERO), None);
+}
+
+#[test]
+fn libvirt_outage_is_not_a_failure() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(10 * S, Input::HypervisorLost);
+    sim.at(100 * S, Input::DomainState(running()));
+    sim.run_to(129 * S);
+    assert!(sim.resets().is_empty());
+}
+
+#[test]
+fn reconnect_adopts_a_newer_heartbeat_from_the_guest() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(20 * S, Input::ChannelClosed);
+    sim.at(25 * S, Input::GuestHello { boot_id: [1; 16] });
+    sim.feed(Input::GuestState(guest_state(true, Some(1000))));
+    sim.run_to(54 * S);
+    assert!(sim.resets().is_empty());
+    sim.run_to(60 * S);
+    assert_eq!(sim.resets()[0].0, 54 * S + 1);
+}
+
+#[test]
+fn reconnect_adopts_disable_from_the_guest() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(20 * S, Input::GuestHello { boot_id: [1; 16] });
+    sim.feed(Input::GuestState(guest_state(false, None)));
+    sim.run_to(1000 * S);
+    assert!(sim.resets().is_empty());
+    assert_eq!(sim.status(), Some(AppStatus::Red));
+}
+
+fn guest_state(enabled: bool, age: Option<u64>) -> GuestState {
+    GuestState {
+        enabled,
+        need_reset: false,
+        last_heartbeat_age_ms: age,
+        heartbeats: 0,
+        last_status: None,
+        processes: Vec::new(),
+    }
+}
+
+// ---- property tests ----
+
+#[derive(Debug, Clone)]
+enum Step {
+    Heartbeat,
+    Enable,
+    Disable,
+    NeedReset,
+    Ok,
+    Event(DomainEvent),
+    State(DomainState),
+    HypervisorLost,
+    RemoveSpec,
+    AddSpec,
+    Hello(u8),
+    GuestState(bool, bool),
+    Closed,
+    Clear,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => Just(Step::Heartbeat),
+        2 => Just(Step::Enable),
+        1 => Just(Step::Disable),
+        1 => Just(Step::NeedReset),
+        1 => Just(Step::Ok),
+        1 => prop_oneof![
+            Just(PausedReason::User),
+            Just(PausedReason::Migrating),
+            Just(PausedReason::Saving),
+            Just(PausedReason::StartingUp),
+        ].prop_map(|r| Step::Event(DomainEvent::Suspended(r))),
+        1 => prop_oneof![Just(RunningReason::Unpaused), Just(RunningReason::Migrated)]
+            .prop_map(|r| Step::Event(DomainEvent::Resumed(r))),
+        1 => prop_oneof![Just(StartedReason::Booted), Just(StartedReason::Migrated)]
+            .prop_map(|r| Step::Event(DomainEvent::Started(r))),
+        1 => prop_oneof![Just(ShutOffReason::Destroyed), Just(ShutOffReason::Migrated)]
+            .prop_map(|r| Step::Event(DomainEvent::Stopped(r))),
+        1 => Just(Step::Event(DomainEvent::Rebooted)),
+        1 => prop_oneof![
+            Just(DomainState::Running(RunningReason::Booted)),
+            Just(DomainState::Paused(PausedReason::Migrating)),
+            Just(DomainState::ShutOff(ShutOffReason::Shutdown)),
+        ].prop_map(Step::State),
+        1 => Just(Step::HypervisorLost),
+        1 => Just(Step::RemoveSpec),
+        1 => Just(Step::AddSpec),
+        2 => (0u8..3).prop_map(Step::Hello),
+        1 => (any::<bool>(), any::<bool>()).prop_map(|(e, n)| Step::GuestState(e, n)),
+        1 => Just(Step::Closed),
+        1 => Just(Step::Clear),
+    ]
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    (
+        1u64..5,
+        0u64..10,
+        0u32..4,
+        10u64..60,
+        any::<bool>(),
+        1u64..8,
+    )
+        .prop_map(|(fi, mu, max, win, pc, ct)| Policy {
+            failure_interval: ms(fi * S),
+            min_uptime: ms(mu * S),
+            max_resets: max,
+            reset_window: ms(win * S),
+            reset_method: if pc {
+                ResetMethod::PowerCycle
+            } else {
+                ResetMethod::Reset
+            },
+            channel_timeout: ms(ct * S),
+        })
+}
+
+/// An independent, simpler account of what the machine has been told.
+#[derive(Debug)]
+struct Model {
+    phase: Phase,
+    spec: bool,
+    enabled: bool,
+    gray: bool,
+    /// Latest of: heartbeat while enabled, enable, entering running.
+    activity: Duration,
+    need_reset: bool,
+    boot: Option<u8>,
+    /// A reset was issued or an enabled guest rebooted, and no new boot id has said hello.
+    awaiting_since: Option<Duration>,
+    cleared_at: Option<Duration>,
+}
+
+impl Model {
+    fn state_gone(&mut self) {
+        self.enabled = false;
+        self.need_reset = false;
+    }
+
+    fn enter(&mut self, phase: Phase, now: Duration) {
+        if phase == Phase::Running && self.phase != Phase::Running {
+            self.activity = self.activity.max(now);
+        }
+        self.phase = phase;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rules_hold_for_every_event_sequence(
+        policy in policy(),
+        steps in prop::collection::vec((0u64..6_000, step(), any::<bool>(), 0u64..3_000), 1..80),
+    ) {
+        let mut m = VmMachine::new(Duration::ZERO, running(), Some(policy.clone()));
+        let mut model = Model {
+            phase: Phase::Running, spec: true, enabled: false, gray: true,
+            activity: Duration::ZERO, need_reset: false, boot: None,
+            awaiting_since: None, cleared_at: None,
+        };
+        let mut now = Duration::ZERO;
+        let mut resets: Vec<Duration> = Vec::new();
+        // A reset waiting for its result: (answer ok?, when).
+        let mut in_flight: Option<(bool, Duration)> = None;
+
+        let mut check = |actions: &[Action], now: Duration, model: &mut Model,
+                         resets: &mut Vec<Duration>, in_flight: &mut Option<(bool, Duration)>,
+                         ok: bool, delay: u64| -> Result<(), TestCaseError> {
+            for a in actions {
+                if let Action::Reset { cause, .. } = a {
+                    prop_assert!(model.spec, "reset without a spec");
+                    prop_assert_eq!(model.phase, Phase::Running, "reset while not running");
+                    prop_assert!(in_flight.is_none(), "two resets in flight");
+                    match cause {
+                        ResetCause::HeartbeatsStopped => {
+                            prop_assert!(model.enabled && !model.gray, "heartbeat reset while not enabled");
+                            prop_assert!(now.saturating_sub(model.activity) > policy.failure_interval,
+                                "heartbeat reset at {:?} but activity at {:?}", now, model.activity);
+                        }
+                        ResetCause::NeedReset => {
+                            prop_assert!(model.enabled && model.need_reset, "needReset reset without needReset");
+                        }
+                        ResetCause::ChannelLostAfterReset | ResetCause::ChannelLostAfterReboot => {
+                            let since = model.awaiting_since;
+                            prop_assert!(since.is_some_and(|s| now >= s + policy.channel_timeout),
+                                "channel recovery without a wait: {:?}", since);
+                        }
+                    }
+                    resets.push(now);
+                    let since_clear = model.cleared_at.unwrap_or(Duration::ZERO);
+                    let in_window = resets.iter()
+                        .filter(|&&t| t >= since_clear && now.saturating_sub(t) < policy.reset_window)
+                        .count();
+                    prop_assert!(in_window <= policy.max_resets as usize,
+                        "{} resets in the window, max {}", in_window, policy.max_resets);
+                    model.awaiting_since = None;
+                    *in_flight = Some((ok, now + ms(delay)));
+                }
+            }
+            Ok(())
+        };
+
+        for (gap, step, ok, delay) in steps {
+            let target = now + ms(gap);
+            // Deliver a reset result or a tick, whichever is first, until the next step.
+            loop {
+                let tick = m.next_deadline(now);
+                let result = in_flight.map(|(_, at)| at);
+                let next = [tick, result].into_iter().flatten().filter(|&d| d <= target).min();
+                let Some(at) = next else { break };
+                now = at.max(now);
+                let input = match in_flight {
+                    Some((good, at)) if at <= now => {
+                        in_flight = None;
+                        if good {
+                            model.state_gone();
+                            if policy.reset_method == ResetMethod::Reset {
+                                model.awaiting_since = Some(now);
+                            }
+                            Input::ResetDone
+                        } else {
+                            Input::ResetFailed { error: "refused".into() }
+                        }
+                    }
+                    _ => Input::Tick,
+                };
+                let actions = m.handle(input, now);
+                check(&actions, now, &mut model, &mut resets, &mut in_flight, ok, delay)?;
+            }
+            now = target;
+            let input = match step {
+                Step::Heartbeat => {
+                    if model.enabled { model.activity = now; }
+                    Input::Heartbeat
+                }
+                Step::Enable => {
+                    if model.spec {
+                        model.enabled = true; model.gray = false; model.activity = now;
+                        model.need_reset = false;
+                    }
+                    Input::Enable
+                }
+                Step::Disable => {
+                    if model.spec { model.enabled = false; model.gray = false; model.need_reset = false; }
+                    Input::Disable
+                }
+                Step::NeedReset => {
+                    if model.enabled { model.need_reset = true; }
+                    Input::PostAppState(AppState::NeedReset)
+                }
+                Step::Ok => { model.need_reset = false; Input::PostAppState(AppState::Ok) }
+                Step::Event(e) => {
+                    match e {
+                        DomainEvent::Started(StartedReason::Migrated) => {
+                            model.phase = Phase::Paused; model.gray = true; model.state_gone();
+                            model.awaiting_since = None;
+                        }
+                        DomainEvent::Started(_) => {
+                            model.state_gone(); model.enter(Phase::Running, now);
+                            model.awaiting_since = None;
+                        }
+                        DomainEvent::Suspended(_) => model.enter(Phase::Paused, now),
+                        DomainEvent::Resumed(RunningReason::Migrated) => {
+                            model.gray = true; model.state_gone(); model.awaiting_since = None;
+                            model.enter(Phase::Running, now);
+                        }
+                        DomainEvent::Resumed(_) => model.enter(Phase::Running, now),
+                        DomainEvent::Stopped(_) => {
+                            model.enter(Phase::Off, now); model.state_gone();
+                            model.awaiting_since = None;
+                        }
+                        DomainEvent::Rebooted => {
+                            if in_flight.is_none() && model.awaiting_since.is_none() {
+                                if model.enabled { model.awaiting_since = Some(now); }
+                                model.state_gone();
+                            }
+                        }
+                        _ => {}
+                    }
+                    Input::Domain(e)
+                }
+                Step::State(s) => { model.enter(Phase::from_state(s), now); Input::DomainState(s) }
+                Step::HypervisorLost => { model.enter(Phase::Unknown, now); Input::HypervisorLost }
+                Step::RemoveSpec => {
+                    model.spec = false; model.gray = true; model.state_gone();
+                    model.awaiting_since = None;
+                    Input::Policy(None)
+                }
+                Step::AddSpec => {
+                    if !model.spec { model.gray = true; model.state_gone(); }
+                    model.spec = true;
+                    Input::Policy(Some(policy.clone()))
+                }
+                Step::Hello(b) => {
+                    if model.boot.is_some_and(|old| old != b) && !model.gray {
+                        model.state_gone();
+                    }
+                    if model.boot != Some(b) { model.awaiting_since = None; }
+                    model.boot = Some(b);
+                    Input::GuestHello { boot_id: [b; 16] }
+                }
+                Step::GuestState(enabled, need) => {
+                    if model.spec && !model.gray {
+                        if enabled && !model.enabled { model.activity = now; }
+                        model.enabled = enabled;
+                        if !enabled { model.need_reset = false; }
+                        if need && enabled { model.need_reset = true; }
+                    }
+                    Input::GuestState(GuestState {
+                        need_reset: need,
+                        ..guest_state(enabled, None)
+                    })
+                }
+                Step::Closed => Input::ChannelClosed,
+                Step::Clear => {
+                    model.cleared_at = Some(now);
+                    if model.enabled { model.activity = model.activity.max(now); }
+                    Input::Clear
+                }
+            };
+            let actions = m.handle(input, now);
+            check(&actions, now, &mut model, &mut resets, &mut in_flight, ok, delay)?;
+        }
+    }
+}
