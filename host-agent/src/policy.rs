@@ -605,13 +605,14 @@ impl VmMachine {
     fn arrived_by_migration(&mut self, now: Duration) {
         self.monitoring = Monitoring::Unknown;
         self.need_reset = false;
-        self.pending = Pending::Idle;
+        self.cancel_awaiting_unless_ours();
         self.retry_at = None;
         self.booted_at = now;
         self.hello_since_boot = false;
     }
 
-    /// A stop or start not caused by our own power-cycle ends a wait for the channel.
+    /// Ends a wait for the guest channel; a reset in flight still reports its result (a stop or
+    /// start during our own power-cycle must not lose it).
     fn cancel_awaiting_unless_ours(&mut self) {
         if matches!(self.pending, Pending::AwaitingChannel { .. }) {
             self.pending = Pending::Idle;
@@ -656,7 +657,8 @@ impl VmMachine {
                 self.policy = None;
                 self.monitoring = Monitoring::Unknown;
                 self.need_reset = false;
-                self.pending = Pending::Idle;
+                // A reset already issued still reports its result.
+                self.cancel_awaiting_unless_ours();
                 self.retry_at = None;
                 Self::note(out, Level::Warn, "monitoring spec removed: VM left alone");
             }
