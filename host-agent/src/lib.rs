@@ -4,4 +4,6 @@
 //! # Modules
 //!
 //! - [`policy`]: the per-VM monitoring policy, a pure state machine with a virtual clock.
+pub mod config;
+pub mod persist;
 pub mod policy;
