@@ -7,3 +7,4 @@
 pub mod config;
 pub mod persist;
 pub mod policy;
+pub mod session;

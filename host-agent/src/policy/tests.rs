@@ -648,7 +648,7 @@ proptest! {
         // A reset waiting for its result: (answer ok?, when).
         let mut in_flight: Option<(bool, Duration)> = None;
 
-        let mut check = |actions: &[Action], now: Duration, model: &mut Model,
+        let check = |actions: &[Action], now: Duration, model: &mut Model,
                          resets: &mut Vec<Duration>, in_flight: &mut Option<(bool, Duration)>,
                          ok: bool, delay: u64| -> Result<(), TestCaseError> {
             for a in actions {
