@@ -1,1 +1,51 @@
-//! placeholder
+//! appmon's guest agent: the `appmon-guest` daemon that runs inside each VM, the `appmon`
+//! command applications use, and a client library for Rust applications.
+//!
+//! Applications talk to the daemon over a local Unix socket with vSphere HA's application
+//! monitoring verbs (enable, disable, markActive, isEnabled, getAppStatus, postAppState); the
+//! daemon serves the host agent over the `appmon-wire` protocol on AF_VSOCK, a virtio-serial
+//! port or (for development and tests) a Unix socket, forwards the application's heartbeats,
+//! and keeps the application's state across host sessions.
+//!
+//! # Modules
+//!
+//! - [`machine`]: all of the agent's logic as a pure state machine `(state, event, now) ->
+//!   (state, actions)`: the host session, the handshake, the application's state, the automatic
+//!   re-enable after Gray.
+//! - [`daemon`]: the I/O shell: one task owns the machine, feeds it events from the host links,
+//!   the local API and the clock, and carries out its actions; reload and shutdown.
+//! - [`transport`]: the host listeners (vsock, Unix socket) and the virtio-serial port, and the
+//!   per-link task that runs the frame codec.
+//! - [`local`]: the local API socket server.
+//! - [`api`]: the local API's JSON-lines messages.
+//! - [`client`]: a blocking client for applications.
+//! - [`cli`]: the `appmon` command.
+//! - [`config`]: the configuration file, `/etc/appmon/guest.toml`.
+//! - [`logging`]: tracing to stderr.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod local;
+pub mod logging;
+pub mod machine;
+pub mod transport;
+
+/// The agent's name and version, as its Hello and `appmon status` show it.
+pub fn agent_name() -> String {
+    format!("appmon-guest {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// An error and its sources, joined with ": ", as the binaries print it once.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

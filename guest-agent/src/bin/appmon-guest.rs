@@ -1,0 +1,53 @@
+//! `appmon-guest`: the guest agent daemon. All logic is in the library (appmon_guest_agent).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use appmon_guest_agent::config::{Config, DEFAULT_CONFIG_PATH};
+use appmon_guest_agent::{daemon, error_chain, logging};
+use clap::Parser;
+
+/// The appmon guest agent: serves the host agent over vsock (or virtio-serial) and
+/// applications over a local socket. SIGHUP reloads the configuration; SIGTERM stops.
+#[derive(Debug, Parser)]
+#[command(name = "appmon-guest", version)]
+struct Args {
+    /// Configuration file. Without this option, /etc/appmon/guest.toml is read if it exists.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let config = match &args.config {
+        Some(path) => Config::load(path),
+        None => Config::load_or_default(&path),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("appmon-guest: {}", error_chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("{}: ok", path.display());
+        return ExitCode::SUCCESS;
+    }
+    let log = logging::init(config.log_level);
+    match daemon::run_daemon(config, Some(path), log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{}", error_chain(e.as_ref()));
+            eprintln!("appmon-guest: {}", error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
