@@ -32,7 +32,7 @@ const INPUT_QUEUE: usize = 64;
 pub enum DaemonError {
     #[error("host transport")]
     Transport(#[from] TransportError),
-    #[error("local API socket {path}")]
+    #[error("local API socket")]
     Local {
         path: PathBuf,
         #[source]
@@ -379,7 +379,7 @@ impl Daemon {
             path: config.socket.clone(),
             source,
         })?;
-        info!(path = %config.socket.display(), mode = format!("{:o}", config.socket_mode), "local API socket listening");
+        info!(path = %config.socket.display(), mode = %format_args!("{:04o}", config.socket_mode), "local API socket listening");
         let task = tokio::spawn(local::serve(listener, self.inputs.clone()));
         self.api = Some(Listener {
             task,

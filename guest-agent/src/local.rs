@@ -26,8 +26,8 @@ pub const MAX_CLIENTS: usize = 64;
 /// The local API socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("cannot listen on the local API socket")]
-    Bind(#[source] TransportError),
+    #[error(transparent)]
+    Bind(TransportError),
     #[error("cannot set mode {mode:o} on {path}")]
     Mode {
         path: PathBuf,
