@@ -451,6 +451,10 @@ impl Daemon {
         self.stop_listeners();
         let mut open: Vec<LinkId> = Vec::new();
         for (link, entry) in self.links.drain() {
+            // A virtio-serial link ran inside its listener's task, stopped above.
+            if entry.transport == Transport::Serial {
+                continue;
+            }
             if entry
                 .commands
                 .try_send(LinkCmd::Close("agent stopping".into()))
