@@ -21,9 +21,14 @@
 //! event-loop thread.
 
 use std::fmt;
+use std::path::PathBuf;
 
+pub mod domxml;
+pub mod events;
+pub mod libvirt;
 pub mod spec;
 
+pub use libvirt::{ConnectOptions, LibvirtHypervisor, DEFAULT_URI};
 pub use spec::{
     MonitorSpec, ResetMethod, SpecError, Transport, DEFAULT_CHANNEL_NAME, METADATA_KEY,
     METADATA_URI,
@@ -96,7 +101,8 @@ pub struct DomainInfo {
     /// The `<appmon:monitor>` element: `Ok(None)` when there is none (the domain is never
     /// touched), `Err` when it is there but broken (logged; the domain is left alone).
     pub spec: Result<Option<MonitorSpec>, SpecError>,
-    /// `<devices><vsock><cid address=.../>` of the live XML, for kernel vhost-vsock.
+    /// `<devices><vsock><cid address=.../>` of the live XML, for kernel vhost-vsock. `None`
+    /// also when the XML cannot be read (logged with the domain's name).
     pub vsock_cid: Option<u32>,
 }
 
@@ -174,6 +180,33 @@ pub enum BackendError {
         #[source]
         source: quick_xml::Error,
     },
+    #[error("domain {domain} has a device description appmon cannot read")]
+    DomainDevices {
+        domain: String,
+        #[source]
+        source: domxml::DomXmlError,
+    },
+    #[error("{operation} of domain {domain} refused: the domain is transient and would be gone after a destroy")]
+    Transient {
+        operation: &'static str,
+        domain: String,
+    },
+    #[error("{operation} of domain {domain} refused: the domain is not running")]
+    NotRunning {
+        operation: &'static str,
+        domain: String,
+    },
+    #[error("following the events of libvirt at {uri} failed")]
+    Events {
+        uri: String,
+        #[source]
+        source: events::EventError,
+    },
+    #[error("starting the libvirt connection thread failed")]
+    Thread {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The host agent's view of the hypervisor. Methods block; call them off the async runtime.
@@ -197,4 +230,25 @@ pub trait Hypervisor: Send + Sync + 'static {
 
     /// The live domain XML, for a domain's channel socket paths and for diagnostics.
     fn domain_xml(&self, domain: &DomainRef) -> Result<String, BackendError>;
+
+    /// The host-side Unix socket of the domain's virtio-serial channel `target_name` (such as
+    /// [`DEFAULT_CHANNEL_NAME`]) from the live XML: where libvirt generated one for a channel
+    /// without `path=`, only the live XML has it. `None` when there is no such channel.
+    fn channel_socket_path(
+        &self,
+        domain: &DomainRef,
+        target_name: &str,
+    ) -> Result<Option<PathBuf>, BackendError> {
+        let xml = self.domain_xml(domain)?;
+        domxml::channel_socket_path(&xml, target_name).map_err(|e| match e {
+            domxml::DomXmlError::Xml(source) => BackendError::DomainXml {
+                domain: domain.name.clone(),
+                source,
+            },
+            source => BackendError::DomainDevices {
+                domain: domain.name.clone(),
+                source,
+            },
+        })
+    }
 }

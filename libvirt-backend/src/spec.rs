@@ -577,7 +577,7 @@ mod tests {
             ),
             ("<monitor><vsock/></monitor".to_string(), "well-formed"),
             (
-                format!("<monitor><x:vsock xmlns:x=\"urn:other\"/></monitor>"),
+                "<monitor><x:vsock xmlns:x=\"urn:other\"/></monitor>".to_string(),
                 "<vsock>",
             ),
             (
