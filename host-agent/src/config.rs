@@ -179,9 +179,8 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn reset_method<'de, D: Deserializer<'de>>(d: D) -> Result<ResetMethod, D::Error> {
     let text = String::deserialize(d)?;
-    ResetMethod::parse(&text).ok_or_else(|| {
-        serde::de::Error::custom(format!("{text:?} is not reset or power-cycle"))
-    })
+    ResetMethod::parse(&text)
+        .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not reset or power-cycle")))
 }
 
 impl Config {
@@ -379,7 +378,11 @@ write_timeout = "1s"
     #[test]
     fn errors_name_file_line_and_key() {
         let cases = [
-            ("uri = \"x\"\nping_interval = \"soon\"\n", 2, "ping_interval"),
+            (
+                "uri = \"x\"\nping_interval = \"soon\"\n",
+                2,
+                "ping_interval",
+            ),
             ("\n\n[defaults]\nmax_resets = -1\n", 4, "max_resets"),
             ("[defaults]\nreset_method = \"reboot\"\n", 2, "reset_method"),
             ("colour = \"red\"\n", 1, "colour"),

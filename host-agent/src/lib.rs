@@ -5,6 +5,11 @@
 //!
 //! - [`policy`]: the per-VM monitoring policy, a pure state machine with a virtual clock.
 pub mod config;
+pub mod control;
+pub mod ctl;
+pub mod daemon;
+pub mod fake;
 pub mod persist;
 pub mod policy;
 pub mod session;
+pub mod supervisor;

@@ -311,9 +311,6 @@ mod tests {
     fn odd_uuids_stay_inside_the_directory() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = StateDir::open(tmp.path()).expect("open");
-        assert_eq!(
-            dir.file_for("../../etc/passwd").parent(),
-            Some(tmp.path())
-        );
+        assert_eq!(dir.file_for("../../etc/passwd").parent(), Some(tmp.path()));
     }
 }

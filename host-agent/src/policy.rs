@@ -133,7 +133,9 @@ pub enum Monitoring {
     /// No state for this guest (Gray).
     Unknown,
     Disabled,
-    Enabled { last_heartbeat: Duration },
+    Enabled {
+        last_heartbeat: Duration,
+    },
 }
 
 /// Why a VM was reset.
@@ -203,7 +205,9 @@ pub enum Input {
     /// The monitoring spec changed: `None` when it was removed or is broken.
     Policy(Option<Policy>),
     /// The guest's Hello arrived on a new session.
-    GuestHello { boot_id: [u8; 16] },
+    GuestHello {
+        boot_id: [u8; 16],
+    },
     /// The guest's full state, sent after its Hello.
     GuestState(GuestState),
     Enable,
@@ -213,7 +217,9 @@ pub enum Input {
     /// The session to the guest ended.
     ChannelClosed,
     ResetDone,
-    ResetFailed { error: String },
+    ResetFailed {
+        error: String,
+    },
     /// An operator cleared the alarm and the window's resets.
     Clear,
     /// Time passed.
@@ -687,7 +693,10 @@ impl VmMachine {
                 Self::note(
                     out,
                     Level::Info,
-                    format!("guest channel is back (boot id {})", format_boot_id(&boot_id)),
+                    format!(
+                        "guest channel is back (boot id {})",
+                        format_boot_id(&boot_id)
+                    ),
                 );
             }
         }
@@ -752,7 +761,11 @@ impl VmMachine {
         if self.alarm.is_some() && self.resets.len() < policy.max_resets as usize {
             self.alarm = None;
             out.push(Action::Persist);
-            Self::note(out, Level::Warn, "reset window has room again: alarm cleared");
+            Self::note(
+                out,
+                Level::Warn,
+                "reset window has room again: alarm cleared",
+            );
         }
         if let Pending::AwaitingChannel {
             deadline,

@@ -133,7 +133,10 @@ impl Endpoint {
 
     /// Whether the transport has connection boundaries (vsock) or not (virtio-serial).
     pub fn is_stream(&self) -> bool {
-        !matches!(self, Endpoint::Channel { .. } | Endpoint::ChannelByName { .. })
+        !matches!(
+            self,
+            Endpoint::Channel { .. } | Endpoint::ChannelByName { .. }
+        )
     }
 
     /// Connects, including the hybrid vsock handshake.
@@ -142,12 +145,12 @@ impl Endpoint {
         let attempt = async {
             match self {
                 Endpoint::Hybrid { path, port } => {
-                    let mut s = tokio::net::UnixStream::connect(path).await.map_err(|source| {
-                        SessionError::Connect {
+                    let mut s = tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(|source| SessionError::Connect {
                             endpoint: endpoint.clone(),
                             source,
-                        }
-                    })?;
+                        })?;
                     appmon_wire::hybrid::connect_handshake(&mut s, *port)
                         .await
                         .map_err(|source| SessionError::Hybrid {
@@ -216,17 +219,24 @@ pub enum GuestRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionEvent {
     /// The handshake succeeded.
-    Hello { boot_id: [u8; 16], agent: String },
+    Hello {
+        boot_id: [u8; 16],
+        agent: String,
+    },
     State(GuestState),
     /// A heartbeat, stamped when its frame was read.
-    Heartbeat { at: Instant },
+    Heartbeat {
+        at: Instant,
+    },
     /// `id` is `None` when the guest sent it as an event (no reply wanted).
     Request {
         id: Option<RequestId>,
         req: GuestRequest,
     },
     /// The connection ended (after a Hello or not); the task reconnects.
-    Closed { reason: String },
+    Closed {
+        reason: String,
+    },
 }
 
 /// A [`SessionEvent`] with who it is from.
@@ -300,15 +310,8 @@ pub async fn run(
             Ok(io) => {
                 failures = 0;
                 let started = Instant::now();
-                let reason = serve(
-                    io,
-                    endpoint.is_stream(),
-                    &config,
-                    &domain,
-                    &mut cmds,
-                    |event| send(event),
-                )
-                .await;
+                let reason =
+                    serve(io, endpoint.is_stream(), &config, &domain, &mut cmds, &send).await;
                 match &reason {
                     End::Supervisor => return,
                     End::Reason(text) => {
@@ -421,10 +424,7 @@ where
             match timeout(limits.write_timeout, writer.send($frame)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    return End::Reason(format!(
-                        "write failed: {}",
-                        crate::persist::error_chain(&e)
-                    ))
+                    return End::Reason(format!("write failed: {}", crate::persist::error_chain(&e)))
                 }
                 Err(_) => {
                     return End::Reason(format!(
@@ -623,10 +623,7 @@ mod tests {
             cid: Some(7),
             port: 5315,
         };
-        let no_cid = Transport::Vsock {
-            cid: None,
-            port: 9,
-        };
+        let no_cid = Transport::Vsock { cid: None, port: 9 };
         match Endpoint::from_transport(&spec_cid, Some(3), no_lookup()) {
             Ok(Endpoint::Vsock { cid: 7, port: 5315 }) => {}
             other => panic!("{other:?}"),
@@ -643,7 +640,10 @@ mod tests {
 
     #[test]
     fn vsock_endpoint_describes_its_address() {
-        let e = Endpoint::Vsock { cid: 42, port: 5315 };
+        let e = Endpoint::Vsock {
+            cid: 42,
+            port: 5315,
+        };
         assert_eq!(e.describe(), "vsock cid 42 port 5315");
         assert!(e.is_stream());
         let addr = tokio_vsock::VsockAddr::new(42, 5315);

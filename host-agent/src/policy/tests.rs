@@ -1,5 +1,7 @@
 //! The policy with a virtual clock: table-driven cases and property tests.
 
+#![allow(clippy::collapsible_match)]
+
 use super::*;
 use appmon_libvirt_backend::{PausedReason, ShutOffReason};
 use proptest::prelude::*;
@@ -94,7 +96,12 @@ impl Sim {
 
     /// Guest connects, says hello and enables.
     fn guest_enables(&mut self, t: u64, boot: u8) {
-        self.at(t, Input::GuestHello { boot_id: [boot; 16] });
+        self.at(
+            t,
+            Input::GuestHello {
+                boot_id: [boot; 16],
+            },
+        );
         self.feed(Input::Enable);
     }
 }
@@ -194,7 +201,7 @@ fn need_reset_taken_back_does_not_reset() {
     sim.feed(Input::Disable);
     sim.feed(Input::Enable);
     sim.feed(Input::PostAppState(AppState::Ok));
-    sim.at(1 * S, Input::Heartbeat);
+    sim.at(S, Input::Heartbeat);
     assert!(sim.resets().is_empty());
 }
 
@@ -295,7 +302,10 @@ fn save_and_restore_gap_is_not_a_failure() {
         5 * S,
         Input::Domain(DomainEvent::Suspended(PausedReason::Saving)),
     );
-    sim.at(6 * S, Input::Domain(DomainEvent::Stopped(ShutOffReason::Saved)));
+    sim.at(
+        6 * S,
+        Input::Domain(DomainEvent::Stopped(ShutOffReason::Saved)),
+    );
     sim.at(
         500 * S,
         Input::Domain(DomainEvent::Started(StartedReason::Restored)),
@@ -316,7 +326,7 @@ fn migrated_in_domain_is_gray_until_enable() {
         Input::Domain(DomainEvent::Started(StartedReason::Migrated)),
     );
     sim.at(
-        1 * S,
+        S,
         Input::Domain(DomainEvent::Resumed(RunningReason::Migrated)),
     );
     sim.at(2 * S, Input::GuestHello { boot_id: [1; 16] });
@@ -389,7 +399,7 @@ fn channel_back_with_new_boot_id_cancels_the_fallback() {
     });
     sim.guest_enables(0, 1);
     sim.feed(Input::PostAppState(AppState::NeedReset));
-    sim.at(1 * S, Input::ChannelClosed);
+    sim.at(S, Input::ChannelClosed);
     // The old guest's hello (same boot id) does not count.
     sim.at(2 * S, Input::GuestHello { boot_id: [1; 16] });
     sim.at(3 * S, Input::GuestHello { boot_id: [2; 16] });
@@ -422,7 +432,7 @@ fn guest_reboot_without_channel_coming_back_power_cycles() {
         ..Policy::default()
     });
     sim.guest_enables(0, 1);
-    sim.at(1 * S, Input::Domain(DomainEvent::Rebooted));
+    sim.at(S, Input::Domain(DomainEvent::Rebooted));
     sim.feed(Input::Domain(DomainEvent::Rebooted));
     sim.run_to(100 * S);
     assert_eq!(

@@ -1,0 +1,249 @@
+//! The local control socket between `appmonctl` and the daemon.
+//!
+//! One JSON request per line, one JSON response per line, then the connection may carry the
+//! next request. Handlers never call libvirt: they pass a typed [`ControlRequest`] to the
+//! supervisor and write back what it answers. `enable` and `disable` are carried out by the
+//! daemon too (through the same backend connection), so `appmonctl` needs no libvirt access and
+//! works with every URI the daemon uses, including libvirt's per-connection `test:///` driver.
+//!
+//! ```text
+//! {"cmd":"list"}
+//! {"cmd":"show","domain":"vm1"}
+//! {"cmd":"clear","domain":"vm1"}
+//! {"cmd":"enable","domain":"vm1","spec_xml":"<appmon:monitor ...>"}
+//! {"cmd":"disable","domain":"vm1"}
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use appmon_libvirt_backend::MonitorSpec;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::supervisor::{ControlCall, ControlRequest, ControlResponse, ErrorKind};
+
+/// The longest request line accepted.
+const MAX_REQUEST: u64 = 256 * 1024;
+/// How long a handler waits for the supervisor.
+const ANSWER_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot create the directory of the control socket {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket {path} is in use by a running host agent")]
+    InUse { path: PathBuf },
+    #[error("cannot bind the control socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the host agent at {path} (is appmon-host running?)")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the host agent at {path} failed")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the host agent at {path} sent an answer appmonctl does not understand")]
+    Answer {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A request as it travels on the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WireRequest {
+    List,
+    Show { domain: String },
+    Clear { domain: String },
+    Enable { domain: String, spec_xml: String },
+    Disable { domain: String },
+}
+
+impl WireRequest {
+    fn into_request(self) -> Result<ControlRequest, String> {
+        Ok(match self {
+            WireRequest::List => ControlRequest::List,
+            WireRequest::Show { domain } => ControlRequest::Show { domain },
+            WireRequest::Clear { domain } => ControlRequest::Clear { domain },
+            WireRequest::Disable { domain } => ControlRequest::SetSpec { domain, spec: None },
+            WireRequest::Enable { domain, spec_xml } => ControlRequest::SetSpec {
+                domain,
+                spec: Some(
+                    MonitorSpec::from_xml(&spec_xml)
+                        .map_err(|e| format!("invalid monitoring spec: {e}"))?,
+                ),
+            },
+        })
+    }
+}
+
+/// Binds the control socket: creates its directory, replaces a stale socket file, refuses one a
+/// live daemon answers on, and makes it accessible to its owner and group only.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ControlError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    Ok(listener)
+}
+
+/// Accepts connections until shutdown; each is served by its own task.
+pub async fn serve(
+    listener: UnixListener,
+    supervisor: mpsc::Sender<ControlCall>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle(stream, supervisor.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, supervisor: mpsc::Sender<ControlCall>) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(r, MAX_REQUEST));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let response = match serde_json::from_str::<WireRequest>(line.trim())
+            .map_err(|e| format!("bad request: {e}"))
+            .and_then(WireRequest::into_request)
+        {
+            Err(message) => ControlResponse::Error {
+                kind: ErrorKind::BadRequest,
+                message,
+            },
+            Ok(request) => ask(&supervisor, request).await,
+        };
+        let mut text = match serde_json::to_string(&response) {
+            Ok(t) => t,
+            Err(e) => {
+                format!("{{\"result\":\"error\",\"kind\":\"bad_request\",\"message\":\"{e}\"}}")
+            }
+        };
+        text.push('\n');
+        if w.write_all(text.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn ask(supervisor: &mpsc::Sender<ControlCall>, request: ControlRequest) -> ControlResponse {
+    let (tx, rx) = oneshot::channel();
+    let gone = || ControlResponse::Error {
+        kind: ErrorKind::BadRequest,
+        message: "the host agent is shutting down".into(),
+    };
+    if supervisor.send((request, tx)).await.is_err() {
+        return gone();
+    }
+    match tokio::time::timeout(ANSWER_LIMIT, rx).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_)) => gone(),
+        Err(_) => ControlResponse::Error {
+            kind: ErrorKind::Libvirt,
+            message: "the host agent did not answer in time (libvirt slow?)".into(),
+        },
+    }
+}
+
+/// Sends one request and reads the answer (blocking; for `appmonctl`).
+pub fn call(path: &Path, request: &WireRequest) -> Result<ControlResponse, ControlError> {
+    let stream =
+        std::os::unix::net::UnixStream::connect(path).map_err(|source| ControlError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let _ = stream.set_read_timeout(Some(ANSWER_LIMIT + Duration::from_secs(5)));
+    let mut text = serde_json::to_string(request).map_err(|e| io(std::io::Error::other(e)))?;
+    text.push('\n');
+    (&stream).write_all(text.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(answer.trim()).map_err(|source| ControlError::Answer {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_json_form() {
+        let r = WireRequest::Show {
+            domain: "vm1".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).expect("json"),
+            r#"{"cmd":"show","domain":"vm1"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<WireRequest>(r#"{"cmd":"list"}"#).expect("parse"),
+            WireRequest::List
+        );
+    }
+
+    #[test]
+    fn enable_with_a_broken_spec_is_a_bad_request() {
+        let r = WireRequest::Enable {
+            domain: "vm1".into(),
+            spec_xml: "<nope/>".into(),
+        };
+        assert!(r.into_request().is_err());
+    }
+}

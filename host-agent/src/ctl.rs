@@ -1,0 +1,428 @@
+//! `appmonctl`: the operator's command line. It talks only to the running daemon's control
+//! socket; the daemon writes domain metadata for `enable` and `disable`.
+//!
+//! Exit codes: 0 success; 1 the daemon or libvirt failed the request; 2 bad usage; 3 unknown
+//! domain; 4 the daemon cannot be reached.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use appmon_libvirt_backend::spec::parse_duration;
+use appmon_libvirt_backend::{MonitorSpec, ResetMethod, Transport, DEFAULT_CHANNEL_NAME};
+use appmon_wire::DEFAULT_VSOCK_PORT;
+use clap::{Args, Parser, Subcommand};
+
+use crate::control::{self, WireRequest};
+use crate::persist::error_chain;
+use crate::supervisor::{ControlResponse, ErrorKind, VmView};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_UNKNOWN_DOMAIN: i32 = 3;
+pub const EXIT_NO_DAEMON: i32 = 4;
+
+/// Operate appmon's host agent.
+#[derive(Debug, Parser)]
+#[command(
+    name = "appmonctl",
+    version,
+    about,
+    after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 unknown domain, 4 host agent not reachable."
+)]
+pub struct Cli {
+    /// The host agent's control socket.
+    #[arg(long, global = true, default_value = "/run/appmon/host.sock")]
+    pub socket: PathBuf,
+    /// Print JSON instead of text (list, show).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every domain: monitored?, status, last heartbeat age, resets in window.
+    List,
+    /// One domain's policy, state and event history.
+    Show { domain: String },
+    /// Monitor a domain: writes the monitoring metadata into its definition.
+    Enable(EnableArgs),
+    /// Stop monitoring a domain: removes its monitoring metadata.
+    Disable { domain: String },
+    /// Clear a domain's "gave up" alarm and the resets of its window.
+    Clear { domain: String },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("transport").required(true).args(["vsock_uds", "cid", "channel", "channel_name"])))]
+pub struct EnableArgs {
+    pub domain: String,
+    /// Failure interval (500ms, 30s, 2m, 1h); host default when left out.
+    #[arg(long, value_parser = duration)]
+    pub failure_interval: Option<Duration>,
+    /// Minimum uptime after start or reset before failures count.
+    #[arg(long, value_parser = duration)]
+    pub min_uptime: Option<Duration>,
+    /// Maximum resets per window.
+    #[arg(long)]
+    pub max_resets: Option<u32>,
+    /// The reset window.
+    #[arg(long, value_parser = duration)]
+    pub window: Option<Duration>,
+    /// reset or power-cycle.
+    #[arg(long, value_parser = reset_method)]
+    pub reset_method: Option<ResetMethod>,
+    /// Hybrid vsock: the vhost-user-vsock backend's Unix socket.
+    #[arg(long)]
+    pub vsock_uds: Option<PathBuf>,
+    /// Kernel vsock: the guest's CID.
+    #[arg(long)]
+    pub cid: Option<u32>,
+    /// virtio-serial: the channel's host-side Unix socket.
+    #[arg(long)]
+    pub channel: Option<PathBuf>,
+    /// virtio-serial: the channel's name, its socket found in the live domain XML.
+    #[arg(long)]
+    pub channel_name: Option<String>,
+    /// The guest agent's vsock port.
+    #[arg(long, default_value_t = DEFAULT_VSOCK_PORT)]
+    pub port: u32,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 30s, 2m, 1h"))
+}
+
+fn reset_method(text: &str) -> Result<ResetMethod, String> {
+    ResetMethod::parse(text).ok_or_else(|| format!("{text:?} is not reset or power-cycle"))
+}
+
+impl EnableArgs {
+    /// The spec these options describe.
+    pub fn spec(&self) -> Result<MonitorSpec, String> {
+        let transport = if let Some(path) = &self.vsock_uds {
+            Transport::HybridVsock {
+                path: absolute(path)?,
+                port: self.port,
+            }
+        } else if let Some(cid) = self.cid {
+            if cid < 3 {
+                return Err(format!("--cid {cid}: guest CIDs start at 3"));
+            }
+            Transport::Vsock {
+                cid: Some(cid),
+                port: self.port,
+            }
+        } else if let Some(path) = &self.channel {
+            Transport::Channel {
+                path: Some(absolute(path)?),
+                name: self
+                    .channel_name
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CHANNEL_NAME.into()),
+            }
+        } else {
+            Transport::Channel {
+                path: None,
+                name: self
+                    .channel_name
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CHANNEL_NAME.into()),
+            }
+        };
+        if self.failure_interval.is_some_and(|d| d.is_zero()) {
+            return Err("--failure-interval must be more than zero".into());
+        }
+        if self.window.is_some_and(|d| d.is_zero()) {
+            return Err("--window must be more than zero".into());
+        }
+        Ok(MonitorSpec {
+            failure_interval: self.failure_interval,
+            min_uptime: self.min_uptime,
+            max_resets: self.max_resets,
+            reset_window: self.window,
+            reset_method: self.reset_method,
+            transport,
+        })
+    }
+}
+
+fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    std::env::current_dir()
+        .map(|d| d.join(path))
+        .map_err(|e| format!("cannot make {} absolute: {e}", path.display()))
+}
+
+/// Runs one command; returns the exit code. Output goes to `out`, errors to `err`.
+pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let request = match &cli.command {
+        Command::List => WireRequest::List,
+        Command::Show { domain } => WireRequest::Show {
+            domain: domain.clone(),
+        },
+        Command::Clear { domain } => WireRequest::Clear {
+            domain: domain.clone(),
+        },
+        Command::Disable { domain } => WireRequest::Disable {
+            domain: domain.clone(),
+        },
+        Command::Enable(args) => match args.spec() {
+            Ok(spec) => WireRequest::Enable {
+                domain: args.domain.clone(),
+                spec_xml: spec.to_xml(),
+            },
+            Err(e) => {
+                let _ = writeln!(err, "appmonctl: {e}");
+                return EXIT_USAGE;
+            }
+        },
+    };
+    let response = match control::call(&cli.socket, &request) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "appmonctl: {}", error_chain(&e));
+            return match e {
+                control::ControlError::Connect { .. } => EXIT_NO_DAEMON,
+                _ => EXIT_FAILED,
+            };
+        }
+    };
+    let written = match &response {
+        ControlResponse::Error { kind, message } => {
+            let _ = writeln!(err, "appmonctl: {message}");
+            return match kind {
+                ErrorKind::UnknownDomain => EXIT_UNKNOWN_DOMAIN,
+                ErrorKind::BadRequest => EXIT_USAGE,
+                ErrorKind::Libvirt => EXIT_FAILED,
+            };
+        }
+        ControlResponse::Done { message } => writeln!(out, "{message}"),
+        ControlResponse::List { domains } if cli.json => {
+            serde_json::to_writer_pretty(&mut *out, domains)
+                .map_err(std::io::Error::other)
+                .and_then(|()| writeln!(out))
+        }
+        ControlResponse::Show { domain } if cli.json => {
+            serde_json::to_writer_pretty(&mut *out, domain)
+                .map_err(std::io::Error::other)
+                .and_then(|()| writeln!(out))
+        }
+        ControlResponse::List { domains } => write_list(out, domains),
+        ControlResponse::Show { domain } => write_show(out, domain),
+    };
+    match written {
+        Ok(()) => EXIT_OK,
+        Err(_) => EXIT_FAILED,
+    }
+}
+
+fn age(ms: Option<u64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) if ms < 10_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        Some(ms) => format!("{}s", ms / 1000),
+    }
+}
+
+fn write_list(out: &mut dyn Write, domains: &[VmView]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:<9} {:<6} {:<10} {:<7} {:<9} {:<8} STATE",
+        "DOMAIN", "MONITORED", "STATUS", "HEARTBEAT", "RESETS", "ALARM", "GUEST"
+    )?;
+    for d in domains {
+        let monitored = match (&d.spec_error, d.monitored) {
+            (Some(_), _) => "broken",
+            (None, true) => "yes",
+            (None, false) => "no",
+        };
+        let resets = match &d.policy {
+            Some(p) => format!("{}/{}", d.resets_in_window, p.max_resets),
+            None => "-".into(),
+        };
+        writeln!(
+            out,
+            "{:<24} {:<9} {:<6} {:<10} {:<7} {:<9} {:<8} {}",
+            d.name,
+            monitored,
+            d.status.as_deref().unwrap_or("-"),
+            age(d.last_heartbeat_age_ms),
+            resets,
+            if d.gave_up { "GAVE-UP" } else { "-" },
+            if d.connected { "up" } else { "down" },
+            d.domain_state
+        )?;
+    }
+    Ok(())
+}
+
+fn write_show(out: &mut dyn Write, d: &VmView) -> std::io::Result<()> {
+    writeln!(out, "domain:          {} ({})", d.name, d.uuid)?;
+    writeln!(out, "state:           {}", d.domain_state)?;
+    writeln!(out, "monitored:       {}", d.monitored)?;
+    if let Some(e) = &d.spec_error {
+        writeln!(out, "metadata error:  {e}")?;
+    }
+    if let Some(p) = &d.policy {
+        writeln!(
+            out,
+            "policy:          failure interval {} ms, min uptime {} ms, max {} resets per {} ms, method {}, channel timeout {} ms",
+            p.failure_interval_ms, p.min_uptime_ms, p.max_resets, p.reset_window_ms, p.reset_method, p.channel_timeout_ms
+        )?;
+    }
+    writeln!(
+        out,
+        "transport:       {}",
+        d.transport.as_deref().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "status:          {}",
+        d.status.as_deref().unwrap_or("-")
+    )?;
+    writeln!(out, "enabled:         {}", d.enabled)?;
+    writeln!(out, "last heartbeat:  {} ago", age(d.last_heartbeat_age_ms))?;
+    writeln!(out, "resets:          {} in window", d.resets_in_window)?;
+    writeln!(
+        out,
+        "alarm:           {}",
+        d.alarm.as_deref().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "guest:           {}{}",
+        if d.connected {
+            "connected"
+        } else {
+            "not connected"
+        },
+        d.guest_boot_id
+            .as_ref()
+            .map(|b| format!(", boot id {b}"))
+            .unwrap_or_default()
+    )?;
+    writeln!(out, "history:")?;
+    for h in &d.history {
+        writeln!(
+            out,
+            "  {}  {:<5} {:<8} {}",
+            format_unix_ms(h.unix_ms),
+            h.level,
+            h.kind,
+            h.text
+        )?;
+    }
+    Ok(())
+}
+
+/// `2026-01-02T03:04:05.678Z`.
+pub fn format_unix_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_iso() {
+        assert_eq!(format_unix_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_unix_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(format_unix_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn enable_options_make_a_spec() {
+        let cli = Cli::try_parse_from([
+            "appmonctl",
+            "enable",
+            "vm1",
+            "--failure-interval",
+            "1s",
+            "--max-resets",
+            "2",
+            "--reset-method",
+            "power-cycle",
+            "--vsock-uds",
+            "/run/vm1.vsock",
+        ])
+        .expect("valid");
+        let Command::Enable(args) = cli.command else {
+            panic!("not enable");
+        };
+        let spec = args.spec().expect("spec");
+        assert_eq!(spec.failure_interval, Some(Duration::from_secs(1)));
+        assert_eq!(spec.reset_method, Some(ResetMethod::PowerCycle));
+        assert_eq!(
+            spec.transport,
+            Transport::HybridVsock {
+                path: "/run/vm1.vsock".into(),
+                port: DEFAULT_VSOCK_PORT
+            }
+        );
+    }
+
+    #[test]
+    fn enable_needs_exactly_one_transport() {
+        assert!(Cli::try_parse_from(["appmonctl", "enable", "vm1"]).is_err());
+        assert!(Cli::try_parse_from([
+            "appmonctl",
+            "enable",
+            "vm1",
+            "--cid",
+            "5",
+            "--channel",
+            "/x"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "appmonctl",
+            "enable",
+            "vm1",
+            "--failure-interval",
+            "soon",
+            "--cid",
+            "5"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn unreachable_daemon_has_its_own_exit_code() {
+        let cli =
+            Cli::try_parse_from(["appmonctl", "--socket", "/nonexistent/appmon.sock", "list"])
+                .expect("valid");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(run(&cli, &mut out, &mut err), EXIT_NO_DAEMON);
+        assert!(String::from_utf8_lossy(&err).contains("/nonexistent/appmon.sock"));
+    }
+}

@@ -1,0 +1,59 @@
+//! Wires the daemon together: state directory, control socket, supervisor.
+
+use std::sync::Arc;
+
+use appmon_libvirt_backend::{BackendEvent, Hypervisor};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::control::{self, ControlError};
+use crate::persist::{error_chain, PersistError, StateDir};
+use crate::supervisor::{Inputs, Supervisor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("state directory")]
+    State(#[from] PersistError),
+    #[error("control socket")]
+    Control(#[from] ControlError),
+}
+
+/// A fresh random id for this host-agent start, sent in every Hello.
+pub fn host_boot_id() -> [u8; 16] {
+    *uuid::Uuid::new_v4().as_bytes()
+}
+
+/// Runs the daemon until `shutdown` turns true. `backend` is the hypervisor's event channel.
+pub async fn run(
+    config: Config,
+    hv: Arc<dyn Hypervisor>,
+    backend: mpsc::UnboundedReceiver<BackendEvent>,
+    reload: mpsc::Receiver<Config>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let state = StateDir::open(&config.state_dir)?;
+    let (records, problems) = state.load_all()?;
+    for problem in &problems {
+        tracing::error!(error = %error_chain(problem), "state file ignored: that VM starts with an empty reset history");
+    }
+    tracing::info!(dir = %state.path().display(), vms = records.len(), "reset history loaded");
+    let writer = state.writer()?;
+    let listener = control::bind(&config.control_socket)?;
+    let socket = config.control_socket.clone();
+    tracing::info!(socket = %socket.display(), uri = %config.uri, "appmon-host ready");
+    let (control_tx, control_rx) = mpsc::channel(64);
+    let server = tokio::spawn(control::serve(listener, control_tx, shutdown.clone()));
+    let supervisor = Supervisor::new(config, hv, writer, records, host_boot_id());
+    supervisor
+        .run(Inputs {
+            backend,
+            control: control_rx,
+            reload,
+            shutdown,
+        })
+        .await;
+    server.abort();
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("appmon-host stopped");
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! `appmon-host`: the host agent daemon. All logic lives in the library; this wires signals,
+//! logging and the libvirt backend.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use appmon_host_agent::config::{Config, DEFAULT_CONFIG_PATH};
+use appmon_host_agent::persist::error_chain;
+use appmon_libvirt_backend::LibvirtHypervisor;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+/// appmon host agent: resets a VM through libvirt when its application stops heartbeating.
+#[derive(Debug, Parser)]
+#[command(name = "appmon-host", version, about)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+fn load(path: &std::path::Path) -> Result<Config, String> {
+    match Config::load(path) {
+        Ok(c) => Ok(c),
+        // A missing default file means: all defaults.
+        Err(appmon_host_agent::config::ConfigError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+                && path == std::path::Path::new(DEFAULT_CONFIG_PATH) =>
+        {
+            Ok(Config::default())
+        }
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("appmon-host: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("appmon-host")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("appmon-host: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, args.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("appmon-host: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (reload_tx, reload) = mpsc::channel(4);
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT: {e}"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = hup.recv() => match load(&config_path) {
+                    Ok(c) => { let _ = reload_tx.send(c).await; }
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
+                },
+            }
+        }
+        let _ = shutdown_tx.send(true);
+    });
+
+    // libvirtd may not be up yet: keep trying, off the runtime threads.
+    let mut wait = shutdown.clone();
+    let (hv, events) = loop {
+        let uri = config.uri.clone();
+        match tokio::task::spawn_blocking(move || LibvirtHypervisor::open(&uri)).await {
+            Ok(Ok(opened)) => break opened,
+            Ok(Err(e)) => {
+                tracing::error!(uri = %config.uri, error = %error_chain(&e), "cannot connect to libvirt; retrying in 5 s")
+            }
+            Err(e) => return Err(format!("libvirt connection task failed: {e}")),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = wait.changed() => return Ok(()),
+        }
+    };
+    appmon_host_agent::daemon::run(config, Arc::new(hv), events, reload, shutdown)
+        .await
+        .map_err(|e| error_chain(&e))
+}
