@@ -12,4 +12,5 @@ pub mod fake;
 pub mod persist;
 pub mod policy;
 pub mod session;
+pub mod sim;
 pub mod supervisor;

@@ -543,7 +543,7 @@ where
                         }
                         None
                     }
-                    GuestMsg::Pong | GuestMsg::Ack => None,
+                    GuestMsg::Pong | GuestMsg::Ack if id.is_none() => None,
                     GuestMsg::Error(e) => {
                         tracing::info!(domain, error = %e, "guest reported an error");
                         if matches!(e.code, ErrorCode::IncompatibleVersion { .. }) {

@@ -1,0 +1,284 @@
+//! A scripted guest agent behind a Unix socket, for tests and benchmarks: it serves the hybrid
+//! vsock `CONNECT`/`OK` handshake (or none, as a virtio-serial channel), answers the host's
+//! Hello with its own and its state, heartbeats at a set interval, answers pings, enables when
+//! it is told Gray, and records what the host says. Not used by the daemon.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use appmon_wire::{
+    AppStatus, Capabilities, Frame, GuestCodec, GuestMsg, GuestState, Hello, HostMsg, Tag,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+/// What the simulated guest does and has seen.
+#[derive(Debug)]
+pub struct Shared {
+    /// Heartbeat period; `None` sends none.
+    heartbeat_every: Mutex<Option<Duration>>,
+    boot_id: Mutex<[u8; 16]>,
+    /// Reported in the State after Hello.
+    enabled: AtomicBool,
+    /// Send `Request Enable` when told Gray.
+    auto_enable: AtomicBool,
+    /// Accept connections (else close them at once, as a guest whose channel did not come back).
+    accept: AtomicBool,
+    answer_pings: AtomicBool,
+    statuses: Mutex<Vec<AppStatus>>,
+    replies: Mutex<Vec<HostMsg>>,
+    last_heartbeat: Mutex<Option<Instant>>,
+    heartbeats: AtomicU64,
+    connections: AtomicU64,
+    outbox: Mutex<Option<mpsc::UnboundedSender<Frame<GuestMsg>>>>,
+    changed: Notify,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A handle on one simulated guest.
+#[derive(Debug, Clone)]
+pub struct GuestSim {
+    pub shared: Arc<Shared>,
+}
+
+impl GuestSim {
+    /// A guest that heartbeats every `every` once enabled.
+    pub fn new(boot: u8, every: Option<Duration>) -> Self {
+        GuestSim {
+            shared: Arc::new(Shared {
+                heartbeat_every: Mutex::new(every),
+                boot_id: Mutex::new([boot; 16]),
+                enabled: AtomicBool::new(false),
+                auto_enable: AtomicBool::new(true),
+                accept: AtomicBool::new(true),
+                answer_pings: AtomicBool::new(true),
+                statuses: Mutex::new(Vec::new()),
+                replies: Mutex::new(Vec::new()),
+                last_heartbeat: Mutex::new(None),
+                heartbeats: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
+                outbox: Mutex::new(None),
+                changed: Notify::new(),
+                next_id: AtomicU64::new(1000),
+            }),
+        }
+    }
+
+    /// Binds `path` and serves connections there until the returned task is aborted.
+    pub fn listen(
+        &self,
+        path: &Path,
+        hybrid: bool,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let listener = UnixListener::bind(path)?;
+        let shared = self.shared.clone();
+        Ok(tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                if !shared.accept.load(Ordering::SeqCst) {
+                    drop(stream);
+                    continue;
+                }
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _ = serve(stream, hybrid, shared).await;
+                });
+            }
+        }))
+    }
+
+    pub fn set_heartbeat(&self, every: Option<Duration>) {
+        *lock(&self.shared.heartbeat_every) = every;
+    }
+
+    pub fn set_boot_id(&self, boot: u8) {
+        *lock(&self.shared.boot_id) = [boot; 16];
+    }
+
+    pub fn set_enabled_in_state(&self, enabled: bool) {
+        self.shared.enabled.store(enabled, Ordering::SeqCst);
+    }
+
+    pub fn set_auto_enable(&self, on: bool) {
+        self.shared.auto_enable.store(on, Ordering::SeqCst);
+    }
+
+    pub fn set_accept(&self, on: bool) {
+        self.shared.accept.store(on, Ordering::SeqCst);
+    }
+
+    pub fn set_answer_pings(&self, on: bool) {
+        self.shared.answer_pings.store(on, Ordering::SeqCst);
+    }
+
+    /// Sends a frame on the current connection; `false` when there is none.
+    pub fn send(&self, frame: Frame<GuestMsg>) -> bool {
+        lock(&self.shared.outbox)
+            .as_ref()
+            .is_some_and(|tx| tx.send(frame).is_ok())
+    }
+
+    /// Sends a request with a fresh id; returns the id.
+    pub fn request(&self, msg: GuestMsg) -> Option<u32> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::SeqCst) as u32;
+        self.send(Frame::request(id, msg)).then_some(id)
+    }
+
+    /// Cuts the current connection.
+    pub fn disconnect(&self) {
+        lock(&self.shared.outbox).take();
+    }
+
+    pub fn statuses(&self) -> Vec<AppStatus> {
+        lock(&self.shared.statuses).clone()
+    }
+
+    pub fn replies(&self) -> Vec<HostMsg> {
+        lock(&self.shared.replies).clone()
+    }
+
+    pub fn last_heartbeat(&self) -> Option<Instant> {
+        *lock(&self.shared.last_heartbeat)
+    }
+
+    pub fn heartbeats(&self) -> u64 {
+        self.shared.heartbeats.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn connected(&self) -> bool {
+        lock(&self.shared.outbox).is_some()
+    }
+
+    /// Waits until `pred` holds or `limit` passes; returns whether it held.
+    pub async fn wait(&self, limit: Duration, pred: impl Fn(&GuestSim) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let notified = self.shared.changed.notified();
+            if pred(self) {
+                return true;
+            }
+            // Also poll: some conditions (time) change without a notification.
+            let step = Instant::now() + Duration::from_millis(20);
+            let _ = tokio::time::timeout_at(step.min(deadline), notified).await;
+            if Instant::now() >= deadline {
+                return pred(self);
+            }
+        }
+    }
+}
+
+async fn serve(mut stream: UnixStream, hybrid: bool, shared: Arc<Shared>) -> std::io::Result<()> {
+    if hybrid {
+        let mut line = Vec::new();
+        loop {
+            let mut b = [0u8; 1];
+            if stream.read(&mut b).await? == 0 {
+                return Ok(());
+            }
+            if b[0] == b'\n' || line.len() > 64 {
+                break;
+            }
+            line.push(b[0]);
+        }
+        stream.write_all(b"OK 1073741824\n").await?;
+    }
+    let mut framed = Framed::with_capacity(stream, GuestCodec::new(), 256);
+    // The host speaks first.
+    match framed.next().await {
+        Some(Ok(Ok(Frame {
+            msg: HostMsg::Hello(_),
+            ..
+        }))) => {}
+        _ => return Ok(()),
+    }
+    let boot_id = *lock(&shared.boot_id);
+    let hello = Hello::new("appmon-guest sim", boot_id, Capabilities::HEARTBEAT);
+    framed
+        .send(Frame::event(GuestMsg::Hello(hello)))
+        .await
+        .map_err(std::io::Error::other)?;
+    let enabled = shared.enabled.load(Ordering::SeqCst);
+    framed
+        .send(Frame::event(GuestMsg::State(GuestState {
+            enabled,
+            need_reset: false,
+            last_heartbeat_age_ms: enabled.then_some(0),
+            heartbeats: shared.heartbeats.load(Ordering::SeqCst),
+            last_status: None,
+            processes: Vec::new(),
+        })))
+        .await
+        .map_err(std::io::Error::other)?;
+    let (tx, mut outbox) = mpsc::unbounded_channel();
+    *lock(&shared.outbox) = Some(tx);
+    shared.connections.fetch_add(1, Ordering::SeqCst);
+    shared.changed.notify_waiters();
+    let mut next_beat = Instant::now();
+    let result = loop {
+        let every = *lock(&shared.heartbeat_every);
+        let beat_at = every.map(|_| next_beat);
+        tokio::select! {
+            item = framed.next() => {
+                let frame = match item {
+                    Some(Ok(Ok(frame))) => frame,
+                    Some(Ok(Err(_))) => continue,
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(()),
+                };
+                match (frame.tag, frame.msg) {
+                    (Tag::Request(id), HostMsg::Ping) => {
+                        if shared.answer_pings.load(Ordering::SeqCst) {
+                            framed.send(Frame::reply(id, GuestMsg::Pong)).await.map_err(std::io::Error::other)?;
+                        }
+                    }
+                    (Tag::Event, HostMsg::AppStatus(s)) => {
+                        lock(&shared.statuses).push(s);
+                        if s == AppStatus::Gray && shared.auto_enable.load(Ordering::SeqCst) {
+                            let id = shared.next_id.fetch_add(1, Ordering::SeqCst) as u32;
+                            framed.send(Frame::request(id, GuestMsg::Enable)).await.map_err(std::io::Error::other)?;
+                            shared.enabled.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    (Tag::Reply(_), msg) => {
+                        if let HostMsg::AppStatus(s) = &msg {
+                            lock(&shared.statuses).push(*s);
+                        }
+                        lock(&shared.replies).push(msg);
+                    }
+                    _ => {}
+                }
+                shared.changed.notify_waiters();
+            }
+            out = outbox.recv() => match out {
+                Some(frame) => framed.send(frame).await.map_err(std::io::Error::other)?,
+                None => break Ok(()),
+            },
+            _ = async { match beat_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                if let Some(every) = every {
+                    next_beat = (next_beat + every).max(Instant::now());
+                    if shared.enabled.load(Ordering::SeqCst) {
+                        framed.send(Frame::event(GuestMsg::MarkActive)).await.map_err(std::io::Error::other)?;
+                        *lock(&shared.last_heartbeat) = Some(Instant::now());
+                        shared.heartbeats.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    };
+    lock(&shared.outbox).take();
+    shared.changed.notify_waiters();
+    result
+}
