@@ -239,10 +239,8 @@ async fn serve(mut stream: UnixStream, hybrid: bool, shared: Arc<Shared>) -> std
                     None => break Ok(()),
                 };
                 match (frame.tag, frame.msg) {
-                    (Tag::Request(id), HostMsg::Ping) => {
-                        if shared.answer_pings.load(Ordering::SeqCst) {
-                            framed.send(Frame::reply(id, GuestMsg::Pong)).await.map_err(std::io::Error::other)?;
-                        }
+                    (Tag::Request(id), HostMsg::Ping) if shared.answer_pings.load(Ordering::SeqCst) => {
+                        framed.send(Frame::reply(id, GuestMsg::Pong)).await.map_err(std::io::Error::other)?;
                     }
                     (Tag::Event, HostMsg::AppStatus(s)) => {
                         lock(&shared.statuses).push(s);
