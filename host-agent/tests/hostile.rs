@@ -1,0 +1,174 @@
+//! A hostile guest cannot hurt the host: garbage, oversized frames, floods and a silent peer
+//! each lose their own session (logged in their history), while well-behaved guests beside them
+//! keep their timing and a silent one among them is still reset on time.
+
+mod common;
+
+use std::path::Path;
+
+use appmon_host_agent::fake::FakeHypervisor;
+use appmon_host_agent::sim::GuestSim;
+use appmon_wire::{Capabilities, Frame, GuestCodec, GuestMsg, Hello, HostMsg};
+use common::*;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::codec::Framed;
+
+#[derive(Debug, Clone, Copy)]
+enum Hostility {
+    Garbage,
+    Oversized,
+    Flood,
+    Silent,
+}
+
+async fn hybrid_ok(s: &mut UnixStream) -> std::io::Result<()> {
+    let mut b = [0u8; 1];
+    loop {
+        if s.read(&mut b).await? == 0 || b[0] == b'\n' {
+            break;
+        }
+    }
+    s.write_all(b"OK 1\n").await
+}
+
+async fn hostile_peer(path: &Path, kind: Hostility) -> tokio::task::JoinHandle<()> {
+    let listener = UnixListener::bind(path).expect("bind");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if hybrid_ok(&mut s).await.is_err() {
+                    return;
+                }
+                match kind {
+                    Hostility::Garbage => {
+                        // Frames that are not COBS/postcard, delimiters included.
+                        let junk: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+                        let _ = s.write_all(&junk).await;
+                        let mut sink = [0u8; 1024];
+                        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                    }
+                    Hostility::Oversized => {
+                        // One endless frame: no delimiter, ever.
+                        let chunk = vec![0x41u8; 16 * 1024];
+                        for _ in 0..64 {
+                            if s.write_all(&chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Hostility::Flood => {
+                        let mut framed = Framed::new(s, GuestCodec::new());
+                        if !matches!(
+                            framed.next().await,
+                            Some(Ok(Ok(Frame {
+                                msg: HostMsg::Hello(_),
+                                ..
+                            })))
+                        ) {
+                            return;
+                        }
+                        let hello = Hello::new("flood", [7; 16], Capabilities::HEARTBEAT);
+                        if framed
+                            .send(Frame::event(GuestMsg::Hello(hello)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        for _ in 0..1_000_000 {
+                            if framed
+                                .send(Frame::event(GuestMsg::MarkActive))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Hostility::Silent => {
+                        // Connects and then neither reads nor writes.
+                        std::future::pending::<()>().await;
+                        drop(s);
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hv, events) = FakeHypervisor::new();
+    let mut tasks = Vec::new();
+    for (name, kind) in [
+        ("garbage", Hostility::Garbage),
+        ("oversized", Hostility::Oversized),
+        ("flood", Hostility::Flood),
+        ("silent", Hostility::Silent),
+    ] {
+        let path = sock(dir.path(), name);
+        tasks.push(hostile_peer(&path, kind).await);
+        hv.add(name, Some(hybrid_spec(&path)));
+    }
+    let mut good = Vec::new();
+    for (i, name) in ["good1", "good2", "good3"].into_iter().enumerate() {
+        let g = GuestSim::new(i as u8 + 1, Some(ms(200)));
+        tasks.push(g.listen(&sock(dir.path(), name), true).expect("listen"));
+        hv.add(name, Some(hybrid_spec(&sock(dir.path(), name))));
+        good.push(g);
+    }
+    let mut config = test_config(dir.path());
+    config.session.max_frame = 4096;
+    config.session.frames_per_second = 50;
+    config.session.burst = 100;
+    let host = Host::start(config, hv.clone(), events).await;
+
+    for g in &good {
+        assert!(g.wait(ms(5000), |g| g.heartbeats() >= 3).await);
+    }
+    for (name, needle) in [
+        ("garbage", "bad frame"),
+        ("oversized", "exceeds 4096 bytes"),
+        ("flood", "floods"),
+        ("silent", "no Hello within"),
+    ] {
+        let view = host
+            .wait_show(name, ms(5000), |v| history_has(v, needle))
+            .await;
+        assert!(history_has(&view, needle), "{name}: {view}");
+        assert_eq!(view["enabled"], false);
+    }
+    // While the hostile peers keep reconnecting, a good guest that stops is reset on time.
+    good[1].set_heartbeat(None);
+    let calls = hv
+        .wait_calls(ms(5000), |c| c.iter().any(|c| c.domain == "good2"))
+        .await;
+    let reset = calls
+        .iter()
+        .find(|c| c.domain == "good2")
+        .expect("good2 reset");
+    let last = good[1].last_heartbeat().expect("beats").into_std();
+    let latency = reset.at.duration_since(last);
+    assert!(
+        latency >= ms(1000) && latency <= ms(1400),
+        "reset {latency:?} after the last heartbeat"
+    );
+    let before = [good[0].heartbeats(), good[2].heartbeats()];
+    tokio::time::sleep(ms(1000)).await;
+    assert!(good[0].heartbeats() > before[0] && good[2].heartbeats() > before[1]);
+    let resets: Vec<_> = hv.calls().into_iter().map(|c| c.domain).collect();
+    assert_eq!(
+        resets,
+        vec!["good2".to_string()],
+        "only the silent good guest is reset"
+    );
+    let view = host.show("good1").await;
+    assert_eq!(view["status"], "green");
+    host.stop().await;
+    for t in tasks {
+        t.abort();
+    }
+}
