@@ -4,13 +4,13 @@
 //! - [`ensure_event_loop`] registers libvirt's default event implementation (once per process,
 //!   before the first connection is opened) and runs `virEventRunDefaultImpl` on the thread
 //!   `appmon-libvirt-events`. Every callback below runs on that thread.
-//! - [`register_domain_events`] registers LIFECYCLE, REBOOT, WATCHDOG and METADATA_CHANGE
-//!   callbacks with `virConnectDomainEventRegisterAny`; [`DomainEventRegistration`] deregisters
+//! - `register_domain_events` registers LIFECYCLE, REBOOT, WATCHDOG and METADATA_CHANGE
+//!   callbacks with `virConnectDomainEventRegisterAny`; `DomainEventRegistration` deregisters
 //!   them on drop.
-//! - [`watch_close`] registers a `virConnectRegisterCloseCallback`: how a remote connection
+//! - `watch_close` registers a `virConnectRegisterCloseCallback`: how a remote connection
 //!   learns that libvirtd went away (end of file, keepalive timeout).
 //!
-//! The callbacks never block (they push into an unbounded channel through [`EventSink`]) and
+//! The callbacks never block (they push into an unbounded channel through `EventSink`) and
 //! never unwind into libvirt (each body runs under `catch_unwind`). Their opaque data is a
 //! `Box` that libvirt owns from a successful registration on and frees through the free
 //! callback we pass; a failed registration leaves it to us.
@@ -86,13 +86,13 @@ pub fn ensure_event_loop() -> Result<(), EventError> {
 /// must come first on the channel and then everything held, in order. So callbacks can be
 /// registered before the connection is announced without losing or reordering events.
 #[derive(Debug)]
-pub struct EventSink {
+pub(crate) struct EventSink {
     tx: UnboundedSender<BackendEvent>,
     held: Mutex<Option<Vec<BackendEvent>>>,
 }
 
 impl EventSink {
-    pub fn held(tx: UnboundedSender<BackendEvent>) -> Arc<Self> {
+    pub(crate) fn held(tx: UnboundedSender<BackendEvent>) -> Arc<Self> {
         Arc::new(EventSink {
             tx,
             held: Mutex::new(Some(Vec::new())),
@@ -101,7 +101,7 @@ impl EventSink {
 
     /// Delivers `event`, or holds it while the sink is closed. Never blocks for long: the lock
     /// is only held to push into a vector or an unbounded channel.
-    pub fn deliver(&self, event: BackendEvent) {
+    pub(crate) fn deliver(&self, event: BackendEvent) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         match held.as_mut() {
             Some(events) => events.push(event),
@@ -113,7 +113,7 @@ impl EventSink {
     }
 
     /// Sends `first`, then every event held so far, and lets later events through directly.
-    pub fn open(&self, first: BackendEvent) {
+    pub(crate) fn open(&self, first: BackendEvent) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self.tx.send(first);
         for event in held.take().unwrap_or_default() {
@@ -202,7 +202,7 @@ struct CallbackData {
 
 /// The domain event callbacks registered on one connection; deregistered on drop.
 #[derive(Debug)]
-pub struct DomainEventRegistration {
+pub(crate) struct DomainEventRegistration {
     conn: Connect,
     callback_ids: Vec<c_int>,
 }
@@ -217,7 +217,7 @@ type MetadataCallback =
 
 /// Registers the LIFECYCLE, REBOOT, WATCHDOG and METADATA_CHANGE callbacks of `conn`, all of
 /// them delivering into `sink`. On failure, those registered so far are deregistered again.
-pub fn register_domain_events(
+pub(crate) fn register_domain_events(
     conn: &Connect,
     sink: &Arc<EventSink>,
 ) -> Result<DomainEventRegistration, EventError> {
@@ -410,7 +410,7 @@ unsafe extern "C" fn metadata_callback(
 }
 
 /// What the close callback calls, with a description of the reason.
-pub type OnClose = Box<dyn Fn(&'static str) + Send + Sync>;
+pub(crate) type OnClose = Box<dyn Fn(&'static str) + Send + Sync>;
 
 struct CloseData {
     on_close: OnClose,
@@ -418,7 +418,7 @@ struct CloseData {
 
 /// A registered close callback; unregistered on drop.
 #[derive(Debug)]
-pub struct CloseWatch {
+pub(crate) struct CloseWatch {
     conn: Connect,
 }
 
@@ -429,7 +429,7 @@ pub struct CloseWatch {
 /// ever call it. Drivers that run inside this process, such as `test:///`, accept the
 /// registration and never call the callback nor free its data: a few bytes per connection stay
 /// allocated there, which we take over freeing data libvirt may still use.
-pub fn watch_close(conn: &Connect, on_close: OnClose) -> Result<CloseWatch, EventError> {
+pub(crate) fn watch_close(conn: &Connect, on_close: OnClose) -> Result<CloseWatch, EventError> {
     let data = Box::into_raw(Box::new(CloseData { on_close }));
     // SAFETY: the connection pointer is valid while the caller's `conn` holds its reference;
     // `data` is a valid CloseData that libvirt owns from here on and frees with
