@@ -189,8 +189,11 @@ impl Config {
 
 /// Line and column (1-based) of byte `at`, and the key of the `key = value` line it is on.
 fn locate(text: &str, at: usize) -> (usize, usize, Option<String>) {
-    let at = at.min(text.len());
-    let before = text.get(..at).unwrap_or(text);
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
