@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use appmon_wire::{Frame, GuestMsg, Tag};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api::{ApiRequest, ApiResponse};
 use crate::config::{Config, ConfigError};
@@ -276,11 +277,20 @@ impl Daemon {
         let Some(entry) = self.links.get(&link) else {
             return;
         };
-        if entry.commands.try_send(command).is_err() {
-            // Its queue is full (the host does not read) or its task is gone: dropping the
-            // only sender ends the task, which reports the link down.
-            warn!(link, "host link does not keep up; closing it");
-            self.links.remove(&link);
+        match entry.commands.try_send(command) {
+            Ok(()) => {}
+            // A heartbeat behind a full queue adds nothing to the ones queued before it: an
+            // application that beats faster than the host reads must not cost the session.
+            Err(mpsc::error::TrySendError::Full(LinkCmd::Send(Frame {
+                tag: Tag::Event,
+                msg: GuestMsg::MarkActive,
+            }))) => debug!(link, "heartbeat dropped: the host link's queue is full"),
+            Err(_) => {
+                // Its queue is full (the host does not read) or its task is gone: dropping
+                // the only sender ends the task, which reports the link down.
+                warn!(link, "host link does not keep up; closing it");
+                self.links.remove(&link);
+            }
         }
     }
 
