@@ -419,6 +419,9 @@ where
         limits.read_buffer,
     );
     let mut writer = FramedWrite::new(w, HostCodec::with_max_frame(limits.max_frame));
+    // The default 8 KiB write buffer would be most of a session's memory; host frames are small
+    // and the buffer grows on demand.
+    *writer.write_buffer_mut() = bytes::BytesMut::with_capacity(limits.read_buffer);
     macro_rules! write {
         ($frame:expr) => {
             match timeout(limits.write_timeout, writer.send($frame)).await {

@@ -39,6 +39,8 @@ pub struct Shared {
     outbox: Mutex<Option<mpsc::UnboundedSender<Frame<GuestMsg>>>>,
     changed: Notify,
     next_id: AtomicU64,
+    /// Counts the first Green this guest is told (benchmark farms).
+    green_counter: Mutex<Option<Arc<AtomicU64>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,6 +72,7 @@ impl GuestSim {
                 outbox: Mutex::new(None),
                 changed: Notify::new(),
                 next_id: AtomicU64::new(1000),
+                green_counter: Mutex::new(None),
             }),
         }
     }
@@ -253,6 +256,11 @@ async fn serve(mut stream: UnixStream, hybrid: bool, shared: Arc<Shared>) -> std
                     (Tag::Reply(_), msg) => {
                         if let HostMsg::AppStatus(s) = &msg {
                             lock(&shared.statuses).push(*s);
+                            if *s == AppStatus::Green {
+                                if let Some(c) = lock(&shared.green_counter).take() {
+                                    c.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
                         }
                         lock(&shared.replies).push(msg);
                     }
@@ -279,4 +287,16 @@ async fn serve(mut stream: UnixStream, hybrid: bool, shared: Arc<Shared>) -> std
     lock(&shared.outbox).take();
     shared.changed.notify_waiters();
     result
+}
+
+/// Serves many guests behind one hybrid-vsock socket, as a benchmark's guest farm. Every guest
+/// enables when told Gray and heartbeats every `every`; `greens` counts guests told Green.
+pub async fn farm(listener: UnixListener, every: Duration, greens: Arc<AtomicU64>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let guest = GuestSim::new(1, Some(every));
+        *lock(&guest.shared.green_counter) = Some(greens.clone());
+        tokio::spawn(async move {
+            let _ = serve(stream, true, guest.shared).await;
+        });
+    }
 }
