@@ -181,9 +181,10 @@ impl Daemon {
             api: None,
             log,
         };
+        // The API socket last: once applications can connect, the agent is fully up.
         let started = daemon
-            .start_api(&config)
-            .and_then(|()| daemon.start_host_transports(&config));
+            .start_host_transports(&config)
+            .and_then(|()| daemon.start_api(&config));
         if let Err(e) = started {
             daemon.stop_listeners();
             return Err(e);
@@ -520,14 +521,21 @@ pub fn read_boot_id() -> [u8; 16] {
     }
 }
 
-/// Forwards SIGHUP to [`Input::Reload`] and SIGTERM/SIGINT to [`Input::Shutdown`].
-pub fn forward_signals(handle: DaemonHandle) -> std::io::Result<JoinHandle<()>> {
-    use futures::StreamExt;
+/// SIGHUP, SIGINT and SIGTERM, caught from the moment this is called.
+pub fn catch_signals() -> std::io::Result<signal_hook_tokio::Signals> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
-    Ok(tokio::spawn(async move {
+    signal_hook_tokio::Signals::new([SIGHUP, SIGINT, SIGTERM])
+}
+
+/// Forwards SIGHUP to [`Input::Reload`] and SIGTERM/SIGINT to [`Input::Shutdown`].
+pub fn forward_signals(
+    mut signals: signal_hook_tokio::Signals,
+    handle: DaemonHandle,
+) -> JoinHandle<()> {
+    use futures::StreamExt;
+    tokio::spawn(async move {
         while let Some(signal) = signals.next().await {
-            if signal == SIGHUP {
+            if signal == signal_hook::consts::SIGHUP {
                 info!("SIGHUP: reloading the configuration");
                 handle.reload().await;
             } else {
@@ -536,7 +544,7 @@ pub fn forward_signals(handle: DaemonHandle) -> std::io::Result<JoinHandle<()>> 
                 return;
             }
         }
-    }))
+    })
 }
 
 /// Everything `appmon-guest` does after parsing its arguments: start, serve, stop on a
@@ -550,8 +558,11 @@ pub fn run_daemon(
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Caught before any socket exists: a signal sent as soon as the agent answers is
+        // handled, not fatal.
+        let signals = catch_signals()?;
         let (daemon, handle) = Daemon::start(config, config_path, Tuning::default(), log)?;
-        let signals = forward_signals(handle)?;
+        let signals = forward_signals(signals, handle);
         daemon.run().await;
         signals.abort();
         Ok(())
