@@ -274,7 +274,10 @@ fn locate(text: &str, span: Option<std::ops::Range<usize>>) -> (usize, usize, Op
     let Some(span) = span else {
         return (1, 1, None);
     };
-    let start = span.start.min(text.len());
+    let mut start = span.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
     let before = &text[..start];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
