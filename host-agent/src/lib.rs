@@ -1,9 +1,31 @@
 //! appmon's host agent: resets a VM through libvirt when its application stops sending
-//! heartbeats or asks for a reset, and never otherwise.
+//! heartbeats or asks for a reset (needReset), and never otherwise.
+//!
+//! # Architecture
+//!
+//! ```text
+//!  libvirt backend ──BackendEvent──┐
+//!  (event-loop thread)             │
+//!  session task per VM ─SessionMsg─┼──> supervisor task ──Action──> executors
+//!  (bounded, shared queue)         │    owns every VmMachine,        spawn_blocking: reset,
+//!  control socket ─ControlRequest──┘    deadline heap, sessions,     power-cycle, set_spec,
+//!  (appmonctl)                          event history                lookups; writer thread:
+//!                                                                    state files
+//! ```
 //!
 //! # Modules
 //!
-//! - [`policy`]: the per-VM monitoring policy, a pure state machine with a virtual clock.
+//! - [`policy`]: the per-VM monitoring policy, a pure state machine with a virtual clock. Its
+//!   documentation is the policy.
+//! - [`supervisor`]: the one task that owns all VM state, timers and sessions.
+//! - [`session`]: one task per monitored VM: transports, handshake, keepalive, hostile-guest
+//!   bounds.
+//! - [`config`]: `/etc/appmon/host.toml`.
+//! - [`persist`]: the state directory (reset history and alarms across restarts).
+//! - [`control`]: the local control socket; [`ctl`]: the `appmonctl` command line.
+//! - [`daemon`]: wires them together for `appmon-host`.
+//! - [`fake`] and [`sim`]: an in-memory hypervisor and a scripted guest agent, for tests and
+//!   benchmarks only.
 pub mod config;
 pub mod control;
 pub mod ctl;
