@@ -15,16 +15,16 @@
 //!
 //! # Modules
 //!
-//! - [`policy`]: the per-VM monitoring policy, a pure state machine with a virtual clock. Its
+//! - [`policy`] — the per-VM monitoring policy, a pure state machine with a virtual clock. Its
 //!   documentation is the policy.
-//! - [`supervisor`]: the one task that owns all VM state, timers and sessions.
-//! - [`session`]: one task per monitored VM: transports, handshake, keepalive, hostile-guest
+//! - [`supervisor`] — the one task that owns all VM state, timers and sessions.
+//! - [`session`] — one task per monitored VM: transports, handshake, keepalive, hostile-guest
 //!   bounds.
-//! - [`config`]: `/etc/appmon/host.toml`.
-//! - [`persist`]: the state directory (reset history and alarms across restarts).
-//! - [`control`]: the local control socket; [`ctl`]: the `appmonctl` command line.
-//! - [`daemon`]: wires them together for `appmon-host`.
-//! - [`fake`] and [`sim`]: an in-memory hypervisor and a scripted guest agent, for tests and
+//! - [`config`] — `/etc/appmon/host.toml`.
+//! - [`persist`] — the state directory (reset history and alarms across restarts).
+//! - [`control`] — the local control socket; [`ctl`] — the `appmonctl` command line.
+//! - [`daemon`] — wires them together for `appmon-host`.
+//! - [`fake`] and [`sim`] — an in-memory hypervisor and a scripted guest agent, for tests and
 //!   benchmarks only.
 pub mod config;
 pub mod control;
