@@ -540,3 +540,62 @@ async fn domains_outside_the_configured_patterns_are_ignored() {
     assert_eq!(guest.connections(), 0);
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtio_serial_channel_socket_works_like_vsock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hv, events) = FakeHypervisor::new();
+    let path = dir.path().join("vm.channel");
+    let guest = GuestSim::new(1, Some(ms(200)));
+    let _g = guest.listen(&path, false).expect("listen");
+    hv.add(
+        "vm",
+        Some(appmon_libvirt_backend::MonitorSpec::with_transport(
+            appmon_libvirt_backend::Transport::Channel {
+                path: Some(path.clone()),
+                name: appmon_libvirt_backend::DEFAULT_CHANNEL_NAME.into(),
+            },
+        )),
+    );
+    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    assert!(
+        guest
+            .wait(ms(5000), |g| g.statuses().contains(&AppStatus::Green))
+            .await
+    );
+    let view = host.show("vm").await;
+    assert!(
+        view["transport"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("channel ")),
+        "{view}"
+    );
+    guest.set_heartbeat(None);
+    hv.wait_calls(ms(3000), |c| !c.is_empty()).await;
+    assert_eq!(hv.resets_of("vm").len(), 1);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_new_defaults_and_domain_patterns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hv, events) = FakeHypervisor::new();
+    hv.add("a", Some(hybrid_spec(&sock(dir.path(), "a"))));
+    hv.add("b", Some(hybrid_spec(&sock(dir.path(), "b"))));
+    let config = test_config(dir.path());
+    let host = Host::start(config.clone(), hv.clone(), events).await;
+    host.wait_show("b", ms(3000), |_| true).await;
+    let mut next = config.clone();
+    next.defaults.failure_interval = ms(3000);
+    next.domains = vec!["a".into()];
+    host.reload.send(next).await.expect("reload");
+    let view = host
+        .wait_show("a", ms(3000), |v| {
+            v["policy"]["failure_interval_ms"] == 3000
+        })
+        .await;
+    assert_eq!(view["policy"]["failure_interval_ms"], 3000);
+    let (code, _, _) = host.ctl(&["show", "b"]).await;
+    assert_eq!(code, appmon_host_agent::ctl::EXIT_UNKNOWN_DOMAIN);
+    host.stop().await;
+}
