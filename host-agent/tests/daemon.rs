@@ -599,3 +599,36 @@ async fn reload_applies_new_defaults_and_domain_patterns() {
     assert_eq!(code, appmon_host_agent::ctl::EXIT_UNKNOWN_DOMAIN);
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_keeps_live_state_and_adopts_the_guests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hv, events) = FakeHypervisor::new();
+    let guest = GuestSim::new(1, Some(ms(200)));
+    let _g = guest.listen(&sock(dir.path(), "vm"), true).expect("listen");
+    hv.add("vm", Some(hybrid_spec(&sock(dir.path(), "vm"))));
+    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    assert!(
+        guest
+            .wait(ms(5000), |g| g.statuses().contains(&AppStatus::Green))
+            .await
+    );
+    // A mere reconnect (same boot id, still enabled): no Gray, stays Green.
+    guest.disconnect();
+    assert!(
+        guest
+            .wait(ms(5000), |g| g.connections() >= 2
+                && g.statuses().len() >= 3)
+            .await,
+        "{:?}",
+        guest.statuses()
+    );
+    assert_eq!(
+        guest.statuses()[1..],
+        [AppStatus::Green, AppStatus::Green],
+        "after the first Gray, only Green"
+    );
+    assert_eq!(host.show("vm").await["status"], "green");
+    assert!(hv.calls().is_empty());
+    host.stop().await;
+}
