@@ -21,6 +21,7 @@ enum Hostility {
     Oversized,
     Flood,
     Silent,
+    SlowWriter,
 }
 
 async fn hybrid_ok(s: &mut UnixStream) -> std::io::Result<()> {
@@ -87,6 +88,21 @@ async fn hostile_peer(path: &Path, kind: Hostility) -> tokio::task::JoinHandle<(
                             }
                         }
                     }
+                    Hostility::SlowWriter => {
+                        // A valid Hello, one byte every 100 ms: never complete in time.
+                        let hello = Hello::new("slow", [5; 16], Capabilities::HEARTBEAT);
+                        let Ok(bytes) =
+                            appmon_wire::encode_frame(&Frame::event(GuestMsg::Hello(hello)))
+                        else {
+                            return;
+                        };
+                        for b in bytes {
+                            if s.write_all(&[b]).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(ms(100)).await;
+                        }
+                    }
                     Hostility::Silent => {
                         // Connects and then neither reads nor writes.
                         std::future::pending::<()>().await;
@@ -108,6 +124,7 @@ async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
         ("oversized", Hostility::Oversized),
         ("flood", Hostility::Flood),
         ("silent", Hostility::Silent),
+        ("slow", Hostility::SlowWriter),
     ] {
         let path = sock(dir.path(), name);
         tasks.push(hostile_peer(&path, kind).await);
@@ -134,6 +151,7 @@ async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
         ("oversized", "exceeds 4096 bytes"),
         ("flood", "floods"),
         ("silent", "no Hello within"),
+        ("slow", "no Hello within"),
     ] {
         let view = host
             .wait_show(name, ms(5000), |v| history_has(v, needle))
