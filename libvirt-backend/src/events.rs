@@ -28,7 +28,7 @@ use virt::connect::Connect;
 use virt::sys;
 
 use crate::{
-    BackendEvent, DomainEvent, DomainRef, PausedReason, RunningReason, ShutOffReason,
+    BackendEvent, DomainEvent, DomainRef, LibvirtError, PausedReason, RunningReason, ShutOffReason,
     StartedReason, METADATA_URI,
 };
 
@@ -41,10 +41,10 @@ pub enum EventError {
     Register {
         event: &'static str,
         #[source]
-        source: virt::error::Error,
+        source: LibvirtError,
     },
     #[error("registering the connection close callback failed")]
-    CloseCallback(#[source] virt::error::Error),
+    CloseCallback(#[source] LibvirtError),
 }
 
 /// The name of the thread that runs libvirt's event loop.
@@ -264,7 +264,7 @@ pub(crate) fn register_domain_events(
             )
         };
         if ret < 0 {
-            let source = virt::error::Error::last_error();
+            let source = LibvirtError::last();
             // SAFETY: a failed registration does not take ownership of the opaque data and
             // never calls its free callback, so this is the only owner of the box.
             drop(unsafe { Box::from_raw(data) });
@@ -443,7 +443,7 @@ pub(crate) fn watch_close(conn: &Connect, on_close: OnClose) -> Result<CloseWatc
         )
     };
     if ret < 0 {
-        let source = virt::error::Error::last_error();
+        let source = LibvirtError::last();
         // SAFETY: a failed registration takes no ownership and never calls the free callback.
         drop(unsafe { Box::from_raw(data) });
         return Err(EventError::CloseCallback(source));

@@ -13,6 +13,10 @@
 //!   event loop thread and reconnection.
 //! - [`events`]: the one place with `unsafe`: registering lifecycle, reboot and metadata-change
 //!   callbacks through `virt::sys`, which the `virt` crate does not wrap.
+//! - [`error`]: [`LibvirtError`], libvirt's own error (code, origin, message) in plain types.
+//! - `testing` (cargo feature `testing`, for the tests and benchmarks of this and other
+//!   crates): a private libvirtd serving only the test driver, test-driver domains, and a
+//!   second connection that drives them and records their events.
 //!
 //! # Threads
 //!
@@ -24,19 +28,22 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub mod domxml;
+pub mod error;
 pub mod events;
 pub mod libvirt;
 pub mod spec;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
+pub use error::LibvirtError;
 pub use libvirt::{ConnectOptions, LibvirtHypervisor, DEFAULT_URI};
 pub use spec::{
     MonitorSpec, ResetMethod, SpecError, Transport, DEFAULT_CHANNEL_NAME, METADATA_KEY,
     METADATA_URI,
 };
 
-/// A domain's identity. The UUID is what stays the same across a migration; the name is what
-/// operators type; `id` is the running instance's number (it changes on every start and on
-/// the destination of a migration).
+/// A domain's identity. The UUID is what stays the same across a migration (and what the host
+/// agent keys its state by); the name is what operators type and logs show.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DomainRef {
     pub uuid: String,
@@ -161,7 +168,7 @@ pub enum BackendError {
     Connect {
         uri: String,
         #[source]
-        source: virt::error::Error,
+        source: LibvirtError,
     },
     #[error("no connection to libvirt (it went away; reconnecting)")]
     NotConnected,
@@ -172,7 +179,7 @@ pub enum BackendError {
         operation: &'static str,
         domain: String,
         #[source]
-        source: virt::error::Error,
+        source: LibvirtError,
     },
     #[error("domain {domain} has an XML description appmon cannot read")]
     DomainXml {

@@ -37,8 +37,8 @@ use virt::sys;
 use crate::domxml;
 use crate::events::{self, CloseWatch, DomainEventRegistration, EventSink};
 use crate::{
-    BackendError, BackendEvent, DomainInfo, DomainRef, DomainState, Hypervisor, MonitorSpec,
-    PausedReason, RunningReason, ShutOffReason, METADATA_KEY, METADATA_URI,
+    BackendError, BackendEvent, DomainInfo, DomainRef, DomainState, Hypervisor, LibvirtError,
+    MonitorSpec, PausedReason, RunningReason, ShutOffReason, METADATA_KEY, METADATA_URI,
 };
 
 /// The URI the host agent connects to unless configured otherwise.
@@ -170,7 +170,7 @@ impl LibvirtHypervisor {
     }
 
     /// The current connection, for tests that drive the (test driver's) hypervisor themselves.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn connection(&self) -> Result<Connect, BackendError> {
         Ok(self.shared.current()?.0)
     }
@@ -218,9 +218,13 @@ impl Shared {
         };
         // The `virt` crate panics on a NUL inside a URI.
         if let Err(nul) = CString::new(uri.as_str()) {
-            return Err(connect_error(virt::error::Error::from(nul)));
+            return Err(connect_error(LibvirtError::invalid_argument(format!(
+                "the URI has a NUL byte at {}",
+                nul.nul_position()
+            ))));
         }
-        let conn = Connect::open(Some(uri)).map_err(connect_error)?;
+        let conn =
+            Connect::open(Some(uri)).map_err(|e| connect_error(LibvirtError::from_virt(&e)))?;
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let interval = i32::try_from(self.options.keepalive_interval.as_secs())
             .unwrap_or(i32::MAX)
@@ -368,7 +372,7 @@ impl Shared {
         BackendError::Operation {
             operation,
             domain: domain.to_string(),
-            source,
+            source: LibvirtError::from_virt(&source),
         }
     }
 
@@ -542,7 +546,10 @@ impl Hypervisor for LibvirtHypervisor {
             return Err(BackendError::Operation {
                 operation: "set metadata",
                 domain: domain.name.clone(),
-                source: virt::error::Error::from(nul),
+                source: LibvirtError::invalid_argument(format!(
+                    "the metadata has a NUL byte at {}",
+                    nul.nul_position()
+                )),
             });
         }
         let dom = shared.lookup(&conn, generation, domain)?;

@@ -6,65 +6,16 @@
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::*;
+use crate::testing::{node_xml, PrivateLibvirtd, TestDomain};
 use crate::{DomainEvent, StartedReason, Transport, DEFAULT_CHANNEL_NAME};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-const TEST_NS: &str = "http://libvirt.org/schemas/domain/test/1.0";
-
-/// One domain of a test driver node file.
-struct TestDomain {
-    name: &'static str,
-    uuid: &'static str,
-    metadata: Option<String>,
-    devices: &'static str,
-    running: bool,
-    transient: bool,
-}
-
-impl TestDomain {
-    fn new(name: &'static str, uuid: &'static str) -> Self {
-        TestDomain {
-            name,
-            uuid,
-            metadata: None,
-            devices: "",
-            running: true,
-            transient: false,
-        }
-    }
-
-    fn xml(&self) -> String {
-        let metadata = self
-            .metadata
-            .as_ref()
-            .map(|m| format!("<metadata>{m}</metadata>"))
-            .unwrap_or_default();
-        let runstate = if self.running {
-            ""
-        } else {
-            "<test:runstate>5</test:runstate>"
-        };
-        let transient = if self.transient {
-            "<test:transient/>"
-        } else {
-            ""
-        };
-        format!(
-            "<domain type='test' xmlns:test='{TEST_NS}'><name>{}</name><uuid>{}</uuid>{metadata}\
-             <memory>65536</memory><os><type>hvm</type></os><devices>{}</devices>\
-             {runstate}{transient}</domain>",
-            self.name, self.uuid, self.devices
-        )
-    }
-}
 
 /// A test driver node file in a temp dir; the URI opens a private copy of its state.
 struct Node {
@@ -76,8 +27,7 @@ impl Node {
     fn new(domains: &[TestDomain]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("node.xml");
-        let body: String = domains.iter().map(TestDomain::xml).collect();
-        fs::write(&path, format!("<node>{body}</node>")).expect("node file");
+        fs::write(&path, node_xml(domains)).expect("node file");
         Node {
             uri: format!("test://{}", path.display()),
             _dir: dir,
@@ -111,7 +61,8 @@ fn standard_node() -> Node {
             metadata: Some(good_spec_xml()),
             devices: "<vsock model='virtio'><cid auto='no' address='7'/></vsock>\
                       <channel type='unix'><source mode='bind' path='/run/appmon/good.chan'/>\
-                      <target type='virtio' name='org.appmon.agent.0'/></channel>",
+                      <target type='virtio' name='org.appmon.agent.0'/></channel>"
+                .into(),
             ..TestDomain::new("good", GOOD)
         },
         TestDomain {
@@ -777,122 +728,6 @@ fn uuids_are_told_from_names() {
     }
 }
 
-/// A libvirtd of our own: no drivers loaded (an empty LIBVIRT_DRIVER_DIR), so it serves only
-/// the test driver built into libvirt, on a socket in a temp dir; nothing of the system
-/// libvirtd is touched. Killed by pid on drop.
-struct PrivateLibvirtd {
-    dir: TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateLibvirtd {
-    fn start() -> PrivateLibvirtd {
-        let dir = tempfile::tempdir().expect("temp dir");
-        fs::create_dir(dir.path().join("drivers")).expect("drivers dir");
-        fs::write(
-            dir.path().join("libvirtd.conf"),
-            format!(
-                "unix_sock_dir = \"{d}\"\nauth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\n\
-                 listen_tcp = 0\nlisten_tls = 0\nlog_outputs = \"3:file:{d}/libvirtd.log\"\n",
-                d = dir.path().display()
-            ),
-        )
-        .expect("libvirtd.conf");
-        let mut daemon = PrivateLibvirtd { dir, child: None };
-        daemon.launch();
-        daemon
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("libvirt-sock")
-    }
-
-    /// The daemon's shared `test:///default` state, through its socket.
-    fn uri(&self) -> String {
-        format!("test+unix:///default?socket={}", self.socket().display())
-    }
-
-    fn launch(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let d = self.dir.path();
-        let log = |name| fs::File::create(d.join(name)).expect("log file");
-        let child = Command::new("libvirtd")
-            .arg("-f")
-            .arg(d.join("libvirtd.conf"))
-            .arg("-p")
-            .arg(d.join("libvirtd.pid"))
-            .env("LIBVIRT_DRIVER_DIR", d.join("drivers"))
-            .stdin(Stdio::null())
-            .stdout(log("stdout"))
-            .stderr(log("stderr"))
-            .spawn()
-            .expect("libvirtd (is libvirt-daemon installed?)");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while UnixStream::connect(self.socket()).is_err() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("libvirtd exited with {status}: {}", self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "libvirtd did not listen within {WAIT:?}: {}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: libvirtd gets no chance to say goodbye, as in a crash.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGSTOP: libvirtd hangs, its socket stays open. SIGCONT when the guard drops, also
-    /// when a test fails (before the hypervisor, declared earlier, is dropped).
-    fn stop(&self) -> StoppedLibvirtd {
-        let pid = self.child.as_ref().map(Child::id).expect("running");
-        signal(pid, "-STOP");
-        StoppedLibvirtd { pid }
-    }
-
-    fn logs(&self) -> String {
-        ["stderr", "libvirtd.log"]
-            .iter()
-            .map(|f| fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-struct StoppedLibvirtd {
-    pid: u32,
-}
-
-impl Drop for StoppedLibvirtd {
-    fn drop(&mut self) {
-        signal(self.pid, "-CONT");
-    }
-}
-
-/// Signals our own child `pid` with kill(1).
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(signal)
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal} {pid}: {status}");
-}
-
-impl Drop for PrivateLibvirtd {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn fast_reconnect() -> ConnectOptions {
     ConnectOptions {
         reconnect_min: Duration::from_millis(100),
@@ -910,7 +745,7 @@ fn open_daemon(daemon: &PrivateLibvirtd) -> (LibvirtHypervisor, Events) {
 
 #[test]
 fn reconnects_when_libvirtd_comes_back_and_follows_events_again() {
-    let mut daemon = PrivateLibvirtd::start();
+    let mut daemon = PrivateLibvirtd::start().expect("private libvirtd");
     let (hv, mut events) = open_daemon(&daemon);
     assert!(hv
         .list_domains()
@@ -923,7 +758,7 @@ fn reconnects_when_libvirtd_comes_back_and_follows_events_again() {
         matches!(e, BackendEvent::Disconnected { .. })
     });
     let gone = hv.list_domains();
-    daemon.launch();
+    daemon.launch().expect("libvirtd again");
     events.wait_for("Connected", |e| *e == BackendEvent::Connected);
 
     assert_eq!(
@@ -950,7 +785,7 @@ fn reconnects_when_libvirtd_comes_back_and_follows_events_again() {
 
 #[test]
 fn keeps_retrying_while_libvirtd_stays_away() {
-    let mut daemon = PrivateLibvirtd::start();
+    let mut daemon = PrivateLibvirtd::start().expect("private libvirtd");
     let (hv, mut events) = open_daemon(&daemon);
 
     daemon.kill();
@@ -960,7 +795,7 @@ fn keeps_retrying_while_libvirtd_stays_away() {
     // Several failed attempts at the short test backoff, and no event for any of them.
     let quiet = events.drain(Duration::from_millis(1500));
     let still_down = hv.domain("test");
-    daemon.launch();
+    daemon.launch().expect("libvirtd again");
     events.wait_for("Connected", |e| *e == BackendEvent::Connected);
 
     assert_eq!(quiet, vec![]);
@@ -973,7 +808,7 @@ fn keeps_retrying_while_libvirtd_stays_away() {
 
 #[test]
 fn a_call_racing_the_loss_gets_not_connected_and_one_disconnect() {
-    let mut daemon = PrivateLibvirtd::start();
+    let mut daemon = PrivateLibvirtd::start().expect("private libvirtd");
     let (hv, mut events) = open_daemon(&daemon);
 
     daemon.kill();
@@ -984,7 +819,7 @@ fn a_call_racing_the_loss_gets_not_connected_and_one_disconnect() {
         matches!(e, BackendEvent::Disconnected { .. })
     });
     let quiet = events.drain(Duration::from_millis(300));
-    daemon.launch();
+    daemon.launch().expect("libvirtd again");
     events.wait_for("Connected", |e| *e == BackendEvent::Connected);
 
     assert!(
@@ -997,7 +832,7 @@ fn a_call_racing_the_loss_gets_not_connected_and_one_disconnect() {
 
 #[test]
 fn a_hung_libvirtd_is_noticed_by_keepalive() {
-    let daemon = PrivateLibvirtd::start();
+    let daemon = PrivateLibvirtd::start().expect("private libvirtd");
     let options = ConnectOptions {
         keepalive_interval: Duration::from_secs(1),
         keepalive_count: 1,
@@ -1007,7 +842,7 @@ fn a_hung_libvirtd_is_noticed_by_keepalive() {
     let mut events = Events::new(rx);
     assert_eq!(events.next(WAIT), Some(BackendEvent::Connected));
 
-    let stopped = daemon.stop();
+    let stopped = daemon.stop().expect("SIGSTOP");
     let lost = events.wait_for("Disconnected", |e| {
         matches!(e, BackendEvent::Disconnected { .. })
     });
@@ -1025,9 +860,9 @@ fn a_hung_libvirtd_is_noticed_by_keepalive() {
 
 #[test]
 fn private_daemon_helper_cleans_up() {
-    let daemon = PrivateLibvirtd::start();
+    let daemon = PrivateLibvirtd::start().expect("private libvirtd");
     let socket = daemon.socket();
-    let pid = daemon.child.as_ref().map(Child::id).expect("pid");
+    let pid = daemon.pid().expect("pid");
 
     drop(daemon);
 
@@ -1040,4 +875,99 @@ fn zombie_free(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/cmdline"))
         .map(|c| !c.contains("libvirtd"))
         .unwrap_or(true)
+}
+
+/// What the host agent's tests build on: every connection of one process to `test:///default`
+/// shares one driver state, and events caused through one reach the callbacks of another.
+#[test]
+fn default_test_driver_is_shared_by_the_connections_of_a_process() {
+    let (hv, mut events) = open("test:///default");
+    let driver = crate::testing::TestDriver::open("test:///default").expect("second connection");
+    let spec = MonitorSpec::with_transport(Transport::HybridVsock {
+        path: "/run/appmon/shared.vsock".into(),
+        port: 5315,
+    });
+    let domain =
+        TestDomain::new("shared-default", "00000000-0000-0000-0000-000000000301").with_spec(&spec);
+    let mut unexpected = Vec::new();
+
+    let shared = driver.define(&domain).expect("define");
+    unexpected.extend(events.wait_domain("shared-default", DomainEvent::Defined));
+    driver.start(&shared).expect("start");
+    unexpected.extend(events.wait_domain(
+        "shared-default",
+        DomainEvent::Started(StartedReason::Booted),
+    ));
+    driver.suspend(&shared).expect("suspend");
+    unexpected
+        .extend(events.wait_domain("shared-default", DomainEvent::Suspended(PausedReason::User)));
+    let paused = hv
+        .domain("shared-default")
+        .expect("seen by the first connection");
+    driver.resume(&shared).expect("resume");
+    unexpected.extend(events.wait_domain(
+        "shared-default",
+        DomainEvent::Resumed(RunningReason::Unpaused),
+    ));
+    // And the other way round: the first connection's reset and power-cycle are real for the
+    // second one too.
+    hv.reset(&shared).expect("reset");
+    hv.power_cycle(&shared).expect("power-cycle");
+    let seen = driver.wait_events(WAIT, |s| {
+        s.iter()
+            .any(|e| e.of("shared-default") == Some(DomainEvent::Started(StartedReason::Booted)))
+            && s.iter().any(|e| {
+                e.of("shared-default") == Some(DomainEvent::Stopped(ShutOffReason::Destroyed))
+            })
+    });
+    let listed = hv.list_domains().expect("list");
+    driver.destroy(&shared).expect("destroy");
+    driver.undefine(&shared).expect("undefine");
+    unexpected.extend(events.wait_domain("shared-default", DomainEvent::Undefined));
+
+    assert_eq!(paused.state, DomainState::Paused(PausedReason::User));
+    assert_eq!(paused.spec, Ok(Some(spec)));
+    assert!(
+        seen.iter().any(|e| e.of("shared-default").is_some()),
+        "{seen:?}"
+    );
+    assert!(listed.iter().any(|i| i.domain == shared), "{listed:?}");
+    assert!(!driver.exists("shared-default").expect("lookup"));
+    // Between the changes made through the second connection, only the first connection's
+    // own power-cycle (a destroy and a start).
+    assert_eq!(
+        unexpected,
+        vec![
+            DomainEvent::Stopped(ShutOffReason::Destroyed),
+            DomainEvent::Started(StartedReason::Booted),
+            DomainEvent::Stopped(ShutOffReason::Destroyed),
+        ]
+    );
+}
+
+#[test]
+fn a_read_only_connection_follows_but_libvirtd_refuses_its_reset() {
+    let daemon = PrivateLibvirtd::start().expect("private libvirtd");
+    let uri = format!(
+        "test+unix:///default?socket={}",
+        daemon.read_only_socket().display()
+    );
+    let (hv, _events) = open(&uri);
+    let test = hv.domain("test").expect("listed read-only");
+
+    let err = hv.reset(&test.domain).expect_err("read-only");
+
+    match &err {
+        BackendError::Operation {
+            operation: "reset",
+            domain,
+            source,
+        } => {
+            assert_eq!(domain, "test");
+            assert_eq!(source.code, sys::VIR_ERR_OPERATION_DENIED);
+            assert!(source.message.contains("read only"), "{source}");
+            assert!(source.to_string().contains("operationdenied"), "{source}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
