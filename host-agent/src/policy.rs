@@ -59,6 +59,12 @@
 //! while the channel was down), a newer heartbeat age moves the clock forward (never back), and
 //! a pending needReset is taken as posted. With no state (Gray), the guest's state is ignored
 //! and the guest is told Gray.
+//!
+//! **Status push**: the guest is told its status (`Event AppStatus`) once its `State` is in, on
+//! every session, whether or not the status changed since the last one (the guest agent
+//! reports only a status received in its current session), and then whenever it changes.
+//! Nothing is pushed between the Hello and the State: the status then would not yet reflect
+//! what the guest reports.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -268,6 +274,8 @@ pub struct VmMachine {
     boot_id: Option<[u8; 16]>,
     hello_since_boot: bool,
     status_sent: Option<AppStatus>,
+    /// Between a Hello and the guest's State: no status is pushed.
+    awaiting_state: bool,
 }
 
 impl VmMachine {
@@ -287,6 +295,7 @@ impl VmMachine {
             boot_id: None,
             hello_since_boot: false,
             status_sent: None,
+            awaiting_state: false,
         }
     }
 
@@ -415,7 +424,7 @@ impl VmMachine {
         let mut out = Vec::new();
         self.apply(input, now, &mut out);
         self.evaluate(now, &mut out);
-        if self.channel_up {
+        if self.channel_up && !self.awaiting_state {
             if let Some(status) = self.status(now) {
                 if self.status_sent != Some(status) {
                     self.status_sent = Some(status);
@@ -461,7 +470,24 @@ impl VmMachine {
             Input::Domain(event) => self.domain_event(event, now, out),
             Input::Policy(policy) => self.set_policy(policy, out),
             Input::GuestHello { boot_id } => self.guest_hello(boot_id, out),
-            Input::GuestState(state) => self.adopt(state, now, out),
+            Input::GuestState(state) => {
+                // The session's first status goes out now, changed or not.
+                self.awaiting_state = false;
+                self.status_sent = None;
+                self.adopt(state, now, out);
+            }
+            Input::Enable | Input::Disable | Input::Heartbeat | Input::PostAppState(_) => {
+                // A guest that talks is past its handshake, State or not.
+                self.awaiting_state = false;
+                self.guest_input(input, now, out);
+            }
+            other => self.other_input(other, now, out),
+        }
+    }
+
+    /// What the application asked through the guest agent.
+    fn guest_input(&mut self, input: Input, now: Duration, out: &mut Vec<Action>) {
+        match input {
             Input::Enable => {
                 if self.policy.is_none() {
                     return;
@@ -510,9 +536,17 @@ impl VmMachine {
                 }
                 self.need_reset = false;
             }
+            _ => {}
+        }
+    }
+
+    /// The session, libvirt's answers to a reset, the operator, the clock.
+    fn other_input(&mut self, input: Input, now: Duration, out: &mut Vec<Action>) {
+        match input {
             Input::ChannelClosed => {
                 self.channel_up = false;
                 self.status_sent = None;
+                self.awaiting_state = false;
             }
             Input::ResetDone => {
                 if let Pending::Resetting { method, cause } = self.pending {
@@ -569,7 +603,17 @@ impl VmMachine {
                     format!("operator cleared the alarm and {forgotten} reset(s) of the window"),
                 );
             }
-            Input::Tick => {}
+            Input::Tick
+            | Input::DomainState(_)
+            | Input::HypervisorLost
+            | Input::Domain(_)
+            | Input::Policy(_)
+            | Input::GuestHello { .. }
+            | Input::GuestState(_)
+            | Input::Enable
+            | Input::Disable
+            | Input::Heartbeat
+            | Input::PostAppState(_) => {}
         }
     }
 
@@ -685,6 +729,7 @@ impl VmMachine {
     fn guest_hello(&mut self, boot_id: [u8; 16], out: &mut Vec<Action>) {
         self.channel_up = true;
         self.status_sent = None;
+        self.awaiting_state = true;
         self.hello_since_boot = true;
         let rebooted = self.boot_id.is_some_and(|old| old != boot_id);
         if let Pending::AwaitingChannel { old_boot, .. } = self.pending {

@@ -4,8 +4,10 @@
 //! # Protocol (host side)
 //!
 //! 1. Connect by the spec's transport and send `Event Hello`. The guest answers `Event Hello`
-//!    (its boot id) and `Event State`. Incompatible versions get `Error(IncompatibleVersion)` and
-//!    the session ends. A guest silent for `hello_timeout` after the connection is dropped.
+//!    (its boot id) and `Event State`; once the State is in, the supervisor pushes `Event
+//!    AppStatus` with the current status, on every connection (see [`crate::policy`]).
+//!    Incompatible versions get `Error(IncompatibleVersion)` and the session ends. A guest
+//!    silent for `hello_timeout` after the connection is dropped.
 //! 2. Requests (`Enable`, `Disable`, `PostAppState`, `GetAppStatus`, `IsEnabled`) go to the
 //!    supervisor, which answers through [`HostCmd::Reply`]; `Ping` is answered here. Heartbeats
 //!    (`Event MarkActive`) are stamped with their arrival time and forwarded. Requests this host

@@ -520,6 +520,69 @@ fn reconnect_adopts_disable_from_the_guest() {
     assert_eq!(sim.status(), Some(AppStatus::Red));
 }
 
+fn pushed(actions: &[Action]) -> Vec<AppStatus> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendStatus(s) => Some(*s),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn status_is_pushed_once_the_guests_state_is_in_not_at_hello() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(10 * S, Input::ChannelClosed);
+    sim.run_to(11 * S);
+
+    let at_hello = sim
+        .m
+        .handle(Input::GuestHello { boot_id: [1; 16] }, sim.now);
+    let at_tick = sim.m.handle(Input::Tick, sim.now);
+    let at_state = sim
+        .m
+        .handle(Input::GuestState(guest_state(false, None)), sim.now);
+
+    // Host-side the guest was still enabled (Green); its State says disabled: it hears Red,
+    // and never the stale Green.
+    assert_eq!(pushed(&at_hello), vec![]);
+    assert_eq!(pushed(&at_tick), vec![]);
+    assert_eq!(pushed(&at_state), vec![AppStatus::Red]);
+}
+
+#[test]
+fn every_session_is_told_its_status_even_when_it_did_not_change() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    let first = sim.m.handle(Input::GuestState(guest_state(true, Some(0))), sim.now);
+    sim.at(5 * S, Input::Heartbeat);
+    sim.at(6 * S, Input::ChannelClosed);
+
+    sim.at(7 * S, Input::GuestHello { boot_id: [1; 16] });
+    let again = sim
+        .m
+        .handle(Input::GuestState(guest_state(true, Some(500))), sim.now);
+    let later = sim.m.handle(Input::Heartbeat, sim.now);
+
+    assert_eq!(pushed(&first), vec![AppStatus::Green]);
+    assert_eq!(pushed(&again), vec![AppStatus::Green]);
+    assert_eq!(pushed(&later), vec![], "then only changes");
+}
+
+#[test]
+fn a_guest_that_talks_without_a_state_still_hears_its_status() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(5 * S, Input::ChannelClosed);
+    sim.at(6 * S, Input::GuestHello { boot_id: [1; 16] });
+
+    let beat = sim.m.handle(Input::Heartbeat, sim.now);
+
+    assert_eq!(pushed(&beat), vec![AppStatus::Green]);
+}
+
 fn guest_state(enabled: bool, age: Option<u64>) -> GuestState {
     GuestState {
         enabled,
