@@ -24,15 +24,14 @@
 //! - [`persist`] — the state directory (reset history and alarms across restarts).
 //! - [`control`] — the local control socket; [`ctl`] — the `appmonctl` command line.
 //! - [`daemon`] — wires them together for `appmon-host`.
-//! - [`fake`] and [`sim`] — an in-memory hypervisor and a scripted guest agent, for tests and
-//!   benchmarks only.
+//!
+//! The tests and benchmarks run it against real libvirt (its test driver, in process or in a
+//! private libvirtd) with scripted guest peers and the real guest agent on Unix sockets.
 pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
-pub mod fake;
 pub mod persist;
 pub mod policy;
 pub mod session;
-pub mod sim;
 pub mod supervisor;

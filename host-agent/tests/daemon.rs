@@ -1,28 +1,45 @@
-//! The daemon in-process over the fake hypervisor, guests as scripted peers on Unix sockets.
+//! The daemon in-process against real libvirt (its test driver), guests as scripted peers on
+//! Unix sockets. Domains are defined, started, paused and resumed through a second libvirt
+//! connection; what the host agent decided is read from its history through the control
+//! socket, and what libvirt did from libvirt's own events.
 
 mod common;
 
-use appmon_host_agent::fake::FakeHypervisor;
-use appmon_host_agent::sim::GuestSim;
-use appmon_libvirt_backend::{DomainEvent, PausedReason, ResetMethod, ShutOffReason, SpecError};
+use std::sync::Arc;
+
+use appmon_libvirt_backend::testing::{node_xml, PrivateLibvirtd};
+use appmon_libvirt_backend::{
+    BackendEvent, ConnectOptions, DomainEvent, Hypervisor, LibvirtHypervisor, MonitorSpec,
+    PausedReason, ResetMethod, ShutOffReason, StartedReason, Transport, DEFAULT_CHANNEL_NAME,
+    METADATA_URI,
+};
 use appmon_wire::{AppState, AppStatus, ErrorCode, Frame, GuestMsg, HostMsg};
+use common::sim::GuestSim;
 use common::*;
+
+/// Milliseconds from a moment (fractional Unix ms) to a history entry, both counted in whole
+/// milliseconds: never more than the true gap rounded down.
+fn ms_after(entry: &Entry, at_unix_ms: f64) -> i64 {
+    entry.unix_ms as i64 - at_unix_ms.floor() as i64
+}
+
+fn destroys(lab: &Lab, short: &str) -> usize {
+    lab.events_of(short)
+        .iter()
+        .filter(|e| **e == DomainEvent::Stopped(ShutOffReason::Destroyed))
+        .count()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeating_guest_stays_green_and_silent_one_is_reset_on_time() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let lab = Lab::in_process("timing");
     let good = GuestSim::new(1, Some(ms(200)));
-    let _g = good
-        .listen(&sock(dir.path(), "good"), true)
-        .expect("listen");
+    let _g = good.listen(&lab.sock("good"), true).expect("listen");
     let quiet = GuestSim::new(2, Some(ms(200)));
-    let _q = quiet
-        .listen(&sock(dir.path(), "quiet"), true)
-        .expect("listen");
-    hv.add("good", Some(hybrid_spec(&sock(dir.path(), "good"))));
-    hv.add("quiet", Some(hybrid_spec(&sock(dir.path(), "quiet"))));
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    let _q = quiet.listen(&lab.sock("quiet"), true).expect("listen");
+    lab.running("good", Some(&hybrid_spec(&lab.sock("good"))));
+    lab.running("quiet", Some(&hybrid_spec(&lab.sock("quiet"))));
+    let host = lab.start_host(lab.config()).await;
 
     // After the start both are Gray; the guests enable on their own.
     assert!(
@@ -33,27 +50,32 @@ async fn heartbeating_guest_stays_green_and_silent_one_is_reset_on_time() {
     assert_eq!(good.statuses()[0], AppStatus::Gray);
 
     quiet.set_heartbeat(None);
-    let calls = hv
-        .wait_calls(ms(5000), |c| c.iter().any(|c| c.domain == "quiet"))
+    let view = host
+        .wait_show(&lab.name("quiet"), ms(5000), |v| !resets_done(v).is_empty())
         .await;
-    let reset = calls
-        .iter()
-        .find(|c| c.domain == "quiet")
-        .expect("quiet was reset");
-    assert_eq!(reset.op, "reset");
-    let last = quiet.last_heartbeat().expect("heartbeats sent").into_std();
-    let latency = reset.at.duration_since(last);
-    assert!(latency >= ms(1000), "reset too early: {latency:?}");
+    let decisions = reset_decisions(&view);
+    assert_eq!(decisions.len(), 1, "{view}");
     assert!(
-        latency <= ms(1400),
-        "reset late: {latency:?} after the last heartbeat"
+        decisions[0].text.starts_with("reset: heartbeats stopped"),
+        "{decisions:?}"
     );
-    assert!(hv.resets_of("good").is_empty());
+    // libvirt carried the reset out.
+    assert!(
+        resets_done(&view)[0].text.starts_with("reset done"),
+        "{view}"
+    );
+    let last = quiet.last_heartbeat_unix_ms().expect("heartbeats sent");
+    let latency = ms_after(&decisions[0], last);
+    assert!(latency >= 1000, "reset too early: {latency} ms");
+    assert!(
+        latency <= 1400,
+        "reset late: {latency} ms after the last heartbeat"
+    );
+    assert!(reset_decisions(&host.show(&lab.name("good")).await).is_empty());
 
-    let view = host.show("quiet").await;
     assert_eq!(view["resets_in_window"], 1);
     assert!(history_has(&view, "heartbeats stopped"), "{view}");
-    let view = host.show("good").await;
+    let view = host.show(&lab.name("good")).await;
     assert_eq!(view["status"], "green");
     assert_eq!(view["connected"], true);
     host.stop().await;
@@ -61,14 +83,13 @@ async fn heartbeating_guest_stays_green_and_silent_one_is_reset_on_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_protocol_handshake_gray_requests_and_unknown_kinds() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let lab = Lab::in_process("handshake");
     let guest = GuestSim::new(1, None);
     guest.set_auto_enable(false);
     guest.set_enabled_in_state(true);
-    let _g = guest.listen(&sock(dir.path(), "vm"), true).expect("listen");
-    hv.add("vm", Some(hybrid_spec(&sock(dir.path(), "vm"))));
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
+    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let host = lab.start_host(lab.config()).await;
 
     // No state for the guest: Gray, whatever its State says.
     assert!(
@@ -113,12 +134,11 @@ async fn session_protocol_handshake_gray_requests_and_unknown_kinds() {
 async fn unknown_message_kind_gets_unsupported_and_the_session_goes_on() {
     use futures::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = sock(dir.path(), "new");
+    let lab = Lab::in_process("newer");
+    let path = lab.sock("new");
     let listener = tokio::net::UnixListener::bind(&path).expect("bind");
-    let (hv, events) = FakeHypervisor::new();
-    hv.add("new", Some(hybrid_spec(&path)));
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    lab.running("new", Some(&hybrid_spec(&path)));
+    let host = lab.start_host(lab.config()).await;
     let (mut s, _) = listener.accept().await.expect("host connects");
     let mut line = [0u8; 13];
     s.read_exact(&mut line).await.expect("CONNECT");
@@ -180,49 +200,79 @@ async fn unknown_message_kind_gets_unsupported_and_the_session_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn need_reset_resets_at_once_then_reset_falls_back_to_power_cycle() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let lab = Lab::in_process("fallback");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&sock(dir.path(), "vm"), true).expect("listen");
-    hv.add("vm", Some(hybrid_spec(&sock(dir.path(), "vm"))));
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
+    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let host = lab.start_host(lab.config()).await;
     assert!(guest.wait(ms(5000), |g| g.heartbeats() >= 2).await);
 
     // The guest will not come back after the reset (the vhost-device-vsock defect).
     guest.set_accept(false);
     guest.request(GuestMsg::PostAppState(AppState::NeedReset));
-    let calls = hv.wait_calls(ms(5000), |c| c.len() >= 2).await;
-    assert_eq!(calls[0].op, "reset");
-    assert_eq!(calls[1].op, "power-cycle");
-    let gap = calls[1].at.duration_since(calls[0].at);
+    let view = host
+        .wait_show(&lab.name("vm"), ms(5000), |v| resets_done(v).len() >= 2)
+        .await;
+    let decisions = reset_decisions(&view);
+    assert!(decisions.len() >= 2, "{view}");
     assert!(
-        gap >= ms(1000) && gap < ms(2000),
-        "power-cycle {gap:?} after the reset"
+        decisions[0]
+            .text
+            .starts_with("reset: the application asked for a reset"),
+        "{decisions:?}"
     );
-    let view = host.show("vm").await;
+    assert!(
+        decisions[1].text.starts_with("power-cycle: "),
+        "{decisions:?}"
+    );
+    let gap = decisions[1].unix_ms - decisions[0].unix_ms;
+    assert!(
+        (1000..2000).contains(&gap),
+        "power-cycle {gap} ms after the reset"
+    );
     assert!(history_has(&view, "did not come back"), "{view}");
+    // libvirt destroyed the domain and started it again.
+    let name = lab.name("vm");
+    let seen = lab.driver.wait_events(ms(3000), |s| {
+        s.iter()
+            .any(|e| e.of(&name) == Some(DomainEvent::Started(StartedReason::Booted)))
+    });
+    let events: Vec<_> = seen.iter().filter_map(|e| e.of(&name)).collect();
+    let destroyed = events
+        .iter()
+        .position(|e| *e == DomainEvent::Stopped(ShutOffReason::Destroyed));
+    let started = events
+        .iter()
+        .rposition(|e| *e == DomainEvent::Started(StartedReason::Booted));
+    assert!(
+        destroyed.is_some() && started > destroyed,
+        "libvirt's events of {name}: {events:?}"
+    );
     host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_back_after_reset_means_no_power_cycle_and_reboot_clears_enable() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let lab = Lab::in_process("back");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&sock(dir.path(), "vm"), true).expect("listen");
-    hv.add("vm", Some(hybrid_spec(&sock(dir.path(), "vm"))));
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
+    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let host = lab.start_host(lab.config()).await;
+    let vm = lab.name("vm");
     assert!(guest.wait(ms(5000), |g| g.heartbeats() >= 2).await);
     // The rebooted guest: new boot id, application not started yet.
     guest.set_boot_id(2);
     guest.set_auto_enable(false);
     guest.set_enabled_in_state(false);
     guest.request(GuestMsg::PostAppState(AppState::NeedReset));
-    assert!(hv.wait_calls(ms(3000), |c| !c.is_empty()).await.len() == 1);
+    let view = host
+        .wait_show(&vm, ms(3000), |v| !resets_done(v).is_empty())
+        .await;
+    assert_eq!(reset_decisions(&view).len(), 1, "{view}");
     guest.disconnect();
     assert!(guest.wait(ms(5000), |g| g.connections() >= 2).await);
     let view = host
-        .wait_show("vm", ms(3000), |v| {
+        .wait_show(&vm, ms(3000), |v| {
             v["guest_boot_id"]
                 .as_str()
                 .is_some_and(|b| b.starts_with("02020202"))
@@ -231,25 +281,27 @@ async fn channel_back_after_reset_means_no_power_cycle_and_reboot_clears_enable(
     assert_eq!(view["enabled"], false, "{view}");
     assert_eq!(view["status"], "red");
     tokio::time::sleep(ms(2500)).await;
+    let view = host.show(&vm).await;
     assert_eq!(
-        hv.calls().len(),
+        reset_decisions(&view).len(),
         1,
-        "no power-cycle, no reset while not enabled"
+        "no power-cycle, no reset while not enabled: {view}"
     );
+    assert_eq!(destroys(&lab, "vm"), 0, "libvirt never destroyed it");
     host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_resets_then_gave_up_and_clear() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let lab = Lab::in_process("limit");
     let guest = GuestSim::new(1, Some(ms(100)));
-    let _g = guest.listen(&sock(dir.path(), "vm"), true).expect("listen");
-    let mut spec = hybrid_spec(&sock(dir.path(), "vm"));
+    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
+    let mut spec = hybrid_spec(&lab.sock("vm"));
     spec.max_resets = Some(2);
     spec.reset_method = Some(ResetMethod::PowerCycle);
-    hv.add("vm", Some(spec));
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    lab.running("vm", Some(&spec));
+    let host = lab.start_host(lab.config()).await;
+    let vm = lab.name("vm");
     for n in 1..=3u8 {
         assert!(
             guest
@@ -261,36 +313,51 @@ async fn max_resets_then_gave_up_and_clear() {
         guest.set_boot_id(n + 1);
         guest.request(GuestMsg::PostAppState(AppState::NeedReset));
         let want = n.min(2) as usize;
-        hv.wait_calls(ms(3000), |c| c.len() >= want).await;
+        host.wait_show(&vm, ms(3000), |v| reset_decisions(v).len() >= want)
+            .await;
         guest.disconnect();
     }
     let view = host
-        .wait_show("vm", ms(3000), |v| v["gave_up"] == true)
+        .wait_show(&vm, ms(3000), |v| v["gave_up"] == true)
         .await;
     assert_eq!(view["gave_up"], true, "{view}");
-    assert_eq!(hv.calls().len(), 2, "never more than max_resets");
+    assert_eq!(
+        reset_decisions(&view).len(),
+        2,
+        "never more than max_resets"
+    );
+    lab.driver.wait_events(ms(3000), |seen| {
+        seen.iter()
+            .filter(|e| e.of(&vm) == Some(DomainEvent::Stopped(ShutOffReason::Destroyed)))
+            .count()
+            >= 2
+    });
+    assert_eq!(destroys(&lab, "vm"), 2, "libvirt power-cycled it twice");
     let (code, out, _) = host.ctl(&["list"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("GAVE-UP"), "{out}");
-    let (code, _, err) = host.ctl(&["clear", "vm"]).await;
+    let (code, _, err) = host.ctl(&["clear", &vm]).await;
     assert_eq!(code, 0, "{err}");
     // The needReset is still posted: with room again, it resets.
-    hv.wait_calls(ms(3000), |c| c.len() >= 3).await;
-    assert_eq!(hv.calls().len(), 3);
+    let view = host
+        .wait_show(&vm, ms(3000), |v| reset_decisions(v).len() >= 3)
+        .await;
+    assert_eq!(reset_decisions(&view).len(), 3, "{view}");
     host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_and_migration_gaps_do_not_reset() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+async fn pause_gap_does_not_reset() {
+    let lab = Lab::in_process("pause");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&sock(dir.path(), "vm"), true).expect("listen");
-    let vm = hv.add("vm", Some(hybrid_spec(&sock(dir.path(), "vm"))));
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
+    let domain = lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let host = lab.start_host(lab.config()).await;
+    let vm = lab.name("vm");
     assert!(guest.wait(ms(5000), |g| g.heartbeats() >= 2).await);
-    hv.event(&vm, DomainEvent::Suspended(PausedReason::User));
-    host.wait_show("vm", ms(2000), |v| {
+
+    lab.driver.suspend(&domain).expect("virDomainSuspend");
+    host.wait_show(&vm, ms(2000), |v| {
         v["domain_state"]
             .as_str()
             .is_some_and(|s| s.starts_with("paused"))
@@ -298,119 +365,226 @@ async fn pause_and_migration_gaps_do_not_reset() {
     .await;
     guest.set_heartbeat(None);
     tokio::time::sleep(ms(2000)).await;
-    assert!(hv.calls().is_empty(), "reset while paused");
+    assert!(
+        reset_decisions(&host.show(&vm).await).is_empty(),
+        "reset while paused"
+    );
     // Resumed: the clock restarts; heartbeats come again in time.
     guest.set_heartbeat(Some(ms(200)));
-    hv.event(
-        &vm,
-        DomainEvent::Resumed(appmon_libvirt_backend::RunningReason::Unpaused),
-    );
+    lab.driver.resume(&domain).expect("virDomainResume");
     tokio::time::sleep(ms(1500)).await;
-    assert!(hv.calls().is_empty(), "reset after resume");
-    // Migration out: paused, then gone.
-    hv.event(&vm, DomainEvent::Suspended(PausedReason::Migrating));
+
+    let view = host.show(&vm).await;
+    assert!(reset_decisions(&view).is_empty(), "reset after resume");
+    assert!(history_has(&view, "Suspended(User)"), "{view}");
+    assert!(history_has(&view, "Resumed(Unpaused)"), "{view}");
+    host.stop().await;
+}
+
+/// libvirt's test driver has no migration, so the events that only a migration produces are
+/// put into the supervisor's own input, the backend event channel (`supervisor::Inputs`), next
+/// to everything real libvirt sends; the domain really is paused in libvirt meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_away_is_no_failure_and_ends_monitoring_here() {
+    let lab = Lab::in_process("migrate");
+    let guest = GuestSim::new(1, Some(ms(200)));
+    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
+    let domain = lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let (hv, mut real) = LibvirtHypervisor::open(IN_PROCESS).expect("host connection");
+    let (events, input) = tokio::sync::mpsc::unbounded_channel();
+    let forward = tokio::spawn({
+        let events = events.clone();
+        async move {
+            while let Some(e) = real.recv().await {
+                let _ = events.send(e);
+            }
+        }
+    });
+    let host = Host::start_with(lab.config(), Arc::new(hv), input).await;
+    let vm = lab.name("vm");
+    assert!(guest.wait(ms(5000), |g| g.heartbeats() >= 2).await);
+
+    // The end of a live migration: paused (for real), by the migration (what the QEMU driver
+    // says and the test driver cannot)...
+    lab.driver.suspend(&domain).expect("virDomainSuspend");
+    host.wait_show(&vm, ms(2000), |v| v["domain_state"] == "paused (user)")
+        .await;
+    let send = |event| {
+        events
+            .send(BackendEvent::Domain {
+                domain: domain.clone(),
+                event,
+            })
+            .expect("supervisor input")
+    };
+    send(DomainEvent::Suspended(PausedReason::Migrating));
+    host.wait_show(&vm, ms(2000), |v| v["domain_state"] == "paused (migrating)")
+        .await;
     guest.set_heartbeat(None);
     tokio::time::sleep(ms(500)).await;
-    hv.remove(&vm);
-    hv.event(&vm, DomainEvent::Stopped(ShutOffReason::Migrated));
+    let before_leaving = host.show(&vm).await;
+    // ...then gone to the destination.
+    send(DomainEvent::Stopped(ShutOffReason::Migrated));
     tokio::time::sleep(ms(1500)).await;
-    assert!(hv.calls().is_empty(), "reset of a migrated domain");
-    let (code, _, _) = host.ctl(&["show", "vm"]).await;
+
+    let (code, _, _) = host.ctl(&["show", &vm]).await;
     assert_eq!(code, appmon_host_agent::ctl::EXIT_UNKNOWN_DOMAIN);
+    assert!(
+        reset_decisions(&before_leaving).is_empty(),
+        "reset while migrating: {before_leaving}"
+    );
+    let state = tokio::fs::read_to_string(
+        lab.dir
+            .path()
+            .join("state")
+            .join(format!("{}.json", domain.uuid)),
+    )
+    .await
+    .unwrap_or_default();
+    assert!(!state.contains("\"reason\""), "no reset recorded: {state}");
+    assert_eq!(destroys(&lab, "vm"), 0);
     host.stop().await;
+    forward.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_metadata_leaves_that_domain_alone_and_others_monitored() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let lab = Lab::in_process("broken");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&sock(dir.path(), "ok"), true).expect("listen");
-    hv.add("ok", Some(hybrid_spec(&sock(dir.path(), "ok"))));
-    let broken = hv.add("broken", None);
-    hv.set_spec_result(&broken, Err(SpecError::NoTransport));
-    hv.add("plain", None);
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    let _g = guest.listen(&lab.sock("ok"), true).expect("listen");
+    lab.running("ok", Some(&hybrid_spec(&lab.sock("ok"))));
+    let mut broken = lab.domain("broken", None);
+    // A policy, but no way to reach the guest.
+    broken.metadata = Some(format!(
+        "<appmon:monitor xmlns:appmon='{METADATA_URI}'><appmon:policy failure-interval='1s'/>\
+         </appmon:monitor>"
+    ));
+    lab.running_domain(&broken);
+    lab.running("plain", None);
+    let host = lab.start_host(lab.config()).await;
     assert!(guest.wait(ms(5000), |g| g.heartbeats() >= 2).await);
     let (code, out, _) = host.ctl(&["--json", "list"]).await;
     assert_eq!(code, 0);
     let list: serde_json::Value = serde_json::from_str(&out).expect("json");
     let by = |n: &str| {
+        let name = lab.name(n);
         list.as_array()
-            .and_then(|a| a.iter().find(|v| v["name"] == n))
+            .and_then(|a| a.iter().find(|v| v["name"] == name.as_str()))
             .cloned()
             .expect(n)
     };
     assert_eq!(by("ok")["monitored"], true);
     assert_eq!(by("broken")["monitored"], false);
-    assert!(by("broken")["spec_error"]
-        .as_str()
-        .is_some_and(|e| e.contains("no transport")));
+    assert!(
+        by("broken")["spec_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no transport")),
+        "{list}"
+    );
     assert_eq!(by("plain")["monitored"], false);
     assert_eq!(by("plain")["status"], serde_json::Value::Null);
     guest.set_heartbeat(None);
-    hv.wait_calls(ms(3000), |c| !c.is_empty()).await;
-    assert!(hv.calls().iter().all(|c| c.domain == "ok"));
+    host.wait_show(&lab.name("ok"), ms(3000), |v| !resets_done(v).is_empty())
+        .await;
+    for other in ["broken", "plain"] {
+        let view = host.show(&lab.name(other)).await;
+        assert!(reset_decisions(&view).is_empty(), "{other}: {view}");
+        assert_eq!(destroys(&lab, other), 0, "{other}");
+    }
     host.stop().await;
 }
 
+/// libvirt out of process (a private libvirtd) serving a node file, so that its domains are
+/// there again after it restarts; the host agent on the read-only socket, so that libvirtd
+/// itself refuses the resets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirt_going_away_is_not_a_failure_and_refused_resets_are_retried() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let mut libvirtd = PrivateLibvirtd::start().expect("private libvirtd");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&sock(dir.path(), "vm"), true).expect("listen");
-    hv.add("vm", Some(hybrid_spec(&sock(dir.path(), "vm"))));
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    let path = dir.path().join("vm.vsock");
+    let _g = guest.listen(&path, true).expect("listen");
+    let vm = format!("away-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let node = dir.path().join("node.xml");
+    let domain = appmon_libvirt_backend::testing::TestDomain::new(
+        vm.as_str(),
+        uuid::Uuid::new_v4().to_string(),
+    )
+    .with_spec(&hybrid_spec(&path));
+    std::fs::write(&node, node_xml(&[domain])).expect("node file");
+    let config = appmon_host_agent::config::Config {
+        uri: libvirtd.node_uri(&node, true),
+        ..test_config(dir.path())
+    };
+    let options = ConnectOptions {
+        reconnect_min: ms(100),
+        reconnect_max: ms(400),
+        ..ConnectOptions::default()
+    };
+    let (hv, events) = LibvirtHypervisor::open_with(&config.uri, options).expect("read-only");
+    let host = Host::start_with(config, Arc::new(hv), events).await;
     assert!(guest.wait(ms(5000), |g| g.heartbeats() >= 2).await);
-    hv.set_connected(false);
+
+    libvirtd.kill();
     guest.set_heartbeat(None);
     tokio::time::sleep(ms(2000)).await;
-    assert!(hv.calls().is_empty(), "no judgement while libvirt is away");
-    hv.refuse_resets(true);
-    hv.set_connected(true);
-    let calls = hv.wait_calls(ms(4000), |c| c.len() >= 2).await;
-    assert!(calls.iter().all(|c| c.op == "refused"), "{calls:?}");
-    let gap = calls[1].at.duration_since(calls[0].at);
-    assert!(gap >= ms(900), "retried after {gap:?}");
-    let view = host.show("vm").await;
+    assert!(
+        reset_decisions(&host.show(&vm).await).is_empty(),
+        "no judgement while libvirt is away"
+    );
+    libvirtd.launch().expect("libvirtd again");
+    let view = host
+        .wait_show(&vm, ms(4000), |v| resets_failed(v).len() >= 2)
+        .await;
+
+    let failed = resets_failed(&view);
+    assert!(failed.len() >= 2, "{view}");
+    assert!(resets_done(&view).is_empty(), "{view}");
+    assert!(
+        failed
+            .iter()
+            .all(|f| f.text.contains("read only access prevents virDomainReset")),
+        "{failed:?}"
+    );
+    let gap = failed[1].unix_ms - failed[0].unix_ms;
+    assert!(gap >= 900, "retried after {gap} ms");
     assert!(history_has(&view, "failed"), "{view}");
     host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_drops_a_guest_that_goes_silent_and_reconnects() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let lab = Lab::in_process("keepalive");
     let guest = GuestSim::new(1, None);
     guest.set_auto_enable(false);
-    let _g = guest.listen(&sock(dir.path(), "vm"), true).expect("listen");
-    hv.add("vm", Some(hybrid_spec(&sock(dir.path(), "vm"))));
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
+    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let host = lab.start_host(lab.config()).await;
     assert!(guest.wait(ms(5000), |g| g.connections() == 1).await);
     guest.set_answer_pings(false);
     // 3 pings of 200 ms without a frame: dead, closed, reconnected.
     assert!(guest.wait(ms(5000), |g| g.connections() >= 2).await);
-    let view = host.show("vm").await;
+    let view = host.show(&lab.name("vm")).await;
     assert!(history_has(&view, "channel dead"), "{view}");
-    assert!(hv.calls().is_empty());
+    assert!(reset_decisions(&view).is_empty());
     host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_reset_history_and_resets_nothing_on_its_own() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = sock(dir.path(), "vm");
+    let lab = Lab::in_process("restart");
+    let path = lab.sock("vm");
     let guest = GuestSim::new(1, Some(ms(200)));
     let _g = guest.listen(&path, true).expect("listen");
+    lab.running("vm", Some(&hybrid_spec(&path)));
+    let vm = lab.name("vm");
     {
-        let (hv, events) = FakeHypervisor::new();
-        hv.add("vm", Some(hybrid_spec(&path)));
-        let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+        let host = lab.start_host(lab.config()).await;
         assert!(guest.wait(ms(5000), |g| g.heartbeats() >= 2).await);
         guest.set_boot_id(2);
         guest.request(GuestMsg::PostAppState(AppState::NeedReset));
-        hv.wait_calls(ms(3000), |c| !c.is_empty()).await;
+        host.wait_show(&vm, ms(3000), |v| !resets_done(v).is_empty())
+            .await;
         host.stop().await;
     }
     // A new host agent: the guest is still enabled in its own state, and stops heartbeating.
@@ -419,41 +593,43 @@ async fn restart_keeps_reset_history_and_resets_nothing_on_its_own() {
     guest.set_enabled_in_state(true);
     guest.set_heartbeat(None);
     let statuses_before = guest.statuses().len();
-    let (hv, events) = FakeHypervisor::new();
-    hv.add("vm", Some(hybrid_spec(&path)));
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    let host = lab.start_host(lab.config()).await;
     assert!(
         guest
             .wait(ms(5000), |g| g.statuses().len() > statuses_before)
             .await
     );
     assert_eq!(guest.statuses().last(), Some(&AppStatus::Gray));
-    let view = host.show("vm").await;
+    let view = host.show(&vm).await;
     assert_eq!(view["resets_in_window"], 1, "{view}");
     assert_eq!(view["status"], "gray");
     assert!(history_has(&view, "restored 1 reset"), "{view}");
     tokio::time::sleep(ms(2500)).await;
-    assert!(hv.calls().is_empty(), "a restart resets nothing");
+    let view = host.show(&vm).await;
+    assert!(
+        reset_decisions(&view).is_empty(),
+        "a restart resets nothing: {view}"
+    );
     host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appmonctl_enable_disable_show_and_unknown_domain() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let lab = Lab::in_process("ctl");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let path = sock(dir.path(), "vm");
+    let path = lab.sock("vm");
     let _g = guest.listen(&path, true).expect("listen");
-    hv.add("vm", None);
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
-    let view = host.wait_show("vm", ms(3000), |_| true).await;
+    lab.running("vm", None);
+    let host = lab.start_host(lab.config()).await;
+    let vm = lab.name("vm");
+    let view = host.wait_show(&vm, ms(3000), |_| true).await;
     assert_eq!(view["monitored"], false);
 
     let p = path.display().to_string();
     let (code, out, err) = host
         .ctl(&[
             "enable",
-            "vm",
+            &vm,
             "--failure-interval",
             "2s",
             "--max-resets",
@@ -467,11 +643,22 @@ async fn appmonctl_enable_disable_show_and_unknown_domain() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("enabled"), "{out}");
     let view = host
-        .wait_show("vm", ms(5000), |v| v["status"] == "green")
+        .wait_show(&vm, ms(5000), |v| v["status"] == "green")
         .await;
     assert_eq!(view["policy"]["failure_interval_ms"], 2000, "{view}");
     assert_eq!(view["policy"]["max_resets"], 1);
     assert_eq!(view["policy"]["reset_method"], "power-cycle");
+    // The policy is in libvirt's metadata of the domain, where migration takes it along.
+    let stored = lab
+        .driver
+        .hypervisor()
+        .domain(&vm)
+        .expect("domain")
+        .spec
+        .expect("readable")
+        .expect("written");
+    assert_eq!(stored.max_resets, Some(1));
+    assert_eq!(stored.reset_method, Some(ResetMethod::PowerCycle));
     for key in [
         "name",
         "uuid",
@@ -489,20 +676,25 @@ async fn appmonctl_enable_disable_show_and_unknown_domain() {
     ] {
         assert!(view.get(key).is_some(), "show --json lacks {key}");
     }
-    let (code, out, _) = host.ctl(&["show", "vm"]).await;
+    let (code, out, _) = host.ctl(&["show", &vm]).await;
     assert_eq!(code, 0);
     assert!(
         out.contains("history:") && out.contains("connected"),
         "{out}"
     );
 
-    let (code, _, err) = host.ctl(&["disable", "vm"]).await;
+    let (code, _, err) = host.ctl(&["disable", &vm]).await;
     assert_eq!(code, 0, "{err}");
     let view = host
-        .wait_show("vm", ms(3000), |v| v["monitored"] == false)
+        .wait_show(&vm, ms(3000), |v| v["monitored"] == false)
         .await;
     assert_eq!(view["monitored"], false);
-    assert!(hv.resets_of("vm").is_empty());
+    assert!(reset_decisions(&view).is_empty());
+    assert_eq!(
+        lab.driver.hypervisor().domain(&vm).expect("domain").spec,
+        Ok(None),
+        "metadata removed from libvirt"
+    );
 
     for args in [
         &["show", "nope"][..],
@@ -523,16 +715,13 @@ async fn appmonctl_enable_disable_show_and_unknown_domain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domains_outside_the_configured_patterns_are_ignored() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let lab = Lab::in_process("patterns");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest
-        .listen(&sock(dir.path(), "other"), true)
-        .expect("listen");
-    hv.add("other", Some(hybrid_spec(&sock(dir.path(), "other"))));
-    let mut config = test_config(dir.path());
-    config.domains = vec!["mine-*".into()];
-    let host = Host::start(config, hv.clone(), events).await;
+    let _g = guest.listen(&lab.sock("other"), true).expect("listen");
+    lab.running("other", Some(&hybrid_spec(&lab.sock("other"))));
+    let mut config = lab.config();
+    config.domains = vec![format!("{}-mine-*", lab.prefix)];
+    let host = lab.start_host(config).await;
     tokio::time::sleep(ms(500)).await;
     let (code, out, _) = host.ctl(&["--json", "list"]).await;
     assert_eq!(code, 0);
@@ -543,27 +732,25 @@ async fn domains_outside_the_configured_patterns_are_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn virtio_serial_channel_socket_works_like_vsock() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
-    let path = dir.path().join("vm.channel");
+    let lab = Lab::in_process("serial");
+    let path = lab.dir.path().join("vm.channel");
     let guest = GuestSim::new(1, Some(ms(200)));
     let _g = guest.listen(&path, false).expect("listen");
-    hv.add(
+    lab.running(
         "vm",
-        Some(appmon_libvirt_backend::MonitorSpec::with_transport(
-            appmon_libvirt_backend::Transport::Channel {
-                path: Some(path.clone()),
-                name: appmon_libvirt_backend::DEFAULT_CHANNEL_NAME.into(),
-            },
-        )),
+        Some(&MonitorSpec::with_transport(Transport::Channel {
+            path: Some(path.clone()),
+            name: DEFAULT_CHANNEL_NAME.into(),
+        })),
     );
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    let host = lab.start_host(lab.config()).await;
+    let vm = lab.name("vm");
     assert!(
         guest
             .wait(ms(5000), |g| g.statuses().contains(&AppStatus::Green))
             .await
     );
-    let view = host.show("vm").await;
+    let view = host.show(&vm).await;
     assert!(
         view["transport"]
             .as_str()
@@ -571,43 +758,43 @@ async fn virtio_serial_channel_socket_works_like_vsock() {
         "{view}"
     );
     guest.set_heartbeat(None);
-    hv.wait_calls(ms(3000), |c| !c.is_empty()).await;
-    assert_eq!(hv.resets_of("vm").len(), 1);
+    let view = host
+        .wait_show(&vm, ms(3000), |v| !resets_done(v).is_empty())
+        .await;
+    assert_eq!(reset_decisions(&view).len(), 1, "{view}");
     host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_new_defaults_and_domain_patterns() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
-    hv.add("a", Some(hybrid_spec(&sock(dir.path(), "a"))));
-    hv.add("b", Some(hybrid_spec(&sock(dir.path(), "b"))));
-    let config = test_config(dir.path());
-    let host = Host::start(config.clone(), hv.clone(), events).await;
-    host.wait_show("b", ms(3000), |_| true).await;
+    let lab = Lab::in_process("reload");
+    lab.running("a", Some(&hybrid_spec(&lab.sock("a"))));
+    lab.running("b", Some(&hybrid_spec(&lab.sock("b"))));
+    let config = lab.config();
+    let host = lab.start_host(config.clone()).await;
+    host.wait_show(&lab.name("b"), ms(3000), |_| true).await;
     let mut next = config.clone();
     next.defaults.failure_interval = ms(3000);
-    next.domains = vec!["a".into()];
+    next.domains = vec![lab.name("a")];
     host.reload.send(next).await.expect("reload");
     let view = host
-        .wait_show("a", ms(3000), |v| {
+        .wait_show(&lab.name("a"), ms(3000), |v| {
             v["policy"]["failure_interval_ms"] == 3000
         })
         .await;
     assert_eq!(view["policy"]["failure_interval_ms"], 3000);
-    let (code, _, _) = host.ctl(&["show", "b"]).await;
+    let (code, _, _) = host.ctl(&["show", &lab.name("b")]).await;
     assert_eq!(code, appmon_host_agent::ctl::EXIT_UNKNOWN_DOMAIN);
     host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_keeps_live_state_and_adopts_the_guests() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let lab = Lab::in_process("reconnect");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&sock(dir.path(), "vm"), true).expect("listen");
-    hv.add("vm", Some(hybrid_spec(&sock(dir.path(), "vm"))));
-    let host = Host::start(test_config(dir.path()), hv.clone(), events).await;
+    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
+    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let host = lab.start_host(lab.config()).await;
     assert!(
         guest
             .wait(ms(5000), |g| g.statuses().contains(&AppStatus::Green))
@@ -628,7 +815,45 @@ async fn reconnect_keeps_live_state_and_adopts_the_guests() {
         [AppStatus::Green, AppStatus::Green],
         "after the first Gray, only Green"
     );
-    assert_eq!(host.show("vm").await["status"], "green");
-    assert!(hv.calls().is_empty());
+    let view = host.show(&lab.name("vm")).await;
+    assert_eq!(view["status"], "green");
+    assert!(reset_decisions(&view).is_empty());
+    host.stop().await;
+}
+
+/// The guest agent reports only a status it received in its current session: every new
+/// session hears its status, and hears it once the guest's State is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_pushed_on_reconnect_reflects_the_guests_state() {
+    let lab = Lab::in_process("push");
+    let guest = GuestSim::new(1, Some(ms(200)));
+    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
+    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let host = lab.start_host(lab.config()).await;
+    assert!(
+        guest
+            .wait(ms(5000), |g| g.statuses().contains(&AppStatus::Green))
+            .await
+    );
+    // While the link was down, the application disabled monitoring: its State says so.
+    guest.set_auto_enable(false);
+    guest.set_enabled_in_state(false);
+    let before = guest.statuses().len();
+    guest.disconnect();
+    assert!(
+        guest
+            .wait(ms(5000), |g| g.connections() >= 2
+                && g.statuses().len() > before)
+            .await
+    );
+    // Anything else pushed for this session would come within a few ms.
+    tokio::time::sleep(ms(300)).await;
+
+    assert_eq!(
+        guest.statuses()[before..],
+        [AppStatus::Red],
+        "one status for the new session, already reflecting its State (never the stale Green)"
+    );
+    assert_eq!(host.show(&lab.name("vm")).await["status"], "red");
     host.stop().await;
 }

@@ -6,9 +6,8 @@ mod common;
 
 use std::path::Path;
 
-use appmon_host_agent::fake::FakeHypervisor;
-use appmon_host_agent::sim::GuestSim;
 use appmon_wire::{Capabilities, Frame, GuestCodec, GuestMsg, Hello, HostMsg};
+use common::sim::GuestSim;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -116,8 +115,7 @@ async fn hostile_peer(path: &Path, kind: Hostility) -> tokio::task::JoinHandle<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (hv, events) = FakeHypervisor::new();
+    let lab = Lab::in_process("hostile");
     let mut tasks = Vec::new();
     for (name, kind) in [
         ("garbage", Hostility::Garbage),
@@ -126,22 +124,22 @@ async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
         ("silent", Hostility::Silent),
         ("slow", Hostility::SlowWriter),
     ] {
-        let path = sock(dir.path(), name);
+        let path = lab.sock(name);
         tasks.push(hostile_peer(&path, kind).await);
-        hv.add(name, Some(hybrid_spec(&path)));
+        lab.running(name, Some(&hybrid_spec(&path)));
     }
     let mut good = Vec::new();
     for (i, name) in ["good1", "good2", "good3"].into_iter().enumerate() {
         let g = GuestSim::new(i as u8 + 1, Some(ms(200)));
-        tasks.push(g.listen(&sock(dir.path(), name), true).expect("listen"));
-        hv.add(name, Some(hybrid_spec(&sock(dir.path(), name))));
+        tasks.push(g.listen(&lab.sock(name), true).expect("listen"));
+        lab.running(name, Some(&hybrid_spec(&lab.sock(name))));
         good.push(g);
     }
-    let mut config = test_config(dir.path());
+    let mut config = lab.config();
     config.session.max_frame = 4096;
     config.session.frames_per_second = 50;
     config.session.burst = 100;
-    let host = Host::start(config, hv.clone(), events).await;
+    let host = lab.start_host(config).await;
 
     for g in &good {
         assert!(g.wait(ms(5000), |g| g.heartbeats() >= 3).await);
@@ -154,36 +152,47 @@ async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
         ("slow", "no Hello within"),
     ] {
         let view = host
-            .wait_show(name, ms(5000), |v| history_has(v, needle))
+            .wait_show(&lab.name(name), ms(5000), |v| history_has(v, needle))
             .await;
         assert!(history_has(&view, needle), "{name}: {view}");
         assert_eq!(view["enabled"], false);
     }
     // While the hostile peers keep reconnecting, a good guest that stops is reset on time.
     good[1].set_heartbeat(None);
-    let calls = hv
-        .wait_calls(ms(5000), |c| c.iter().any(|c| c.domain == "good2"))
+    let view = host
+        .wait_show(&lab.name("good2"), ms(5000), |v| {
+            !reset_decisions(v).is_empty()
+        })
         .await;
-    let reset = calls
-        .iter()
-        .find(|c| c.domain == "good2")
-        .expect("good2 reset");
-    let last = good[1].last_heartbeat().expect("beats").into_std();
-    let latency = reset.at.duration_since(last);
+    let reset = reset_decisions(&view);
+    let reset = reset.first().expect("good2 reset");
+    let last = good[1].last_heartbeat_unix_ms().expect("beats");
+    // Both in whole milliseconds: never more than the true gap rounded down.
+    let latency = reset.unix_ms as i64 - last.floor() as i64;
     assert!(
-        latency >= ms(1000) && latency <= ms(1400),
-        "reset {latency:?} after the last heartbeat"
+        (1000..=1400).contains(&latency),
+        "reset {latency} ms after the last heartbeat"
     );
     let before = [good[0].heartbeats(), good[2].heartbeats()];
     tokio::time::sleep(ms(1000)).await;
     assert!(good[0].heartbeats() > before[0] && good[2].heartbeats() > before[1]);
-    let resets: Vec<_> = hv.calls().into_iter().map(|c| c.domain).collect();
     // (good2's simulated guest does not reboot, so a power-cycle may follow the reset.)
-    assert!(
-        resets.iter().all(|d| d == "good2"),
-        "only the silent good guest is reset: {resets:?}"
-    );
-    let view = host.show("good1").await;
+    for name in [
+        "garbage",
+        "oversized",
+        "flood",
+        "silent",
+        "slow",
+        "good1",
+        "good3",
+    ] {
+        let view = host.show(&lab.name(name)).await;
+        assert!(
+            reset_decisions(&view).is_empty(),
+            "only the silent good guest is reset, not {name}: {view}"
+        );
+    }
+    let view = host.show(&lab.name("good1")).await;
     assert_eq!(view["status"], "green");
     host.stop().await;
     for t in tasks {

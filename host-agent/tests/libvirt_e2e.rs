@@ -6,8 +6,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use appmon_host_agent::sim::GuestSim;
+mod common;
+
 use appmon_wire::AppStatus;
+use common::ms;
+use common::sim::GuestSim;
 
 struct Daemon {
     child: Child,
@@ -18,10 +21,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
 }
 
 fn node_xml(sock: &Path) -> String {

@@ -556,7 +556,9 @@ fn status_is_pushed_once_the_guests_state_is_in_not_at_hello() {
 fn every_session_is_told_its_status_even_when_it_did_not_change() {
     let mut sim = Sim::quick();
     sim.guest_enables(0, 1);
-    let first = sim.m.handle(Input::GuestState(guest_state(true, Some(0))), sim.now);
+    let first = sim
+        .m
+        .handle(Input::GuestState(guest_state(true, Some(0))), sim.now);
     sim.at(5 * S, Input::Heartbeat);
     sim.at(6 * S, Input::ChannelClosed);
 

@@ -1,6 +1,15 @@
-//! A host agent in-process over the fake hypervisor, with its own temp dir, state dir and
-//! control socket.
+//! Test support: the host agent in-process against real libvirt (its test driver, shared by
+//! every connection of this process as `test:///default`, or in a private libvirtd), a second
+//! libvirt connection that drives the test's domains and records libvirt's events, and the
+//! host agent's own decision record read through its control socket.
+//!
+//! Every test works in its own namespace: its domains are named `<prefix>-<name>` with a
+//! random prefix and fresh UUIDs, and its host agent manages only `<prefix>-*`. So tests stay
+//! apart on the shared `test:///default` also when `cargo test` runs them as threads of one
+//! process.
 #![allow(dead_code)]
+
+pub mod sim;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,11 +17,17 @@ use std::time::Duration;
 
 use appmon_host_agent::config::Config;
 use appmon_host_agent::ctl;
-use appmon_host_agent::fake::FakeHypervisor;
-use appmon_libvirt_backend::{MonitorSpec, Transport};
+use appmon_libvirt_backend::testing::{PrivateLibvirtd, TestDomain, TestDriver};
+use appmon_libvirt_backend::{
+    BackendEvent, DomainRef, Hypervisor, LibvirtHypervisor, MonitorSpec, Transport,
+};
 use clap::Parser;
+use tempfile::TempDir;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+
+/// libvirt's test driver in this process: one state shared by all its connections.
+pub const IN_PROCESS: &str = "test:///default";
 
 pub fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
@@ -21,6 +36,7 @@ pub fn ms(v: u64) -> Duration {
 /// Test timings: 1 s failure interval, no minimum uptime, fast keepalive and reconnects.
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config {
+        uri: IN_PROCESS.into(),
         state_dir: dir.join("state"),
         control_socket: dir.join("ctl.sock"),
         ping_interval: ms(200),
@@ -41,8 +57,105 @@ pub fn hybrid_spec(path: &Path) -> MonitorSpec {
     })
 }
 
+/// One test's corner of libvirt: a temp dir, a name prefix, and a second connection to the
+/// same libvirt as the host agent's.
+pub struct Lab {
+    pub dir: TempDir,
+    pub prefix: String,
+    /// What the host agent connects to.
+    pub uri: String,
+    /// The test's own connection: changes domains as an operator would, records events.
+    pub driver: TestDriver,
+    /// Declared last: dropped after the connections to it.
+    pub libvirtd: Option<PrivateLibvirtd>,
+}
+
+impl Lab {
+    /// On `test:///default` in this process.
+    pub fn in_process(tag: &str) -> Lab {
+        Lab::on(tag, IN_PROCESS.into(), None)
+    }
+
+    /// On the shared `test:///default` of a private libvirtd of this test's own: libvirt out
+    /// of process, as in production.
+    pub fn private_libvirtd(tag: &str) -> Lab {
+        let daemon = PrivateLibvirtd::start().expect("private libvirtd");
+        Lab::on(tag, daemon.uri(), Some(daemon))
+    }
+
+    fn on(tag: &str, uri: String, libvirtd: Option<PrivateLibvirtd>) -> Lab {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = TestDriver::open(&uri).expect("the test's libvirt connection");
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        Lab {
+            dir,
+            prefix: format!("{tag}-{}", &random[..8]),
+            uri,
+            driver,
+            libvirtd,
+        }
+    }
+
+    /// The full domain name of `short`.
+    pub fn name(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    /// A Unix socket path in the test's dir.
+    pub fn sock(&self, short: &str) -> PathBuf {
+        self.dir.path().join(format!("{short}.vsock"))
+    }
+
+    /// A domain of this test with a fresh UUID and `spec` as its metadata.
+    pub fn domain(&self, short: &str, spec: Option<&MonitorSpec>) -> TestDomain {
+        let domain = TestDomain::new(self.name(short), uuid::Uuid::new_v4().to_string());
+        match spec {
+            Some(spec) => domain.with_spec(spec),
+            None => domain,
+        }
+    }
+
+    /// Defines and starts a domain through the test's own connection.
+    pub fn running(&self, short: &str, spec: Option<&MonitorSpec>) -> DomainRef {
+        self.running_domain(&self.domain(short, spec))
+    }
+
+    pub fn running_domain(&self, domain: &TestDomain) -> DomainRef {
+        self.driver
+            .define_running(domain)
+            .unwrap_or_else(|e| panic!("define and start {}: {e}", domain.name))
+    }
+
+    /// The test config on this lab's libvirt, managing only this test's domains.
+    pub fn config(&self) -> Config {
+        Config {
+            uri: self.uri.clone(),
+            domains: vec![format!("{}-*", self.prefix)],
+            ..test_config(self.dir.path())
+        }
+    }
+
+    /// Starts a host agent on `config` with its own libvirt connection to `config.uri`.
+    pub async fn start_host(&self, config: Config) -> Host {
+        let uri = config.uri.clone();
+        let (hv, events) = tokio::task::spawn_blocking(move || LibvirtHypervisor::open(&uri))
+            .await
+            .expect("open task")
+            .expect("the host agent's libvirt connection");
+        Host::start_with(config, Arc::new(hv), events).await
+    }
+
+    /// libvirt's events about `short` as the test's connection received them.
+    pub fn events_of(&self, short: &str) -> Vec<appmon_libvirt_backend::DomainEvent> {
+        self.driver
+            .events_of(&self.name(short))
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+}
+
 pub struct Host {
-    pub hv: Arc<FakeHypervisor>,
     pub config: Config,
     shutdown: watch::Sender<bool>,
     pub reload: mpsc::Sender<Config>,
@@ -50,17 +163,16 @@ pub struct Host {
 }
 
 impl Host {
-    /// Starts a host agent over `hv` (domains added before are found by the first listing).
-    pub async fn start(
+    /// Starts a host agent over `hv` and its event channel `events`.
+    pub async fn start_with(
         config: Config,
-        hv: Arc<FakeHypervisor>,
-        events: mpsc::UnboundedReceiver<appmon_libvirt_backend::BackendEvent>,
+        hv: Arc<dyn Hypervisor>,
+        events: mpsc::UnboundedReceiver<BackendEvent>,
     ) -> Host {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (reload, reload_rx) = mpsc::channel(4);
         let task = tokio::spawn({
             let config = config.clone();
-            let hv = hv.clone();
             async move {
                 if let Err(e) =
                     appmon_host_agent::daemon::run(config, hv, events, reload_rx, shutdown_rx).await
@@ -70,7 +182,6 @@ impl Host {
             }
         });
         let host = Host {
-            hv,
             config,
             shutdown,
             reload,
@@ -158,6 +269,59 @@ pub fn history_has(view: &serde_json::Value, needle: &str) -> bool {
     })
 }
 
-pub fn sock(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.vsock"))
+/// One entry of a VM's history as `appmonctl show --json` gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub unix_ms: u64,
+    pub kind: String,
+    pub text: String,
+}
+
+pub fn history(view: &serde_json::Value) -> Vec<Entry> {
+    view["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|e| Entry {
+                    unix_ms: e["unix_ms"].as_u64().unwrap_or(0),
+                    kind: e["kind"].as_str().unwrap_or_default().to_string(),
+                    text: e["text"].as_str().unwrap_or_default().to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The host agent's decisions to reset or power-cycle, in order: `reset: <cause> (n of m in
+/// the window)`, recorded when the decision was taken, just before the call to libvirt.
+pub fn reset_decisions(view: &serde_json::Value) -> Vec<Entry> {
+    history(view)
+        .into_iter()
+        .filter(|e| {
+            e.kind == "decision"
+                && (e.text.starts_with("reset: ") || e.text.starts_with("power-cycle: "))
+        })
+        .collect()
+}
+
+/// Calls to libvirt that libvirt carried out: `reset done (<cause>)`.
+pub fn resets_done(view: &serde_json::Value) -> Vec<Entry> {
+    history(view)
+        .into_iter()
+        .filter(|e| {
+            e.kind == "decision"
+                && (e.text.starts_with("reset done") || e.text.starts_with("power-cycle done"))
+        })
+        .collect()
+}
+
+/// Calls to libvirt that libvirt (or the backend) refused: `reset failed (<cause>): <error>`.
+pub fn resets_failed(view: &serde_json::Value) -> Vec<Entry> {
+    history(view)
+        .into_iter()
+        .filter(|e| {
+            e.kind == "decision"
+                && (e.text.starts_with("reset failed") || e.text.starts_with("power-cycle failed"))
+        })
+        .collect()
 }

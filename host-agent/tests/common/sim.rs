@@ -1,12 +1,13 @@
 //! A scripted guest agent behind a Unix socket, for tests and benchmarks: it serves the hybrid
 //! vsock `CONNECT`/`OK` handshake (or none, as a virtio-serial channel), answers the host's
 //! Hello with its own and its state, heartbeats at a set interval, answers pings, enables when
-//! it is told Gray, and records what the host says. Not used by the daemon.
+//! it is told Gray, and records what the host says. A load generator for the benchmarks
+//! (`farm`) and a peer whose every move a test controls; not part of the host agent.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use appmon_wire::{
     AppStatus, Capabilities, Frame, GuestCodec, GuestMsg, GuestState, Hello, HostMsg, Tag,
@@ -34,6 +35,8 @@ pub struct Shared {
     statuses: Mutex<Vec<AppStatus>>,
     replies: Mutex<Vec<HostMsg>>,
     last_heartbeat: Mutex<Option<Instant>>,
+    /// The same moment on the wall clock, to compare with the host agent's history.
+    last_heartbeat_wall: Mutex<Option<SystemTime>>,
     heartbeats: AtomicU64,
     connections: AtomicU64,
     outbox: Mutex<Option<mpsc::UnboundedSender<Frame<GuestMsg>>>>,
@@ -67,6 +70,7 @@ impl GuestSim {
                 statuses: Mutex::new(Vec::new()),
                 replies: Mutex::new(Vec::new()),
                 last_heartbeat: Mutex::new(None),
+                last_heartbeat_wall: Mutex::new(None),
                 heartbeats: AtomicU64::new(0),
                 connections: AtomicU64::new(0),
                 outbox: Mutex::new(None),
@@ -151,6 +155,11 @@ impl GuestSim {
 
     pub fn last_heartbeat(&self) -> Option<Instant> {
         *lock(&self.shared.last_heartbeat)
+    }
+
+    /// When the last heartbeat was sent, in milliseconds since the Unix epoch (fractional).
+    pub fn last_heartbeat_unix_ms(&self) -> Option<f64> {
+        lock(&self.shared.last_heartbeat_wall).map(unix_ms)
     }
 
     pub fn heartbeats(&self) -> u64 {
@@ -278,6 +287,7 @@ async fn serve(mut stream: UnixStream, hybrid: bool, shared: Arc<Shared>) -> std
                     if shared.enabled.load(Ordering::SeqCst) {
                         framed.send(Frame::event(GuestMsg::MarkActive)).await.map_err(std::io::Error::other)?;
                         *lock(&shared.last_heartbeat) = Some(Instant::now());
+                        *lock(&shared.last_heartbeat_wall) = Some(SystemTime::now());
                         shared.heartbeats.fetch_add(1, Ordering::SeqCst);
                     }
                 }
@@ -299,4 +309,11 @@ pub async fn farm(listener: UnixListener, every: Duration, greens: Arc<AtomicU64
             let _ = serve(stream, true, guest.shared).await;
         });
     }
+}
+
+/// A wall-clock moment in milliseconds since the Unix epoch, fractional.
+pub fn unix_ms(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
 }
