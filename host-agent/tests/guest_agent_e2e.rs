@@ -1,0 +1,282 @@
+//! End to end without a VM: the real guest agent (`appmon-guest`'s daemon, in-process on its
+//! own thread and runtime, as the binary runs it) and an application using its client, against
+//! the real host agent and libvirt's test driver.
+//!
+//! The guest agent listens for the host on a plain Unix socket (`host_unix_socket`, which
+//! behaves like its vsock listener); the host agent reaches it with the `channel` transport,
+//! which connects to a Unix socket path and speaks the wire protocol directly (hybrid vsock
+//! would first send `CONNECT <port>`, which only a vhost-user-vsock backend answers).
+//!
+//! A reset in libvirt's test driver does not reboot anything, so the test plays the guest's
+//! reboot itself: the guest agent stops and a new one starts with a new boot id and no state,
+//! as after a real reset.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use appmon_guest_agent::client::{AppState, AppStatus, Client, Delivery};
+use appmon_guest_agent::config::Config as GuestConfig;
+use appmon_guest_agent::daemon::{Daemon, DaemonHandle, Tuning};
+use appmon_libvirt_backend::{
+    DomainEvent, MonitorSpec, ShutOffReason, Transport, DEFAULT_CHANNEL_NAME,
+};
+use common::sim;
+use common::*;
+
+const BOOT_A: [u8; 16] = [0xa1; 16];
+const BOOT_B: [u8; 16] = [0xb2; 16];
+
+/// A guest agent daemon on its own thread and current-thread runtime; stopped on drop.
+struct GuestAgent {
+    handle: DaemonHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GuestAgent {
+    fn start(host_socket: &Path, api_socket: &Path, boot_id: [u8; 16]) -> GuestAgent {
+        let config = GuestConfig {
+            // Never AF_VSOCK on this machine.
+            vsock: false,
+            host_unix_socket: Some(host_socket.to_path_buf()),
+            socket: api_socket.to_path_buf(),
+            ..GuestConfig::default()
+        };
+        let tuning = Tuning {
+            boot_id: Some(boot_id),
+            ..Tuning::default()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("guest runtime");
+            runtime.block_on(async move {
+                match Daemon::start(config, None, tuning, None) {
+                    Ok((daemon, handle)) => {
+                        let _ = tx.send(Ok(handle));
+                        daemon.run().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(appmon_guest_agent::error_chain(&e)));
+                    }
+                }
+            });
+        });
+        let handle = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("guest agent thread answers")
+            .unwrap_or_else(|e| panic!("guest agent does not start: {e}"));
+        GuestAgent {
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops it as SIGTERM does (its sockets are removed) and waits for its thread.
+    async fn stop(mut self) {
+        self.handle.shutdown().await;
+        if let Some(thread) = self.thread.take() {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .expect("join task")
+                .expect("guest agent thread did not panic");
+        }
+    }
+}
+
+impl Drop for GuestAgent {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let handle = self.handle.clone();
+            // A test that failed half-way still stops its agent.
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() {
+                    rt.block_on(handle.shutdown());
+                }
+            })
+            .join();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The application: blocking client calls, off the test's runtime.
+#[derive(Clone)]
+struct App {
+    socket: PathBuf,
+}
+
+impl App {
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> R + Send + 'static,
+    ) -> R {
+        let mut client = Client::new(&self.socket).with_timeout(Some(Duration::from_secs(5)));
+        tokio::task::spawn_blocking(move || f(&mut client))
+            .await
+            .expect("client thread")
+    }
+
+    async fn status(&self) -> AppStatus {
+        self.call(|c| c.get_app_status())
+            .await
+            .expect("getAppStatus")
+    }
+
+    async fn wait_status(&self, want: AppStatus, limit: Duration) -> AppStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let status = self.status().await;
+            if status == want || tokio::time::Instant::now() >= deadline {
+                return status;
+            }
+            tokio::time::sleep(ms(20)).await;
+        }
+    }
+
+    /// `appmon markActive`; returns the wall time (Unix ms) just before the call.
+    async fn mark_active(&self) -> f64 {
+        let before = sim::unix_ms(SystemTime::now());
+        let delivery = self.call(|c| c.mark_active()).await.expect("markActive");
+        assert_eq!(delivery, Delivery::Confirmed, "a host session is up");
+        before
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_guest_agent_against_the_real_host_agent_and_libvirt() {
+    let lab = Lab::in_process("e2e");
+    let host_socket = lab.dir.path().join("guest-host.sock");
+    let app = App {
+        socket: lab.dir.path().join("app.sock"),
+    };
+    let guest = GuestAgent::start(&host_socket, &app.socket, BOOT_A);
+    // The application starts before any host agent: recorded, delivered with the guest's State.
+    let enabled = app.call(|c| c.enable()).await.expect("enable");
+    assert_eq!(enabled.delivery, Delivery::Recorded);
+    let delivery = app.call(|c| c.mark_active()).await.expect("markActive");
+    assert_eq!(delivery, Delivery::Recorded);
+
+    let mut spec = MonitorSpec::with_transport(Transport::Channel {
+        path: Some(host_socket.clone()),
+        name: DEFAULT_CHANNEL_NAME.into(),
+    });
+    spec.failure_interval = Some(ms(1000));
+    spec.min_uptime = Some(Duration::ZERO);
+    lab.running("vm", Some(&spec));
+    let mut config = lab.config();
+    // Long enough that the test's own "reboot" below comes back before a power-cycle.
+    config.channel_timeout = ms(10_000);
+    let host = lab.start_host(config).await;
+    let vm = lab.name("vm");
+
+    // Gray after the host agent's start; the guest agent enables again by itself: Green.
+    assert_eq!(
+        app.wait_status(AppStatus::Green, ms(5000)).await,
+        AppStatus::Green
+    );
+    let agent = app.call(|c| c.status()).await.expect("appmon status");
+    assert_eq!(agent.reenables, 1, "told Gray once: {agent:?}");
+    let view = host.show(&vm).await;
+    assert_eq!(view["status"], "green", "{view}");
+    assert!(
+        history_has(&view, "application enabled monitoring"),
+        "{view}"
+    );
+
+    // markActive keeps it Green, for more than two failure intervals.
+    let mut last = 0.0;
+    for _ in 0..12 {
+        last = app.mark_active().await;
+        assert_eq!(app.status().await, AppStatus::Green);
+        tokio::time::sleep(ms(200)).await;
+    }
+    let view = host.show(&vm).await;
+    assert_eq!(view["status"], "green", "{view}");
+    assert!(reset_decisions(&view).is_empty(), "{view}");
+
+    // Silence: reset through libvirt one failure interval after the last heartbeat.
+    let view = host
+        .wait_show(&vm, ms(5000), |v| !resets_done(v).is_empty())
+        .await;
+    let decisions = reset_decisions(&view);
+    assert_eq!(decisions.len(), 1, "{view}");
+    assert!(
+        decisions[0].text.starts_with("reset: heartbeats stopped"),
+        "{decisions:?}"
+    );
+    let latency = decisions[0].unix_ms as i64 - last.floor() as i64;
+    assert!(
+        (1000..=1400).contains(&latency),
+        "reset {latency} ms after the application's last markActive"
+    );
+    assert!(
+        resets_done(&view)[0].text.starts_with("reset done"),
+        "libvirt carried out virDomainReset: {view}"
+    );
+    // Red from the decision on (a reset is under way, then the guest's state is gone).
+    assert_eq!(
+        app.wait_status(AppStatus::Red, ms(2000)).await,
+        AppStatus::Red
+    );
+
+    // The reset guest boots again: a fresh guest agent, new boot id, nothing enabled.
+    guest.stop().await;
+    let guest = GuestAgent::start(&host_socket, &app.socket, BOOT_B);
+    let view = host
+        .wait_show(&vm, ms(5000), |v| {
+            v["guest_boot_id"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("b2b2b2b2"))
+        })
+        .await;
+    assert!(history_has(&view, "guest channel is back"), "{view}");
+    // Its first host session hears its status, which the guest agent reports (without a push
+    // it would answer Gray): Red, not monitored.
+    assert_eq!(
+        app.wait_status(AppStatus::Red, ms(3000)).await,
+        AppStatus::Red
+    );
+    let enabled = app.call(|c| c.enable()).await.expect("enable");
+    assert_eq!(enabled.delivery, Delivery::Confirmed);
+    assert_eq!(enabled.status, Some(AppStatus::Green));
+    app.mark_active().await;
+
+    // needReset: reset at once, not a failure interval later.
+    let asked = sim::unix_ms(SystemTime::now());
+    let posted = app
+        .call(|c| c.post_app_state(AppState::NeedReset))
+        .await
+        .expect("postAppState needReset");
+    assert_eq!(posted.delivery, Delivery::Confirmed);
+    let view = host
+        .wait_show(&vm, ms(3000), |v| resets_done(v).len() >= 2)
+        .await;
+    let decisions = reset_decisions(&view);
+    assert_eq!(decisions.len(), 2, "{view}");
+    assert!(
+        decisions[1]
+            .text
+            .starts_with("reset: the application asked for a reset (needReset)"),
+        "{decisions:?}"
+    );
+    let latency = decisions[1].unix_ms as i64 - asked.floor() as i64;
+    assert!(
+        (0..=250).contains(&latency),
+        "needReset reset {latency} ms after it was posted"
+    );
+    assert_eq!(resets_done(&view).len(), 2, "{view}");
+    // The guest came back each time: libvirt never had to power-cycle it.
+    assert!(
+        !lab.events_of("vm")
+            .contains(&DomainEvent::Stopped(ShutOffReason::Destroyed)),
+        "{:?}",
+        lab.events_of("vm")
+    );
+
+    host.stop().await;
+    guest.stop().await;
+}
