@@ -293,7 +293,8 @@ async fn channel_back_after_reset_means_no_power_cycle_and_reboot_clears_enable(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_resets_then_gave_up_and_clear() {
-    let lab = Lab::in_process("limit");
+    // Out of process: the power-cycles go over libvirt's RPC, as in production.
+    let lab = Lab::private_libvirtd("limit");
     let guest = GuestSim::new(1, Some(ms(100)));
     let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
     let mut spec = hybrid_spec(&lab.sock("vm"));
