@@ -23,7 +23,9 @@
 //! **Handshake.** Each side's first frame is a `Hello` with its protocol range, its agent name
 //! and version, its boot id and its [`Capabilities`]. [`negotiate`] picks the newest common
 //! version. After the handshake the guest sends its whole [`GuestState`], so a host agent that
-//! restarted, or the destination host of a migration, picks up where the last one was.
+//! restarted, or the destination host of a migration, picks up where the last one was. Once
+//! the host has that State it sends `Event AppStatus` with the guest's current status, in every
+//! session: the guest reports only a status received in its current session.
 //!
 //! **Requests.** A frame tagged [`Tag::Request`] with an id gets exactly one frame tagged
 //! [`Tag::Reply`] with that id: the answer or an `Error`. [`Tag::Event`] frames get no reply
