@@ -1,6 +1,7 @@
 //! `appmon-host`: the host agent daemon. All logic lives in the library; this wires signals,
 //! logging and the libvirt backend.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,6 +45,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: a log file, journald or syslog gets
+        // plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = match load(&args.config) {
         Ok(c) => c,
