@@ -127,13 +127,23 @@ proc_alive() {
 # proc_gone PID: the opposite of proc_alive (a zombie counts as gone: it no longer runs).
 proc_gone() { ! proc_alive "$1"; }
 
-# sweep_test_leftovers remove|--dry-run: finds what VM test processes that are gone left behind: their
-# domains (appmon-t-<test>-<pid>-<n>), their vhost-device-vsock (by the pid recorded in their
-# directory, only if its command line names that directory) and their directories under
-# $RIG/run/t. Removes them with "remove"; only lists them with --dry-run. Returns 0 when nothing was found. The same rules as
-# vm-tests/src/sweep.rs, which runs before each test process's first VM.
+# runs_for PID PROGRAM FILE: true when PID runs PROGRAM (its argv[0] ends with it) with FILE among
+# its arguments: a recorded pid that still belongs to what recorded it, not a reused number.
+runs_for() {
+  local pid=$1 program=$2 file=$3 args
+  proc_alive "$pid" || return 1
+  args=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $(head -n1 <<<"$args") == *"$program" ]] && grep -qxF "$file" <<<"$args"
+}
+
+# sweep_test_leftovers remove|--dry-run: finds what VM test processes that are gone left behind:
+# their domains (appmon-t-<test>-<pid>-<n>), their vhost-device-vsock and appmon-host processes
+# (by the pid recorded in their directory, only if its command line names that directory's socket
+# or host.toml) and their directories under $RIG/run/t. Removes them with "remove"; only lists
+# them with --dry-run. Returns 0 when nothing was found. The same rules as
+# vm-tests/src/sweep.rs, which runs before each test process's first VM or host agent.
 sweep_test_leftovers() {
-  local dry=$1 found=0 d pid dir name vpid state
+  local dry=$1 found=0 d pid dir name vpid state spec program
   if virsh_answers; then
     while IFS= read -r d; do
       [[ $d =~ ^appmon-t-.+-([0-9]+)-[0-9]+$ ]] || continue
@@ -160,17 +170,19 @@ sweep_test_leftovers() {
     pid=${BASH_REMATCH[1]}
     proc_alive "$pid" && continue
     found=1
-    vpid=$(read_pidfile "$dir/vhost-device-vsock.pid")
-    if [ -n "$vpid" ] && proc_alive "$vpid" &&
-      grep -qxF "$dir/vhu.sock" <<<"$(tr '\0' '\n' <"/proc/$vpid/cmdline" 2>/dev/null)"; then
-      if [ "$dry" = --dry-run ]; then
-        log "leftover vhost-device-vsock pid $vpid (of $dir)"
-      else
-        log "killing leftover vhost-device-vsock pid $vpid (of $dir)"
-        kill -KILL "$vpid" 2>/dev/null || true
-        wait_until 10 "vhost-device-vsock pid $vpid to exit" proc_gone "$vpid" || true
+    for spec in vhost-device-vsock:vhu.sock appmon-host:host.toml; do
+      program=${spec%%:*}
+      vpid=$(read_pidfile "$dir/$program.pid")
+      if [ -n "$vpid" ] && runs_for "$vpid" "$program" "$dir/${spec#*:}"; then
+        if [ "$dry" = --dry-run ]; then
+          log "leftover $program pid $vpid (of $dir)"
+        else
+          log "killing leftover $program pid $vpid (of $dir)"
+          kill -KILL "$vpid" 2>/dev/null || true
+          wait_until 10 "$program pid $vpid to exit" proc_gone "$vpid" || true
+        fi
       fi
-    fi
+    done
     if [ "$dry" = --dry-run ]; then
       log "leftover test directory $dir"
     else

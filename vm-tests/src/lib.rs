@@ -9,14 +9,19 @@
 //! - [`rig`]: where the rig's kernel, guest image and vhost-device-vsock are, and the check that
 //!   they are there ([`Rig::require`]), which fails (never skips) naming the set-up command.
 //! - [`vm`]: [`TestVm`] and its [`VmConfig`]: domain lifecycle, console, vsock.
+//! - [`host_agent`]: [`HostAgent`], the real `appmon-host` daemon for one test (its own
+//!   host.toml, state directory, control socket and log), and `appmonctl` with its JSON read
+//!   into [`VmStatus`].
+//! - [`demo`]: commands to the demo application in the guest ([`TestVm::demo_command`]).
 //! - [`domain_xml`]: the libvirt domain XML template (pure, unit-tested).
 //! - [`hybrid`]: host → guest connections through vhost-device-vsock's hybrid-vsock Unix socket
 //!   (`CONNECT <port>\n` / `OK <port>\n`).
 //! - [`initrd`]: a test's own guest files, appended to the rig's image as an extra cpio archive.
 //! - [`console`]: reading the guest's serial console log: markers, tails, marks.
 //! - [`virsh`]: bounded `virsh -c qemu:///system` invocations.
-//! - [`wait`]: bounded polling helpers.
-//! - [`sweep`]: removal of domains, processes and directories left by test processes that died.
+//! - [`wait`]: bounded polling helpers, and [`hold_for`] for "nothing happens for this long".
+//! - [`sweep`]: removal of domains, processes (vhost-device-vsock, appmon-host) and directories
+//!   left by test processes that died.
 //! - [`guest`]: GUEST-ONLY pieces shared by the programs that run inside the test guests.
 //!
 //! The host side never opens AF_VSOCK: this machine's own /dev/vsock belongs to the
@@ -27,8 +32,10 @@
 //! them with `cargo nextest run -p appmon-vm-tests --features vm`.
 
 pub mod console;
+pub mod demo;
 pub mod domain_xml;
 pub mod guest;
+pub mod host_agent;
 pub mod hybrid;
 pub mod initrd;
 pub mod rig;
@@ -38,13 +45,18 @@ pub mod vm;
 pub mod wait;
 
 pub use console::ConsoleMark;
+pub use demo::{DemoError, DEMO_COMMAND_TIMEOUT};
 pub use domain_xml::{OnReboot, WatchdogAction};
+pub use host_agent::{
+    unix_ms_now, CtlError, HistoryEntry, HostAgent, HostAgentConfig, HostBins, MonitorPolicy,
+    PolicyStatus, ResetMethod, VmStatus,
+};
 pub use hybrid::{hybrid_connect, hybrid_connect_timeout, HybridConnectError};
 pub use initrd::GuestFile;
 pub use rig::Rig;
 pub use virsh::{DomainState, VirshError};
 pub use vm::{BootTimes, TestVm, VmConfig, BASE_CMDLINE, DEFAULT_BOOT_TIMEOUT};
-pub use wait::{wait_for, wait_until, WaitTimeout};
+pub use wait::{hold_for, wait_for, wait_until, HoldBroken, WaitTimeout};
 
 /// Prefix of every domain (and nothing else) the harness creates; the sweeper only ever touches
 /// domains with this prefix.

@@ -3,8 +3,8 @@
 //!
 //! Only the harness's own things are touched: domains named `appmon-t-<test>-<pid>-<counter>`
 //! and directories `<rig>/run/t/<pid>-<counter>` whose owning pid is dead, and a
-//! vhost-device-vsock only by the pid recorded in such a directory, and only when that process's
-//! command line names the directory's socket.
+//! vhost-device-vsock or `appmon-host` only by the pid recorded in such a directory, and only
+//! when that process's command line names the directory's socket or configuration file.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,10 @@ pub const BACKEND_PID_FILE: &str = "vhost-device-vsock.pid";
 pub const VHOST_USER_SOCKET: &str = "vhu.sock";
 /// The backend's `--uds-path` (hybrid vsock, host side) in a test directory.
 pub const VSOCK_UDS: &str = "vsock.uds";
+/// File in a host agent's test directory holding the `appmon-host` pid.
+pub const HOST_AGENT_PID_FILE: &str = "appmon-host.pid";
+/// The host agent's configuration file in its test directory (named on its command line).
+pub const HOST_AGENT_CONFIG: &str = "host.toml";
 
 /// Directory where libvirt keeps each domain's QEMU log.
 pub const QEMU_LOG_DIR: &str = "/var/log/libvirt/qemu";
@@ -31,6 +35,7 @@ pub const QEMU_LOG_DIR: &str = "/var/log/libvirt/qemu";
 pub struct SweepReport {
     pub domains: Vec<String>,
     pub backends: Vec<u32>,
+    pub host_agents: Vec<u32>,
     pub dirs: Vec<PathBuf>,
     pub errors: Vec<String>,
 }
@@ -107,10 +112,20 @@ pub fn sweep_stale(rig: &Rig) -> SweepReport {
     report
 }
 
-/// Stops the backend recorded in `dir` and removes `dir`.
+/// Stops the backend and host agent recorded in `dir` and removes `dir`.
 pub(crate) fn sweep_dir(dir: &Path, report: &mut SweepReport) {
-    match stop_recorded_backend(dir) {
+    match stop_recorded(
+        dir,
+        BACKEND_PID_FILE,
+        "vhost-device-vsock",
+        VHOST_USER_SOCKET,
+    ) {
         Ok(Some(pid)) => report.backends.push(pid),
+        Ok(None) => {}
+        Err(e) => report.errors.push(e),
+    }
+    match stop_recorded(dir, HOST_AGENT_PID_FILE, "appmon-host", HOST_AGENT_CONFIG) {
+        Ok(Some(pid)) => report.host_agents.push(pid),
         Ok(None) => {}
         Err(e) => report.errors.push(e),
     }
@@ -122,39 +137,44 @@ pub(crate) fn sweep_dir(dir: &Path, report: &mut SweepReport) {
     }
 }
 
-/// Kills the vhost-device-vsock recorded in `dir` if it still runs for that directory.
-fn stop_recorded_backend(dir: &Path) -> Result<Option<u32>, String> {
-    let pid_file = dir.join(BACKEND_PID_FILE);
-    let Ok(text) = fs::read_to_string(&pid_file) else {
+/// Kills the `program` whose pid `pid_file` in `dir` records, if it still runs for that
+/// directory: its command line must name `<dir>/<own_file>` (so a reused pid is left alone).
+fn stop_recorded(
+    dir: &Path,
+    pid_file: &str,
+    program: &str,
+    own_file: &str,
+) -> Result<Option<u32>, String> {
+    let Ok(text) = fs::read_to_string(dir.join(pid_file)) else {
         return Ok(None);
     };
     let Ok(pid) = text.trim().parse::<u32>() else {
         return Ok(None);
     };
-    if !pid_alive(pid) || !is_backend_for(pid, dir) {
+    if !pid_alive(pid) || !runs_for(pid, program, &dir.join(own_file)) {
         return Ok(None);
     }
     let status = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
-        .map_err(|e| format!("cannot run kill for vhost-device-vsock pid {pid}: {e}"))?;
+        .map_err(|e| format!("cannot run kill for {program} pid {pid}: {e}"))?;
     if !status.success() && pid_alive(pid) {
         return Err(format!(
-            "kill -KILL {pid} (vhost-device-vsock of {}) failed: {status}",
+            "kill -KILL {pid} ({program} of {}) failed: {status}",
             dir.display()
         ));
     }
     wait_until(
         Duration::from_secs(10),
-        &format!("vhost-device-vsock pid {pid} to exit"),
+        &format!("{program} pid {pid} to exit"),
         || !pid_alive(pid),
     )
     .map_err(|e| e.to_string())?;
     Ok(Some(pid))
 }
 
-/// Whether `pid` is a vhost-device-vsock serving the sockets in `dir` (so not a reused pid).
-fn is_backend_for(pid: u32, dir: &Path) -> bool {
+/// Whether `pid` runs `program` with `own_file` among its arguments.
+fn runs_for(pid: u32, program: &str, own_file: &Path) -> bool {
     let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
@@ -162,10 +182,8 @@ fn is_backend_for(pid: u32, dir: &Path) -> bool {
         .split(|&b| b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let socket = dir.join(VHOST_USER_SOCKET).to_string_lossy().into_owned();
-    args.first()
-        .is_some_and(|a0| a0.ends_with("vhost-device-vsock"))
-        && args.contains(&socket)
+    let own = own_file.to_string_lossy().into_owned();
+    args.first().is_some_and(|a0| a0.ends_with(program)) && args.contains(&own)
 }
 
 /// Destroys (if running) and undefines the domain `name`, and removes its QEMU log.

@@ -18,7 +18,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ use crate::sweep::{
     VSOCK_UDS,
 };
 use crate::virsh::{virsh, DomainState, VirshError};
-use crate::wait::{wait_for, wait_until};
+use crate::wait::{hold_for, wait_for, wait_until};
 use crate::{DOMAIN_PREFIX, GUEST_READY_MARKER, INIT_MARKER};
 
 /// Kernel arguments every test guest gets; [`VmConfig::cmdline_arg`] appends to them.
@@ -52,9 +52,38 @@ pub const GUEST_CID: u32 = 3;
 
 const CONSOLE_TAIL_LINES: usize = 60;
 const LOG_TAIL_LINES: usize = 20;
+/// The host agent's log says most about an HA test's failure.
+const ATTACHED_LOG_TAIL_LINES: usize = 40;
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 static SWEEP: Once = Once::new();
+
+/// The next `<n>` of this process's `<pid>-<n>` names (test guests and host agents share it, so
+/// their directories never collide).
+pub(crate) fn next_instance() -> u32 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Removes what dead test processes left behind, once per process, before its first guest or
+/// host agent.
+pub(crate) fn sweep_once(rig: &Rig) {
+    SWEEP.call_once(|| {
+        let report = sweep_stale(rig);
+        if !report.domains.is_empty()
+            || !report.backends.is_empty()
+            || !report.host_agents.is_empty()
+            || !report.dirs.is_empty()
+        {
+            eprintln!(
+                "vm-tests: removed leftovers of dead test processes: domains {:?}, vhost-device-vsock pids {:?}, appmon-host pids {:?}, dirs {:?}",
+                report.domains, report.backends, report.host_agents, report.dirs
+            );
+        }
+        for e in &report.errors {
+            eprintln!("vm-tests: sweeping leftovers: {e}");
+        }
+    });
+}
 
 /// How to build a test guest. Defaults: 128 MiB, 1 vCPU, `<on_reboot>restart`, watchdog resets.
 #[derive(Debug, Clone)]
@@ -191,28 +220,19 @@ pub struct TestVm {
     dir: PathBuf,
     backend: Option<Child>,
     defined: bool,
+    /// Logs of other processes of the test (the host agent) whose tails go into every failure
+    /// message: (label, path).
+    attached_logs: Mutex<Vec<(String, PathBuf)>>,
 }
 
 impl TestVm {
     /// Prepares a guest: directory, vsock backend, defined (not started) domain.
     pub fn new(config: VmConfig) -> TestVm {
         let rig = Rig::require();
-        SWEEP.call_once(|| {
-            let report = sweep_stale(&rig);
-            if !report.domains.is_empty() || !report.backends.is_empty() || !report.dirs.is_empty()
-            {
-                eprintln!(
-                    "vm-tests: removed leftovers of dead test processes: domains {:?}, vhost-device-vsock pids {:?}, dirs {:?}",
-                    report.domains, report.backends, report.dirs
-                );
-            }
-            for e in &report.errors {
-                eprintln!("vm-tests: sweeping leftovers: {e}");
-            }
-        });
+        sweep_once(&rig);
 
         let pid = std::process::id();
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let id = next_instance();
         let name = format!(
             "{DOMAIN_PREFIX}{}-{pid}-{id}",
             short_name(&config.test_name)
@@ -225,6 +245,7 @@ impl TestVm {
             dir,
             backend: None,
             defined: false,
+            attached_logs: Mutex::new(Vec::new()),
         };
         vm.prepare_dir();
         vm.start_backend();
@@ -496,6 +517,17 @@ impl TestVm {
         wait_for(timeout, what, cond).unwrap_or_else(|e| self.fail(e))
     }
 
+    /// Checks `check` all through `duration` ("nothing happens for this long"); the first
+    /// violation fails the test with diagnostics. Returns how many checks ran.
+    pub fn hold_for(
+        &self,
+        duration: Duration,
+        what: &str,
+        check: impl FnMut() -> Result<(), String>,
+    ) -> u32 {
+        hold_for(duration, what, check).unwrap_or_else(|e| self.fail(e))
+    }
+
     /// Fails the test: panics with `msg`, the console tail, and the backend's and QEMU's logs.
     pub fn fail(&self, msg: impl Display) -> ! {
         panic!("{}: {msg}\n{}", self.name, self.diagnostics())
@@ -504,16 +536,44 @@ impl TestVm {
     /// The console tail and log tails that every failure message carries.
     pub fn diagnostics(&self) -> String {
         let qemu_log = qemu_log_path(&self.name);
-        format!(
+        let mut text = format!(
             "--- guest console, last {CONSOLE_TAIL_LINES} lines ({}) ---\n{}\n\
              --- vhost-device-vsock log, last {LOG_TAIL_LINES} lines ---\n{}\n\
-             --- QEMU log, last {LOG_TAIL_LINES} lines ({}) ---\n{}\n--- end ---",
+             --- QEMU log, last {LOG_TAIL_LINES} lines ({}) ---\n{}\n",
             self.console_path().display(),
             self.console_tail(CONSOLE_TAIL_LINES),
             file_tail(&self.backend_log_path(), LOG_TAIL_LINES),
             qemu_log.display(),
             file_tail(&qemu_log, LOG_TAIL_LINES),
-        )
+        );
+        for (label, path) in self.attached_logs() {
+            text.push_str(&format!(
+                "--- {label} log, last {ATTACHED_LOG_TAIL_LINES} lines ({}) ---\n{}\n",
+                path.display(),
+                file_tail(&path, ATTACHED_LOG_TAIL_LINES)
+            ));
+        }
+        text.push_str("--- end ---");
+        text
+    }
+
+    /// Adds a log whose tail goes into every failure message of this guest (and which is kept
+    /// with the guest's logs when the test fails), e.g. the host agent's.
+    pub fn attach_log(&self, label: &str, path: &Path) {
+        let mut logs = self
+            .attached_logs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !logs.iter().any(|(_, p)| p == path) {
+            logs.push((label.to_owned(), path.to_path_buf()));
+        }
+    }
+
+    fn attached_logs(&self) -> Vec<(String, PathBuf)> {
+        self.attached_logs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Runs `virsh ARGS`; fails the test (with diagnostics) if it fails.
@@ -679,6 +739,9 @@ impl TestVm {
                 let _ = fs::copy(&f, dest.join(name));
             }
         }
+        for (label, f) in self.attached_logs() {
+            let _ = fs::copy(&f, dest.join(format!("{label}.log")));
+        }
         Some(dest)
     }
 }
@@ -764,7 +827,7 @@ fn file_tail(path: &Path, lines: usize) -> String {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {

@@ -66,6 +66,59 @@ pub fn wait_until(
     Ok(start.elapsed())
 }
 
+/// How often [`hold_for`] checks.
+const HOLD_POLL: Duration = Duration::from_millis(200);
+
+/// A condition that had to hold for a while did not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldBroken {
+    /// What had to hold, as the caller described it.
+    pub what: String,
+    /// How long it held before it broke.
+    pub after: Duration,
+    /// What the check reported.
+    pub violation: String,
+}
+
+impl fmt::Display for HoldBroken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} stopped holding after {:.1?}: {}",
+            self.what, self.after, self.violation
+        )
+    }
+}
+
+impl std::error::Error for HoldBroken {}
+
+/// Checks `check` again and again for the whole of `duration` (and once more at its end): for
+/// "nothing happens for this long", where the waiting is the test. Returns how many checks ran,
+/// or the first violation `check` reported.
+pub fn hold_for(
+    duration: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Result<u32, HoldBroken> {
+    let start = Instant::now();
+    let mut checks = 0;
+    loop {
+        let elapsed = start.elapsed();
+        checks += 1;
+        if let Err(violation) = check() {
+            return Err(HoldBroken {
+                what: what.to_owned(),
+                after: elapsed,
+                violation,
+            });
+        }
+        if elapsed >= duration {
+            return Ok(checks);
+        }
+        thread::sleep(HOLD_POLL.min(duration - elapsed));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +146,29 @@ mod tests {
     fn wait_for_returns_the_value() {
         let v = wait_for(Duration::from_secs(1), "value", || Some(7)).expect("immediate");
         assert_eq!(v, 7);
+    }
+
+    #[test]
+    fn hold_for_checks_until_the_end() {
+        let start = Instant::now();
+        let checks = hold_for(Duration::from_millis(300), "quiet", || Ok(())).expect("holds");
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        assert!(checks >= 2, "{checks}");
+    }
+
+    #[test]
+    fn hold_for_reports_the_first_violation() {
+        let mut calls = 0;
+        let err = hold_for(Duration::from_secs(30), "quiet", || {
+            calls += 1;
+            if calls == 2 {
+                Err("noise".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(err.violation, "noise");
+        assert!(err.to_string().contains("quiet stopped holding"), "{err}");
     }
 }

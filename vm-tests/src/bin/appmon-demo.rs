@@ -21,6 +21,7 @@
 //! | `disable` | `appmon disable`, and stops heartbeating                      |
 //! | `enable`  | `appmon enable`, and heartbeats                               |
 //! | `status`  | answers with its state and heartbeat count                    |
+//! | `appstatus` | `appmon getAppStatus`: green, red or gray, as the guest sees it |
 //! | `exit`    | exits (the image's /init starts it again)                     |
 //! | `reboot`  | reboots the guest (`reboot -f`)                               |
 //!
@@ -275,6 +276,7 @@ fn run_command(command: &str, state: &Shared) -> String {
             s.heartbeating = true;
             "enabled".to_string()
         }),
+        "appstatus" => appmon(&["getAppStatus"]),
         "status" => {
             let s = lock(state);
             Ok(format!(

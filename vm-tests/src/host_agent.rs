@@ -1,0 +1,994 @@
+//! [`HostAgent`]: the real `appmon-host` daemon as a test fixture, driven the way an operator
+//! drives it: a `host.toml`, and `appmonctl` on its control socket.
+//!
+//! Each `HostAgent` owns a directory `<rig>/run/t/<pid>-<n>` (as a [`TestVm`] does) holding its
+//! generated `host.toml`, its state directory, its control socket, its log and its pid file. Its
+//! `domains` are exactly the test's own domain names, so host agents of tests running in parallel
+//! never act on each other's guests. Dropping it stops the daemon (SIGTERM, a bounded wait, then
+//! SIGKILL), reaps it and removes the directory, also while a test panics; a host agent left by a
+//! killed test process is stopped by the next sweep (by its recorded pid, and only when its
+//! command line names that directory's `host.toml`).
+//!
+//! Where the binaries are: `$APPMON_HOST_BIN` and `$APPMONCTL_BIN` (scripts/test and
+//! scripts/demo build them and export both), else beside the running test binary
+//! (`<target>/debug/`). Without them the test fails naming the build command; it never skips.
+//!
+//! The JSON that `appmonctl --json list/show` prints is read into [`VmStatus`]: the test sees
+//! what an operator sees. (The harness does not link the host agent's crate: the guest-only
+//! programs of this package are linked statically, and that crate links libvirt.)
+
+use std::fmt::{self, Display};
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::Deserialize;
+
+use crate::console;
+use crate::rig::{is_executable, Rig};
+use crate::sweep::{HOST_AGENT_CONFIG, HOST_AGENT_PID_FILE};
+use crate::virsh::{run_bounded, RunError, LIBVIRT_URI};
+use crate::vm::{next_instance, sweep_once, TestVm};
+use crate::wait::wait_for;
+
+/// The command that builds the host binaries (run from the repository root).
+pub const HOST_BUILD_HINT: &str =
+    "cargo build --locked -p appmon-host-agent --bins   (scripts/test and scripts/demo do it)";
+
+/// Bound for the daemon to answer on its control socket and list its domains.
+pub const HOST_AGENT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bound for the daemon to exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Bound for one `appmonctl` call. The daemon itself gives up on a request after 60 s.
+const CTL_TIMEOUT: Duration = Duration::from_secs(75);
+
+const CONTROL_SOCKET: &str = "host.sock";
+const LOG_FILE: &str = "appmon-host.log";
+const STATE_DIR: &str = "state";
+const LOG_TAIL_LINES: usize = 40;
+
+/// The `appmon-host` and `appmonctl` binaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBins {
+    pub host: PathBuf,
+    pub ctl: PathBuf,
+}
+
+impl HostBins {
+    /// `$APPMON_HOST_BIN` / `$APPMONCTL_BIN`, else the binaries beside the running executable.
+    pub fn locate() -> Result<HostBins, String> {
+        Ok(HostBins {
+            host: locate_bin("APPMON_HOST_BIN", "appmon-host")?,
+            ctl: locate_bin("APPMONCTL_BIN", "appmonctl")?,
+        })
+    }
+
+    /// [`HostBins::locate`], or a panic naming the build command.
+    pub fn require() -> HostBins {
+        HostBins::locate().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+fn locate_bin(var: &str, name: &str) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        return if is_executable(&path) {
+            Ok(path)
+        } else {
+            Err(format!(
+                "{var}={} is not an executable file; build it with:\n  {HOST_BUILD_HINT}",
+                path.display()
+            ))
+        };
+    }
+    // A test binary runs from <target>/<profile>/deps/, a program from <target>/<profile>/.
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the running program: {e}"))?;
+    let mut candidates = Vec::new();
+    let mut dir = exe.parent();
+    for _ in 0..2 {
+        if let Some(d) = dir {
+            candidates.push(d.join(name));
+            dir = d.parent();
+        }
+    }
+    match candidates.iter().find(|c| is_executable(c)) {
+        Some(found) => {
+            warn_if_older_than_sources(found);
+            Ok(found.clone())
+        }
+        None => Err(format!(
+            "{name} not found: {var} is not set and there is no {name} in {}; build it with:\n  {HOST_BUILD_HINT}",
+            candidates
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )),
+    }
+}
+
+/// A binary found beside the tests may be older than the sources it was built from; say so
+/// (scripts/test always builds it first, so this is for runs by hand).
+fn warn_if_older_than_sources(bin: &Path) {
+    let Ok(built) = fs::metadata(bin).and_then(|m| m.modified()) else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest = ["host-agent/src", "libvirt-backend/src", "wire/src"]
+        .iter()
+        .filter_map(|d| newest_mtime(&root.join(d)))
+        .max();
+    if newest.is_some_and(|n| n > built) {
+        eprintln!(
+            "vm-tests: WARNING: {} is older than the host agent's sources; rebuild it with:\n  {HOST_BUILD_HINT}",
+            bin.display()
+        );
+    }
+}
+
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// How the host agent resets a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetMethod {
+    /// virDomainReset, with a power-cycle when the guest channel does not come back.
+    Reset,
+    /// Destroy and start.
+    PowerCycle,
+}
+
+impl ResetMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetMethod::Reset => "reset",
+            ResetMethod::PowerCycle => "power-cycle",
+        }
+    }
+}
+
+/// A monitoring policy: the host agent's `[defaults]`, or one domain's via `appmonctl enable`.
+/// The defaults are small, so that VM tests stay short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorPolicy {
+    pub failure_interval: Duration,
+    pub min_uptime: Duration,
+    pub max_resets: u32,
+    pub reset_window: Duration,
+    pub reset_method: ResetMethod,
+}
+
+impl Default for MonitorPolicy {
+    fn default() -> Self {
+        MonitorPolicy {
+            failure_interval: Duration::from_secs(4),
+            min_uptime: Duration::from_secs(15),
+            max_resets: 3,
+            reset_window: Duration::from_secs(3600),
+            reset_method: ResetMethod::Reset,
+        }
+    }
+}
+
+impl MonitorPolicy {
+    pub fn failure_interval(mut self, d: Duration) -> Self {
+        self.failure_interval = d;
+        self
+    }
+
+    pub fn min_uptime(mut self, d: Duration) -> Self {
+        self.min_uptime = d;
+        self
+    }
+
+    pub fn max_resets(mut self, n: u32) -> Self {
+        self.max_resets = n;
+        self
+    }
+
+    pub fn reset_window(mut self, d: Duration) -> Self {
+        self.reset_window = d;
+        self
+    }
+
+    pub fn reset_method(mut self, m: ResetMethod) -> Self {
+        self.reset_method = m;
+        self
+    }
+
+    /// The `appmonctl enable` options for this policy.
+    pub fn enable_args(&self) -> Vec<String> {
+        vec![
+            "--failure-interval".into(),
+            ms(self.failure_interval),
+            "--min-uptime".into(),
+            ms(self.min_uptime),
+            "--max-resets".into(),
+            self.max_resets.to_string(),
+            "--window".into(),
+            ms(self.reset_window),
+            "--reset-method".into(),
+            self.reset_method.as_str().into(),
+        ]
+    }
+
+    /// Whether the policy `appmonctl show` reports is this one.
+    pub fn matches(&self, p: &PolicyStatus) -> bool {
+        p.failure_interval_ms == millis(self.failure_interval)
+            && p.min_uptime_ms == millis(self.min_uptime)
+            && p.max_resets == self.max_resets
+            && p.reset_window_ms == millis(self.reset_window)
+            && p.reset_method == self.reset_method.as_str()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A duration as host.toml and appmonctl take it, in the largest unit that is exact.
+fn ms(d: Duration) -> String {
+    match millis(d) {
+        0 => "0s".into(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// The host agent's settings (host.toml). Small timeouts keep the VM tests short; the channel
+/// timeout still leaves room for a TCG boot with two guests booting at once (~15-20 s to the
+/// guest agent), plus the 1 s reconnect backoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAgentConfig {
+    /// After a reset or a guest's own reboot, how long to wait for the guest agent before
+    /// power-cycling.
+    pub channel_timeout: Duration,
+    pub ping_interval: Duration,
+    pub dead_after_pings: u32,
+    pub hello_timeout: Duration,
+    pub reconnect_max: Duration,
+    /// `[defaults]`.
+    pub defaults: MonitorPolicy,
+}
+
+impl Default for HostAgentConfig {
+    fn default() -> Self {
+        HostAgentConfig {
+            channel_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(1),
+            dead_after_pings: 3,
+            hello_timeout: Duration::from_secs(5),
+            reconnect_max: Duration::from_secs(1),
+            defaults: MonitorPolicy::default(),
+        }
+    }
+}
+
+impl HostAgentConfig {
+    pub fn channel_timeout(mut self, d: Duration) -> Self {
+        self.channel_timeout = d;
+        self
+    }
+
+    pub fn defaults(mut self, policy: MonitorPolicy) -> Self {
+        self.defaults = policy;
+        self
+    }
+
+    /// The host.toml text for an agent in `dir` that manages exactly `domains`.
+    pub fn to_toml(&self, dir: &Path, domains: &[String]) -> String {
+        let d = &self.defaults;
+        let domains: Vec<String> = domains.iter().map(|n| toml_string(n)).collect();
+        format!(
+            "# Generated by vm-tests (HostAgent) for one test.\n\
+             uri = {uri}\n\
+             state_dir = {state}\n\
+             control_socket = {socket}\n\
+             domains = [{domains}]\n\
+             channel_timeout = \"{channel}\"\n\
+             ping_interval = \"{ping}\"\n\
+             dead_after_pings = {dead}\n\
+             hello_timeout = \"{hello}\"\n\
+             reconnect_max = \"{reconnect}\"\n\
+             \n\
+             [defaults]\n\
+             failure_interval = \"{fi}\"\n\
+             min_uptime = \"{mu}\"\n\
+             max_resets = {mr}\n\
+             reset_window = \"{rw}\"\n\
+             reset_method = \"{rm}\"\n",
+            uri = toml_string(LIBVIRT_URI),
+            state = toml_string(&dir.join(STATE_DIR).to_string_lossy()),
+            socket = toml_string(&dir.join(CONTROL_SOCKET).to_string_lossy()),
+            domains = domains.join(", "),
+            channel = ms(self.channel_timeout),
+            ping = ms(self.ping_interval),
+            dead = self.dead_after_pings,
+            hello = ms(self.hello_timeout),
+            reconnect = ms(self.reconnect_max),
+            fi = ms(d.failure_interval),
+            mu = ms(d.min_uptime),
+            mr = d.max_resets,
+            rw = ms(d.reset_window),
+            rm = d.reset_method.as_str(),
+        )
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One domain as `appmonctl --json list/show` prints it (host-agent/README.md lists the fields).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct VmStatus {
+    pub name: String,
+    pub uuid: String,
+    pub monitored: bool,
+    pub spec_error: Option<String>,
+    /// green, red, gray; `None` when not monitored.
+    pub status: Option<String>,
+    pub enabled: bool,
+    pub need_reset: bool,
+    pub last_heartbeat_age_ms: Option<u64>,
+    pub resets_in_window: usize,
+    pub gave_up: bool,
+    pub alarm: Option<String>,
+    pub connected: bool,
+    pub guest_boot_id: Option<String>,
+    pub guest_agent: Option<String>,
+    pub domain_state: String,
+    pub transport: Option<String>,
+    pub policy: Option<PolicyStatus>,
+    /// Oldest first; empty in `list`.
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The effective policy in [`VmStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PolicyStatus {
+    pub failure_interval_ms: u64,
+    pub min_uptime_ms: u64,
+    pub max_resets: u32,
+    pub reset_window_ms: u64,
+    pub reset_method: String,
+    pub channel_timeout_ms: u64,
+}
+
+/// One entry of a domain's event history.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HistoryEntry {
+    pub unix_ms: u64,
+    /// info, warn or error.
+    pub level: String,
+    /// decision, libvirt, guest, operator.
+    pub kind: String,
+    pub text: String,
+}
+
+impl HistoryEntry {
+    /// A decision to reset or power-cycle (`reset: <cause> (n of max in the window)`).
+    pub fn is_reset_decision(&self) -> bool {
+        self.kind == "decision"
+            && (self.text.starts_with("reset: ") || self.text.starts_with("power-cycle: "))
+    }
+
+    /// A libvirt event that starts a new boot of the guest (`Started(..)`, `Rebooted`).
+    pub fn is_boot_event(&self) -> bool {
+        self.kind == "libvirt" && (self.text.starts_with("Started(") || self.text == "Rebooted")
+    }
+}
+
+impl Display for HistoryEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {:<5} {:<8} {}",
+            self.unix_ms, self.level, self.kind, self.text
+        )
+    }
+}
+
+impl VmStatus {
+    /// Whether the status is `status` (green, red, gray).
+    pub fn is(&self, status: &str) -> bool {
+        self.status.as_deref() == Some(status)
+    }
+
+    /// Every reset and power-cycle decision, oldest first.
+    pub fn reset_decisions(&self) -> Vec<&HistoryEntry> {
+        self.history
+            .iter()
+            .filter(|h| h.is_reset_decision())
+            .collect()
+    }
+
+    /// The first history entry whose text contains `needle`.
+    pub fn find(&self, needle: &str) -> Option<&HistoryEntry> {
+        self.history.iter().find(|h| h.text.contains(needle))
+    }
+
+    /// The last libvirt event that started a boot (the host agent counts the minimum uptime
+    /// from it).
+    pub fn last_boot_event(&self) -> Option<&HistoryEntry> {
+        self.history.iter().rev().find(|h| h.is_boot_event())
+    }
+
+    /// One line: status, enabled, connection, heartbeat age, resets, boot id.
+    pub fn summary(&self) -> String {
+        format!(
+            "status {} enabled {} connected {} heartbeat {} resets {} gave_up {} domain {} boot {}",
+            self.status.as_deref().unwrap_or("-"),
+            self.enabled,
+            self.connected,
+            self.last_heartbeat_age_ms
+                .map_or("-".to_owned(), |a| format!("{a}ms ago")),
+            self.resets_in_window,
+            self.gave_up,
+            self.domain_state,
+            self.guest_boot_id.as_deref().unwrap_or("-"),
+        )
+    }
+
+    /// The history, one entry per line, for failure messages.
+    pub fn history_text(&self) -> String {
+        self.history
+            .iter()
+            .map(|h| format!("    {h}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Why an `appmonctl` call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot run {ctl}")]
+    Spawn {
+        ctl: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`appmonctl {args}` did not finish within {timeout:?}")]
+    Timeout { args: String, timeout: Duration },
+    #[error("`appmonctl {args}` failed with exit code {code:?}: {stderr}")]
+    Failed {
+        args: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+    #[error("`appmonctl {args}` printed JSON the harness cannot read: {output}")]
+    Json {
+        args: String,
+        output: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl CtlError {
+    /// The exit code, when appmonctl ran and failed.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            CtlError::Failed { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+/// What one `appmonctl` run printed.
+#[derive(Debug, Clone)]
+pub struct CtlOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The real host agent, running for one test. See the module documentation.
+#[derive(Debug)]
+pub struct HostAgent {
+    name: String,
+    dir: PathBuf,
+    rig: Rig,
+    bins: HostBins,
+    config: HostAgentConfig,
+    domains: Vec<String>,
+    child: Option<Child>,
+    starts: u32,
+    /// When the daemon last answered its first `list` with all its domains.
+    ready_at: Option<Instant>,
+}
+
+impl HostAgent {
+    /// Starts a host agent that manages exactly these guests' domains, waits until it answers
+    /// and lists them, and attaches its log to each guest's failure diagnostics.
+    pub fn start(vms: &[&TestVm], config: HostAgentConfig) -> HostAgent {
+        let domains: Vec<String> = vms.iter().map(|vm| vm.name().to_owned()).collect();
+        let mut agent = HostAgent::new(domains, config);
+        for vm in vms {
+            vm.attach_log("appmon-host", &agent.log_path());
+        }
+        agent.launch();
+        agent
+    }
+
+    /// Prepares (does not start) a host agent for `domains`: its directory and host.toml.
+    pub fn new(domains: Vec<String>, config: HostAgentConfig) -> HostAgent {
+        let rig = Rig::require();
+        let bins = HostBins::require();
+        sweep_once(&rig);
+        let pid = std::process::id();
+        let n = next_instance();
+        let agent = HostAgent {
+            name: format!("appmon-host-{pid}-{n}"),
+            dir: rig.tests_dir().join(format!("{pid}-{n}")),
+            rig,
+            bins,
+            config,
+            domains,
+            child: None,
+            starts: 0,
+            ready_at: None,
+        };
+        if agent.dir.exists() {
+            // Only a dead process with this very pid can have left it.
+            let mut report = crate::sweep::SweepReport::default();
+            crate::sweep::sweep_dir(&agent.dir, &mut report);
+            if let Some(e) = report.errors.first() {
+                agent.fail(format!("cannot clear a stale test directory: {e}"));
+            }
+        }
+        if let Err(e) = fs::create_dir_all(agent.dir.join(STATE_DIR)) {
+            agent.fail(format!("cannot create {}: {e}", agent.dir.display()));
+        }
+        let toml = agent.config.to_toml(&agent.dir, &agent.domains);
+        if let Err(e) = fs::write(agent.config_path(), toml) {
+            agent.fail(format!(
+                "cannot write {}: {e}",
+                agent.config_path().display()
+            ));
+        }
+        agent
+    }
+
+    /// Starts the daemon (again, after [`HostAgent::stop`]) on the same directory and state, and
+    /// waits until it answers and lists its domains.
+    pub fn launch(&mut self) {
+        if self.child.is_some() {
+            self.fail("launch: the host agent is already running");
+        }
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap_or_else(|e| {
+                self.fail(format!("cannot open {}: {e}", self.log_path().display()))
+            });
+        let _ = writeln!(
+            log,
+            "=== vm-tests: appmon-host start #{} at unix_ms {} ===",
+            self.starts,
+            unix_ms_now()
+        );
+        let log2 = log
+            .try_clone()
+            .unwrap_or_else(|e| self.fail(format!("cannot duplicate the log handle: {e}")));
+        let child = Command::new(&self.bins.host)
+            .arg("--config")
+            .arg(self.config_path())
+            .env(
+                "RUST_LOG",
+                std::env::var("APPMON_HOST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| {
+                self.fail(format!("cannot start {}: {e}", self.bins.host.display()))
+            });
+        let pid = child.id();
+        self.child = Some(child);
+        if let Err(e) = fs::write(self.dir.join(HOST_AGENT_PID_FILE), format!("{pid}\n")) {
+            self.fail(format!("cannot record the host agent's pid: {e}"));
+        }
+        let what = format!(
+            "appmon-host (pid {pid}) to answer on {} and list {:?}",
+            self.control_socket().display(),
+            self.domains
+        );
+        let ready = wait_for(HOST_AGENT_READY_TIMEOUT, &what, || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Some(Err(format!("appmon-host exited: {status}")));
+            }
+            match self.try_list() {
+                Ok(list)
+                    if self
+                        .domains
+                        .iter()
+                        .all(|d| list.iter().any(|v| &v.name == d)) =>
+                {
+                    Some(Ok(()))
+                }
+                _ => None,
+            }
+        });
+        match ready {
+            Ok(Ok(())) => self.ready_at = Some(Instant::now()),
+            Ok(Err(e)) => self.fail(e),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Stops the daemon: SIGTERM, a bounded wait, then SIGKILL. Returns how it exited.
+    pub fn stop(&mut self) -> ExitStatus {
+        let Some(child) = self.child.take() else {
+            self.fail("stop: the host agent is not running");
+        };
+        match stop_child(child) {
+            Ok(status) => {
+                let _ = fs::remove_file(self.dir.join(HOST_AGENT_PID_FILE));
+                status
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Stops and starts the daemon on the same state directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// The daemon's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// When the daemon (last) became ready: it had listed its domains by then.
+    pub fn ready_at(&self) -> Option<Instant> {
+        self.ready_at
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join(HOST_AGENT_CONFIG)
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join(CONTROL_SOCKET)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(STATE_DIR)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(LOG_FILE)
+    }
+
+    /// The daemon's whole log so far (all its starts).
+    pub fn log(&self) -> String {
+        console::read_console(&self.log_path()).unwrap_or_default()
+    }
+
+    pub fn config(&self) -> &HostAgentConfig {
+        &self.config
+    }
+
+    pub fn bins(&self) -> &HostBins {
+        &self.bins
+    }
+
+    // --- appmonctl ------------------------------------------------------------------------------
+
+    /// Runs `appmonctl --socket <ours> ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> Result<CtlOutput, CtlError> {
+        let mut cmd = Command::new(&self.bins.ctl);
+        cmd.arg("--socket").arg(self.control_socket()).args(args);
+        match run_bounded(cmd, CTL_TIMEOUT) {
+            Ok(out) => Ok(CtlOutput {
+                code: out.status.code(),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            }),
+            Err(RunError::Spawn(source)) => Err(CtlError::Spawn {
+                ctl: self.bins.ctl.clone(),
+                source,
+            }),
+            Err(RunError::Timeout) => Err(CtlError::Timeout {
+                args: args.join(" "),
+                timeout: CTL_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Runs `appmonctl ARGS` and returns its stdout when it exits 0.
+    pub fn ctl_ok(&self, args: &[&str]) -> Result<String, CtlError> {
+        let out = self.ctl(args)?;
+        if out.code == Some(0) {
+            Ok(out.stdout)
+        } else {
+            Err(CtlError::Failed {
+                args: args.join(" "),
+                code: out.code,
+                stderr: out.stderr.trim().to_owned(),
+            })
+        }
+    }
+
+    fn ctl_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> Result<T, CtlError> {
+        let out = self.ctl_ok(args)?;
+        serde_json::from_str(&out).map_err(|source| CtlError::Json {
+            args: args.join(" "),
+            output: out,
+            source,
+        })
+    }
+
+    /// `appmonctl --json list`.
+    pub fn try_list(&self) -> Result<Vec<VmStatus>, CtlError> {
+        self.ctl_json(&["--json", "list"])
+    }
+
+    /// `appmonctl --json show DOMAIN` (with the history).
+    pub fn try_show(&self, domain: &str) -> Result<VmStatus, CtlError> {
+        self.ctl_json(&["--json", "show", domain])
+    }
+
+    /// `appmonctl enable DOMAIN --vsock-uds <its hybrid-vsock socket> <policy options>`: the
+    /// operator's way to put a domain under monitoring.
+    pub fn try_enable(&self, vm: &TestVm, policy: &MonitorPolicy) -> Result<String, CtlError> {
+        let uds = vm.vsock_uds().to_string_lossy().into_owned();
+        let mut args: Vec<String> =
+            vec!["enable".into(), vm.name().into(), "--vsock-uds".into(), uds];
+        args.extend(policy.enable_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ctl_ok(&args)
+    }
+
+    /// [`HostAgent::try_show`] for a guest; fails the test with the guest's diagnostics.
+    pub fn status(&self, vm: &TestVm) -> VmStatus {
+        self.try_show(vm.name())
+            .unwrap_or_else(|e| vm.fail(format!("appmonctl show: {e}")))
+    }
+
+    /// [`HostAgent::try_enable`]; fails the test with the guest's diagnostics.
+    pub fn enable(&self, vm: &TestVm, policy: &MonitorPolicy) -> String {
+        self.try_enable(vm, policy)
+            .unwrap_or_else(|e| vm.fail(format!("appmonctl enable: {e}")))
+    }
+
+    /// Polls `appmonctl show` until `cond` holds; returns that status. On timeout the test fails
+    /// with the last status and history, the console and the host agent's log.
+    pub fn wait_for_status(
+        &self,
+        vm: &TestVm,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&VmStatus) -> bool,
+    ) -> VmStatus {
+        let mut last: Option<Result<VmStatus, String>> = None;
+        let res = wait_for(timeout, what, || {
+            let s = self.try_show(vm.name()).map_err(|e| e.to_string());
+            let hit = s.as_ref().ok().filter(|s| cond(s)).cloned();
+            last = Some(s);
+            hit
+        });
+        match res {
+            Ok(s) => s,
+            Err(t) => vm.fail(format!(
+                "{t}\n--- last appmonctl show ---\n{}",
+                describe_last(last)
+            )),
+        }
+    }
+
+    /// Waits until the host agent reports `status` (green, red, gray) for `vm`.
+    pub fn wait_for(&self, vm: &TestVm, status: &str, timeout: Duration) -> VmStatus {
+        self.wait_for_status(vm, timeout, &format!("status {status}"), |s| s.is(status))
+    }
+
+    // --- failing --------------------------------------------------------------------------------
+
+    /// Fails the test with `msg` and the host agent's log tail.
+    pub fn fail(&self, msg: impl Display) -> ! {
+        panic!("{}: {msg}\n{}", self.name, self.diagnostics())
+    }
+
+    /// The log tail a failure message carries.
+    pub fn diagnostics(&self) -> String {
+        let text = self.log();
+        format!(
+            "--- appmon-host log, last {LOG_TAIL_LINES} lines ({}) ---\n{}\n--- end ---",
+            self.log_path().display(),
+            console::tail(&text, LOG_TAIL_LINES)
+        )
+    }
+
+    fn keep_logs(&self) -> Option<PathBuf> {
+        let dest = self.rig.kept_logs_dir().join(&self.name);
+        fs::create_dir_all(&dest).ok()?;
+        for f in [self.log_path(), self.config_path()] {
+            if let Some(name) = f.file_name() {
+                let _ = fs::copy(&f, dest.join(name));
+            }
+        }
+        if let Ok(entries) = fs::read_dir(self.state_dir()) {
+            for e in entries.flatten() {
+                let _ = fs::copy(e.path(), dest.join(e.file_name()));
+            }
+        }
+        Some(dest)
+    }
+}
+
+fn describe_last(last: Option<Result<VmStatus, String>>) -> String {
+    match last {
+        None => "(none)".into(),
+        Some(Err(e)) => e,
+        Some(Ok(s)) => format!("{}\n  history:\n{}", s.summary(), s.history_text()),
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        // No panics here (see TestVm's Drop).
+        let keep = thread::panicking() || std::env::var_os("APPMON_VM_KEEP_LOGS").is_some();
+        if let Some(child) = self.child.take() {
+            if let Err(e) = stop_child(child) {
+                eprintln!("{}: cleanup: {e}", self.name);
+                return;
+            }
+        }
+        if keep {
+            if let Some(dest) = self.keep_logs() {
+                eprintln!("{}: logs kept in {}", self.name, dest.display());
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!(
+                    "{}: cleanup: cannot remove {}: {e}",
+                    self.name,
+                    self.dir.display()
+                );
+            }
+        }
+    }
+}
+
+/// SIGTERM, up to [`STOP_TIMEOUT`] for the exit, then SIGKILL; always reaps.
+fn stop_child(mut child: Child) -> Result<ExitStatus, String> {
+    let pid = child.id();
+    if let Ok(Some(status)) = child.try_wait() {
+        return Ok(status);
+    }
+    let raw = i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
+    // The child is ours and not yet reaped, so the pid cannot have been reused.
+    let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("cannot wait for appmon-host pid {pid}: {e}")),
+        }
+    }
+    eprintln!("appmon-host pid {pid} ignored SIGTERM for {STOP_TIMEOUT:?}; sending SIGKILL");
+    let _ = child.kill();
+    child
+        .wait()
+        .map_err(|e| format!("cannot reap appmon-host pid {pid}: {e}"))
+}
+
+/// Milliseconds since the Unix epoch, as the host agent stamps its history.
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_toml_names_only_the_tests_domains() {
+        let config = HostAgentConfig::default();
+        let toml = config.to_toml(
+            Path::new("/var/tmp/appmon-rig/run/t/1-2"),
+            &["appmon-t-a-1-0".into(), "appmon-t-b-1-1".into()],
+        );
+        assert!(
+            toml.contains("domains = [\"appmon-t-a-1-0\", \"appmon-t-b-1-1\"]\n"),
+            "{toml}"
+        );
+        assert!(toml.contains("uri = \"qemu:///system\"\n"), "{toml}");
+        assert!(
+            toml.contains("control_socket = \"/var/tmp/appmon-rig/run/t/1-2/host.sock\"\n"),
+            "{toml}"
+        );
+        assert!(
+            toml.contains("[defaults]\nfailure_interval = \"4s\"\n"),
+            "{toml}"
+        );
+        assert!(toml.contains("channel_timeout = \"30s\"\n"), "{toml}");
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(toml_string("x\ny"), "\"x\\u000Ay\"");
+    }
+
+    #[test]
+    fn enable_args_spell_the_policy_for_appmonctl() {
+        let p = MonitorPolicy::default()
+            .failure_interval(Duration::from_millis(3500))
+            .max_resets(2)
+            .reset_method(ResetMethod::PowerCycle);
+        assert_eq!(
+            p.enable_args().join(" "),
+            "--failure-interval 3500ms --min-uptime 15s --max-resets 2 --window 1h --reset-method power-cycle"
+        );
+    }
+
+    #[test]
+    fn status_json_of_appmonctl_is_read() {
+        let json = r#"{"name":"vm1","uuid":"u","monitored":true,"spec_error":null,"status":"green",
+            "enabled":true,"need_reset":false,"last_heartbeat_age_ms":120,"resets_in_window":1,
+            "gave_up":false,"alarm":null,"connected":true,"guest_boot_id":"b","guest_agent":"appmon-guest 0.1.0",
+            "domain_state":"running","transport":"hybrid vsock /x port 5315",
+            "policy":{"failure_interval_ms":4000,"min_uptime_ms":15000,"max_resets":3,"reset_window_ms":3600000,
+                      "reset_method":"reset","channel_timeout_ms":40000},
+            "history":[{"unix_ms":1,"level":"info","kind":"libvirt","text":"Started(Booted)"},
+                       {"unix_ms":2,"level":"warn","kind":"decision","text":"reset: heartbeats stopped (1 of 3 in the window)"},
+                       {"unix_ms":3,"level":"info","kind":"decision","text":"reset done (heartbeats stopped)"}],
+            "some_future_field":1}"#;
+        let s: VmStatus = serde_json::from_str(json).expect("parses");
+        assert!(s.is("green"));
+        assert_eq!(s.reset_decisions().len(), 1);
+        assert_eq!(s.last_boot_event().map(|h| h.unix_ms), Some(1));
+        assert!(MonitorPolicy::default().matches(s.policy.as_ref().expect("policy")));
+    }
+}
