@@ -191,3 +191,27 @@ sweep_test_leftovers() {
   done
   [ "$found" -eq 0 ]
 }
+
+# build_host_binaries: builds the host agent's binaries (appmon-host, appmonctl) and exports their
+# paths as APPMON_HOST_BIN and APPMONCTL_BIN, which the VM tests and the demo use. Honours
+# CARGO_TARGET_DIR like any cargo build.
+build_host_binaries() {
+  local json exe
+  command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup)"
+  if ! json=$(cd "$REPO_ROOT" && cargo build --locked -p appmon-host-agent --bins \
+    --message-format=json-render-diagnostics); then
+    die "building the host agent failed (cargo build --locked -p appmon-host-agent --bins; see the compiler output above)"
+  fi
+  APPMON_HOST_BIN=""
+  APPMONCTL_BIN=""
+  while IFS= read -r exe; do
+    case ${exe##*/} in
+      appmon-host) APPMON_HOST_BIN=$exe ;;
+      appmonctl) APPMONCTL_BIN=$exe ;;
+    esac
+  done < <(grep -o '"executable":"[^"]*"' <<<"$json" | sed 's/^"executable":"//; s/"$//')
+  [ -x "$APPMON_HOST_BIN" ] || die "cargo build -p appmon-host-agent --bins produced no appmon-host"
+  [ -x "$APPMONCTL_BIN" ] || die "cargo build -p appmon-host-agent --bins produced no appmonctl"
+  export APPMON_HOST_BIN APPMONCTL_BIN
+  log "host agent: $APPMON_HOST_BIN, $APPMONCTL_BIN"
+}
