@@ -46,7 +46,9 @@
 //! agent enables again. Reset method `reset` waits `channel_timeout` for the guest channel to
 //! come back (a Hello with a new boot id) and power-cycles if it does not. The same recovery
 //! applies when an enabled guest reboots by itself after its channel had been up. A reset that
-//! libvirt refuses is retried one failure interval later, still rate limited.
+//! libvirt refuses is retried one failure interval later, still rate limited. A guest that says
+//! Hello with a new boot id while the reset call is still in flight has rebooted and is back:
+//! libvirt's answer, when it comes, changes nothing of what the guest said since.
 //!
 //! **Migration**: the source sees the domain paused (no failures) and then gone (the supervisor
 //! drops it); the destination sees `Started(Migrated)` (paused, Gray) and `Resumed(Migrated)`
@@ -276,6 +278,12 @@ pub struct VmMachine {
     status_sent: Option<AppStatus>,
     /// Between a Hello and the guest's State: no status is pushed.
     awaiting_state: bool,
+    /// The guest's boot id when the reset in flight was issued.
+    boot_at_reset: Option<[u8; 16]>,
+    /// The guest said Hello with a boot id other than the one it had when the reset was issued,
+    /// while the reset was in flight: it rebooted and is back before libvirt's answer arrived,
+    /// and what it said since is fresh.
+    back_during_reset: bool,
 }
 
 impl VmMachine {
@@ -296,6 +304,8 @@ impl VmMachine {
             hello_since_boot: false,
             status_sent: None,
             awaiting_state: false,
+            boot_at_reset: None,
+            back_during_reset: false,
         }
     }
 
@@ -550,7 +560,24 @@ impl VmMachine {
             }
             Input::ResetDone => {
                 if let Pending::Resetting { method, cause } = self.pending {
-                    let old_boot = self.boot_id;
+                    if self.back_during_reset {
+                        // libvirt's answer comes after the rebooted guest's Hello and State
+                        // (the answer and the guest take different ways here): its state is
+                        // already the new boot's, and wiping it would lose an Enable.
+                        self.pending = Pending::Idle;
+                        self.booted_at = now;
+                        self.retry_at = None;
+                        Self::note(
+                            out,
+                            Level::Info,
+                            format!(
+                                "{} done ({cause}); the guest was back before libvirt answered",
+                                method.as_str()
+                            ),
+                        );
+                        return;
+                    }
+                    let old_boot = self.boot_at_reset;
                     self.guest_state_gone(now);
                     self.pending = match (method, &self.policy) {
                         (ResetMethod::Reset, Some(policy)) => Pending::AwaitingChannel {
@@ -730,6 +757,11 @@ impl VmMachine {
         self.channel_up = true;
         self.status_sent = None;
         self.awaiting_state = true;
+        if matches!(self.pending, Pending::Resetting { .. })
+            && self.boot_at_reset.is_some_and(|old| old != boot_id)
+        {
+            self.back_during_reset = true;
+        }
         self.hello_since_boot = true;
         let rebooted = self.boot_id.is_some_and(|old| old != boot_id);
         if let Pending::AwaitingChannel { old_boot, .. } = self.pending {
@@ -907,6 +939,8 @@ impl VmMachine {
             reason: reason.clone(),
         });
         self.pending = Pending::Resetting { method, cause };
+        self.boot_at_reset = self.boot_id;
+        self.back_during_reset = false;
         Self::note(
             out,
             Level::Warn,

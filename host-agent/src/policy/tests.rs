@@ -585,6 +585,50 @@ fn a_guest_that_talks_without_a_state_still_hears_its_status() {
     assert_eq!(pushed(&beat), vec![AppStatus::Green]);
 }
 
+#[test]
+fn a_guest_back_before_libvirts_answer_keeps_what_it_said_since() {
+    let mut sim = Sim::quick();
+    sim.auto_done = false;
+    sim.guest_enables(0, 1);
+    sim.at(5 * S, Input::PostAppState(AppState::NeedReset));
+    // The rebooted guest is back and enables before the reset call's result is in.
+    sim.at(6 * S, Input::ChannelClosed);
+    sim.at(7 * S, Input::GuestHello { boot_id: [2; 16] });
+    sim.feed(Input::GuestState(guest_state(false, None)));
+    sim.feed(Input::Enable);
+
+    sim.at(8 * S, Input::ResetDone);
+
+    assert!(sim.m.enabled());
+    assert_eq!(sim.m.pending(), Pending::Idle);
+    assert_eq!(sim.status(), Some(AppStatus::Green));
+    for t in (18..=200).step_by(10) {
+        sim.at(t * S, Input::Heartbeat);
+    }
+    assert_eq!(sim.resets().len(), 1, "no power-cycle: the channel is back");
+}
+
+#[test]
+fn a_mere_reconnect_during_a_reset_is_not_the_guest_coming_back() {
+    let mut sim = Sim::quick();
+    sim.auto_done = false;
+    sim.guest_enables(0, 1);
+    sim.at(5 * S, Input::PostAppState(AppState::NeedReset));
+    sim.at(6 * S, Input::ChannelClosed);
+    sim.at(7 * S, Input::GuestHello { boot_id: [1; 16] });
+    sim.feed(Input::GuestState(guest_state(true, Some(0))));
+
+    sim.at(8 * S, Input::ResetDone);
+
+    assert!(!sim.m.enabled(), "the reset still wipes the guest's state");
+    match sim.m.pending() {
+        Pending::AwaitingChannel { old_boot, .. } => assert_eq!(old_boot, Some([1; 16])),
+        other => panic!("{other:?}"),
+    }
+    sim.run_to(100 * S);
+    assert_eq!(sim.resets()[1].1, ResetMethod::PowerCycle);
+}
+
 fn guest_state(enabled: bool, age: Option<u64>) -> GuestState {
     GuestState {
         enabled,
@@ -688,6 +732,11 @@ struct Model {
     /// A reset was issued or an enabled guest rebooted, and no new boot id has said hello.
     awaiting_since: Option<Duration>,
     cleared_at: Option<Duration>,
+    /// The boot id when the reset in flight was issued...
+    boot_at_reset: Option<u8>,
+    /// ...and whether another one said hello before its result: the guest is back, and the
+    /// result wipes nothing.
+    back_during_reset: bool,
 }
 
 impl Model {
@@ -716,7 +765,8 @@ proptest! {
         let mut model = Model {
             phase: Phase::Running, spec: true, enabled: false, gray: true,
             activity: Duration::ZERO, need_reset: false, boot: None,
-            awaiting_since: None, cleared_at: None,
+            awaiting_since: None, cleared_at: None, boot_at_reset: None,
+            back_during_reset: false,
         };
         let mut now = Duration::ZERO;
         let mut resets: Vec<Duration> = Vec::new();
@@ -754,6 +804,8 @@ proptest! {
                     prop_assert!(in_window <= policy.max_resets as usize,
                         "{} resets in the window, max {}", in_window, policy.max_resets);
                     model.awaiting_since = None;
+                    model.boot_at_reset = model.boot;
+                    model.back_during_reset = false;
                     *in_flight = Some((ok, now + ms(delay)));
                 }
             }
@@ -773,9 +825,11 @@ proptest! {
                     Some((good, at)) if at <= now => {
                         in_flight = None;
                         if good {
-                            model.state_gone();
-                            if policy.reset_method == ResetMethod::Reset {
-                                model.awaiting_since = Some(now);
+                            if !model.back_during_reset {
+                                model.state_gone();
+                                if policy.reset_method == ResetMethod::Reset {
+                                    model.awaiting_since = Some(now);
+                                }
                             }
                             Input::ResetDone
                         } else {
@@ -852,6 +906,9 @@ proptest! {
                     Input::Policy(Some(policy.clone()))
                 }
                 Step::Hello(b) => {
+                    if in_flight.is_some() && model.boot_at_reset.is_some_and(|old| old != b) {
+                        model.back_during_reset = true;
+                    }
                     if model.boot.is_some_and(|old| old != b) && !model.gray {
                         model.state_gone();
                     }
