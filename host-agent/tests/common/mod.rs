@@ -19,7 +19,7 @@ use appmon_host_agent::config::Config;
 use appmon_host_agent::ctl;
 use appmon_libvirt_backend::testing::{PrivateLibvirtd, TestDomain, TestDriver};
 use appmon_libvirt_backend::{
-    BackendEvent, DomainRef, Hypervisor, LibvirtHypervisor, MonitorSpec, Transport,
+    BackendEvent, DomainEvent, DomainRef, Hypervisor, LibvirtHypervisor, MonitorSpec, Transport,
 };
 use clap::Parser;
 use tempfile::TempDir;
@@ -120,10 +120,27 @@ impl Lab {
         self.running_domain(&self.domain(short, spec))
     }
 
+    /// Defines and starts `domain`, and returns once libvirt has announced its start: a host
+    /// agent that connects afterwards finds it running, as one that starts long after its
+    /// domains. (Events are dispatched after the call that caused them returns, to every
+    /// callback registered by then: without the wait, a host agent connecting right away could
+    /// list the domain running and then receive its start as news.)
     pub fn running_domain(&self, domain: &TestDomain) -> DomainRef {
-        self.driver
+        let found = self
+            .driver
             .define_running(domain)
-            .unwrap_or_else(|e| panic!("define and start {}: {e}", domain.name))
+            .unwrap_or_else(|e| panic!("define and start {}: {e}", domain.name));
+        let started = |seen: &[appmon_libvirt_backend::testing::SeenEvent]| {
+            seen.iter()
+                .any(|e| matches!(e.of(&domain.name), Some(DomainEvent::Started(_))))
+        };
+        let seen = self.driver.wait_events(ms(5000), started);
+        assert!(
+            started(&seen),
+            "libvirt never announced the start of {}",
+            domain.name
+        );
+        found
     }
 
     /// The test config on this lab's libvirt, managing only this test's domains.
