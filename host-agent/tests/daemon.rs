@@ -231,21 +231,23 @@ async fn need_reset_resets_at_once_then_reset_falls_back_to_power_cycle() {
         "power-cycle {gap} ms after the reset"
     );
     assert!(history_has(&view, "did not come back"), "{view}");
-    // libvirt destroyed the domain and started it again.
+    // libvirt destroyed the domain and started it again (its events may come a little after
+    // the calls returned).
     let name = lab.name("vm");
+    let power_cycled = |events: &[DomainEvent]| {
+        events
+            .iter()
+            .position(|e| *e == DomainEvent::Stopped(ShutOffReason::Destroyed))
+            .is_some_and(|destroyed| {
+                events[destroyed..].contains(&DomainEvent::Started(StartedReason::Booted))
+            })
+    };
     let seen = lab.driver.wait_events(ms(3000), |s| {
-        s.iter()
-            .any(|e| e.of(&name) == Some(DomainEvent::Started(StartedReason::Booted)))
+        power_cycled(&s.iter().filter_map(|e| e.of(&name)).collect::<Vec<_>>())
     });
     let events: Vec<_> = seen.iter().filter_map(|e| e.of(&name)).collect();
-    let destroyed = events
-        .iter()
-        .position(|e| *e == DomainEvent::Stopped(ShutOffReason::Destroyed));
-    let started = events
-        .iter()
-        .rposition(|e| *e == DomainEvent::Started(StartedReason::Booted));
     assert!(
-        destroyed.is_some() && started > destroyed,
+        power_cycled(&events),
         "libvirt's events of {name}: {events:?}"
     );
     host.stop().await;
