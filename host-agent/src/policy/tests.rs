@@ -391,6 +391,24 @@ fn channel_timeout_falls_back_to_power_cycle() {
 }
 
 #[test]
+fn fallback_power_cycle_completes_the_reset_without_a_slot_of_its_own() {
+    let mut sim = Sim::new(Policy {
+        min_uptime: Duration::ZERO,
+        max_resets: 1,
+        channel_timeout: ms(5 * S),
+        ..Policy::default()
+    });
+    sim.guest_enables(0, 1);
+    sim.feed(Input::PostAppState(AppState::NeedReset));
+    sim.run_to(10 * S);
+    let resets = sim.resets();
+    assert_eq!(resets.len(), 2, "the reset and its power-cycle: {resets:?}");
+    assert_eq!(resets[1].2, ResetCause::ChannelLostAfterReset);
+    assert_eq!(sim.m.resets_in_window(ms(10 * S)), 1);
+    assert!(sim.m.alarm().is_none(), "one remedy, not two: no alarm");
+}
+
+#[test]
 fn channel_back_with_new_boot_id_cancels_the_fallback() {
     let mut sim = Sim::new(Policy {
         min_uptime: Duration::ZERO,
@@ -737,6 +755,8 @@ struct Model {
     /// ...and whether another one said hello before its result: the guest is back, and the
     /// result wipes nothing.
     back_during_reset: bool,
+    /// The last reset issued was an in-place `reset`, which a fallback power-cycle may complete.
+    after_plain_reset: bool,
 }
 
 impl Model {
@@ -766,7 +786,7 @@ proptest! {
             phase: Phase::Running, spec: true, enabled: false, gray: true,
             activity: Duration::ZERO, need_reset: false, boot: None,
             awaiting_since: None, cleared_at: None, boot_at_reset: None,
-            back_during_reset: false,
+            back_during_reset: false, after_plain_reset: false,
         };
         let mut now = Duration::ZERO;
         let mut resets: Vec<Duration> = Vec::new();
@@ -777,7 +797,7 @@ proptest! {
                          resets: &mut Vec<Duration>, in_flight: &mut Option<(bool, Duration)>,
                          ok: bool, delay: u64| -> Result<(), TestCaseError> {
             for a in actions {
-                if let Action::Reset { cause, .. } = a {
+                if let Action::Reset { method, cause } = a {
                     prop_assert!(model.spec, "reset without a spec");
                     prop_assert_eq!(model.phase, Phase::Running, "reset while not running");
                     prop_assert!(in_flight.is_none(), "two resets in flight");
@@ -796,7 +816,16 @@ proptest! {
                                 "channel recovery without a wait: {:?}", since);
                         }
                     }
-                    resets.push(now);
+                    // The power-cycle that completes a reset is part of that reset's attempt;
+                    // every other reset is an attempt of its own.
+                    if *cause == ResetCause::ChannelLostAfterReset {
+                        prop_assert!(model.after_plain_reset,
+                            "a fallback power-cycle without an in-place reset before it");
+                    } else {
+                        resets.push(now);
+                    }
+                    model.after_plain_reset = *method == ResetMethod::Reset
+                        && *cause != ResetCause::ChannelLostAfterReset;
                     let since_clear = model.cleared_at.unwrap_or(Duration::ZERO);
                     let in_window = resets.iter()
                         .filter(|&&t| t >= since_clear && now.saturating_sub(t) < policy.reset_window)
