@@ -1,6 +1,7 @@
 //! The `appmon` command: vSphere's application-monitoring verbs for scripts, and `status` for
 //! operators. It speaks to the local agent through [`crate::client`].
 
+use appmon_wire::report::error_chain;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,7 +104,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     match execute(&mut client, &cli.verb, out, err) {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(err, "appmon: {}", crate::error_chain(&e));
+            let _ = writeln!(err, "appmon: {}", error_chain(&e));
             e.exit_code()
         }
     }

@@ -21,6 +21,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use appmon_wire::report::{locate, TextPosition};
 use serde::{Deserialize, Deserializer};
 
 /// Where the daemon reads its configuration unless `--config` says otherwise.
@@ -152,10 +153,7 @@ impl Config {
     /// Parses `text`; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column, key) = match e.span() {
-                Some(span) => locate(text, span.start),
-                None => (1, 1, None),
-            };
+            let TextPosition { line, column, key } = locate(text, e.span().map_or(0, |s| s.start));
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
@@ -185,34 +183,6 @@ impl Config {
     pub fn same_api_socket(&self, other: &Config) -> bool {
         self.socket == other.socket
     }
-}
-
-/// Line and column (1-based) of byte `at`, and the key of the `key = value` line it is on.
-fn locate(text: &str, at: usize) -> (usize, usize, Option<String>) {
-    let mut at = at.min(text.len());
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    let line_text = text[line_start..].lines().next().unwrap_or("");
-    (line, column, key_of_line(line_text))
-}
-
-/// The bare or quoted key of a `key = value` line.
-fn key_of_line(line: &str) -> Option<String> {
-    let line = line.trim_start();
-    let key = if let Some(rest) = line.strip_prefix('"') {
-        rest.split('"').next()?
-    } else {
-        let end = line
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
-            .unwrap_or(line.len());
-        &line[..end]
-    };
-    (!key.is_empty()).then(|| key.to_owned())
 }
 
 fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -417,13 +387,6 @@ log_level = "debug"
         let path = dir.path().join("absent.toml");
         let err = Config::load(&path).expect_err("missing");
         assert!(err.to_string().contains("absent.toml"), "{err}");
-    }
-
-    #[test]
-    fn key_of_line_reads_bare_and_quoted_keys() {
-        assert_eq!(key_of_line("  port = 1").as_deref(), Some("port"));
-        assert_eq!(key_of_line("\"odd key\" = 1").as_deref(), Some("odd key"));
-        assert_eq!(key_of_line("= 1"), None);
     }
 
     #[test]

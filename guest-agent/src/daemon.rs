@@ -6,6 +6,7 @@
 //! their queues, answers to applications through one-shot channels, closes), sleeps until the
 //! machine's next deadline, and handles reload and shutdown. Nothing else touches the state.
 
+use appmon_wire::report::error_chain;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -303,7 +304,7 @@ impl Daemon {
         let new = match Config::load(&path) {
             Ok(new) => new,
             Err(e) => {
-                error!(error = %crate::error_chain(&e), "configuration not reloaded; keeping the running one");
+                error!(error = %error_chain(&e), "configuration not reloaded; keeping the running one");
                 return;
             }
         };
@@ -319,13 +320,13 @@ impl Daemon {
                 api.stop();
             }
             if let Err(e) = self.start_api(&new) {
-                error!(error = %crate::error_chain(&e), "local API socket not moved; applications cannot reach the agent");
+                error!(error = %error_chain(&e), "local API socket not moved; applications cannot reach the agent");
             }
         } else if old.socket_mode != new.socket_mode || old.socket_group != new.socket_group {
             if let Err(e) =
                 local::set_access(&new.socket, new.socket_mode, new.socket_group.as_deref())
             {
-                error!(error = %crate::error_chain(&e), "local API socket access not changed");
+                error!(error = %error_chain(&e), "local API socket access not changed");
             }
         }
         if !old.same_host_transports(&new) {
@@ -375,7 +376,7 @@ impl Daemon {
                 }
             }
             if let Err(e) = self.start_host_transport(transport, new) {
-                error!(error = %crate::error_chain(&e), ?transport, "host transport not started");
+                error!(error = %error_chain(&e), ?transport, "host transport not started");
             }
         }
     }

@@ -37,15 +37,3 @@ pub mod transport;
 pub fn agent_name() -> String {
     format!("appmon-guest {}", env!("CARGO_PKG_VERSION"))
 }
-
-/// An error and its sources, joined with ": ", as the binaries print it once.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}

@@ -10,6 +10,7 @@
 //! to their infrastructure, so tests and benches use the Unix-socket host listener, which
 //! behaves exactly like the vsock one.
 
+use appmon_wire::report::error_chain;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -211,7 +212,7 @@ pub async fn serve_serial(path: PathBuf, inputs: mpsc::Sender<Input>) {
                 )
                 .await;
             }
-            Err(e) => warn!(error = %crate::error_chain(&e), "virtio-serial port unavailable"),
+            Err(e) => warn!(error = %error_chain(&e), "virtio-serial port unavailable"),
         }
         if inputs.is_closed() {
             return;
@@ -245,7 +246,7 @@ pub async fn run_link<S>(
                 Some(LinkCmd::Send(frame)) => {
                     match tokio::time::timeout(WRITE_TIMEOUT, framed.send(frame)).await {
                         Ok(Ok(())) => {}
-                        Ok(Err(e)) => break format!("write failed: {}", crate::error_chain(&e)),
+                        Ok(Err(e)) => break format!("write failed: {}", error_chain(&e)),
                         Err(_) => break "the host did not read for 5 s".to_owned(),
                     }
                 }
@@ -253,7 +254,7 @@ pub async fn run_link<S>(
                     let resync = async {
                         SinkExt::<Frame<GuestMsg>>::flush(&mut framed)
                             .await
-                            .map_err(|e| crate::error_chain(&e))?;
+                            .map_err(|e| error_chain(&e))?;
                         let port = framed.get_mut();
                         port.write_all(&[DELIMITER]).await.map_err(|e| e.to_string())?;
                         port.flush().await.map_err(|e| e.to_string())

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use appmon_libvirt_backend::spec::parse_duration;
 use appmon_libvirt_backend::{MonitorSpec, ResetMethod};
+use appmon_wire::report::{locate, TextPosition};
 use serde::{Deserialize, Deserializer};
 
 use crate::policy::Policy;
@@ -196,7 +197,7 @@ impl Config {
     /// Parses `text`; `file` is for error messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column, key) = locate(text, e.span());
+            let TextPosition { line, column, key } = locate(text, e.span().map_or(0, |s| s.start));
             ConfigError::Parse {
                 file: file.to_path_buf(),
                 line,
@@ -267,27 +268,6 @@ impl Config {
             channel_timeout: self.channel_timeout,
         }
     }
-}
-
-/// Line and column (1-based) of a byte span, and the key on that line if there is one.
-fn locate(text: &str, span: Option<std::ops::Range<usize>>) -> (usize, usize, Option<String>) {
-    let Some(span) = span else {
-        return (1, 1, None);
-    };
-    let mut start = span.start.min(text.len());
-    while !text.is_char_boundary(start) {
-        start -= 1;
-    }
-    let before = &text[..start];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    let line_text = text[line_start..].lines().next().unwrap_or("");
-    let key = line_text
-        .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"').to_string())
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
-    (line, column, key)
 }
 
 /// Shell-style matching of `*` (any run) and `?` (any one character).

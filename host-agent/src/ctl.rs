@@ -14,8 +14,8 @@ use appmon_wire::DEFAULT_VSOCK_PORT;
 use clap::{Args, Parser, Subcommand};
 
 use crate::control::{self, WireRequest};
-use crate::persist::error_chain;
 use crate::supervisor::{ControlResponse, ErrorKind, VmView};
+use appmon_wire::report::error_chain;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;

@@ -7,8 +7,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::control::{self, ControlError};
-use crate::persist::{error_chain, PersistError, StateDir};
+use crate::persist::{PersistError, StateDir};
 use crate::supervisor::{Inputs, Supervisor};
+use appmon_wire::report::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appmon_host_agent::config::{Config, DEFAULT_CONFIG_PATH};
-use appmon_host_agent::persist::error_chain;
 use appmon_libvirt_backend::LibvirtHypervisor;
+use appmon_wire::report::error_chain;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};

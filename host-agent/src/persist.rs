@@ -7,6 +7,7 @@
 //! monotonic clock. A file that cannot be read is logged, kept aside as
 //! `<uuid>.json.broken-<unix ms>` and taken as empty for that VM only.
 
+use appmon_wire::report::error_chain;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -241,18 +242,6 @@ pub fn unix_ms_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// An error with its sources, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -333,7 +333,7 @@ pub async fn run(
             }
             Err(e) => {
                 failures += 1;
-                let text = crate::persist::error_chain(&e);
+                let text = appmon_wire::report::error_chain(&e);
                 if failures == 1 {
                     tracing::warn!(domain, error = %text, "cannot reach the guest agent; retrying");
                 } else {
@@ -429,7 +429,10 @@ where
             match timeout(limits.write_timeout, writer.send($frame)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    return End::Reason(format!("write failed: {}", crate::persist::error_chain(&e)))
+                    return End::Reason(format!(
+                        "write failed: {}",
+                        appmon_wire::report::error_chain(&e)
+                    ))
                 }
                 Err(_) => {
                     return End::Reason(format!(
@@ -485,10 +488,10 @@ where
                         continue;
                     }
                     Err(e) if is_stream => {
-                        return End::Reason(format!("bad frame: {}", crate::persist::error_chain(&e)))
+                        return End::Reason(format!("bad frame: {}", appmon_wire::report::error_chain(&e)))
                     }
                     Err(e) => {
-                        tracing::warn!(domain, error = %crate::persist::error_chain(&e), "bad frame on the channel skipped");
+                        tracing::warn!(domain, error = %appmon_wire::report::error_chain(&e), "bad frame on the channel skipped");
                         continue;
                     }
                 };

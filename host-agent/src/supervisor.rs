@@ -32,12 +32,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::persist::{error_chain, unix_ms_now, AlarmEntry, ResetEntry, VmRecord, Writer};
+use crate::persist::{unix_ms_now, AlarmEntry, ResetEntry, VmRecord, Writer};
 use crate::policy::{Action, Alarm, Input, Level, Monitoring, ResetRecord, VmMachine};
 use crate::session::{
     self, ChannelLookup, Endpoint, GuestRequest, HostCmd, SessionConfig, SessionEvent, SessionMsg,
     VmId,
 };
+use appmon_wire::report::error_chain;
 
 /// How far the monotonic clock starts after zero, so that resets loaded from the state
 /// directory (in the past) still have a place on it.

@@ -60,7 +60,7 @@ impl GuestAgent {
                         daemon.run().await;
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(appmon_guest_agent::error_chain(&e)));
+                        let _ = tx.send(Err(appmon_wire::report::error_chain(&e)));
                     }
                 }
             });

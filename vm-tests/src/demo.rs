@@ -95,6 +95,6 @@ impl TestVm {
     /// guest's diagnostics.
     pub fn demo_command(&self, command: &str) -> String {
         self.try_demo_command(command, DEMO_COMMAND_TIMEOUT)
-            .unwrap_or_else(|e| self.fail(crate::vm::error_chain(&e)))
+            .unwrap_or_else(|e| self.fail(appmon_wire::report::error_chain(&e)))
     }
 }

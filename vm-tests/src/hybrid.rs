@@ -15,8 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Longest `OK <port>\n` line accepted: "OK " + 10 digits + "\n" is 14 bytes.
-const MAX_OK_LINE: usize = 16;
+use appmon_wire::hybrid::MAX_OK_LINE;
 
 /// Default bound for connect + handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,7 +104,8 @@ pub fn hybrid_connect_timeout(
             reply: String::from_utf8_lossy(&partial).into_owned(),
         },
     })?;
-    if parse_ok_line(&line).is_none() {
+    let text = line.strip_suffix(b"\n").unwrap_or(&line);
+    if appmon_wire::hybrid::parse_ok_line(text).is_err() {
         return Err(HybridConnectError::BadReply {
             path,
             port,
@@ -160,48 +160,11 @@ fn read_ok_line(stream: &mut UnixStream, deadline: Instant) -> Result<Vec<u8>, O
     }
 }
 
-/// Parses `OK <port>\n` and returns the port. Anything else is `None`.
-pub fn parse_ok_line(line: &[u8]) -> Option<u32> {
-    let rest = line.strip_prefix(b"OK ")?.strip_suffix(b"\n")?;
-    if rest.is_empty() || !rest.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(rest).ok()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
     use std::thread;
-
-    #[test]
-    fn parse_ok_line_accepts_ok_and_port() {
-        assert_eq!(parse_ok_line(b"OK 5315\n"), Some(5315));
-        assert_eq!(parse_ok_line(b"OK 4294967295\n"), Some(u32::MAX));
-    }
-
-    #[test]
-    fn parse_ok_line_rejects_everything_else() {
-        for bad in [
-            &b"OK 5315"[..],
-            b"OK \n",
-            b"OK -1\n",
-            b"OK 4294967296\n",
-            b"ok 5315\n",
-            b"OK  5315\n",
-            b"OK 53a5\n",
-            b"NO 5315\n",
-            b"\n",
-        ] {
-            assert_eq!(
-                parse_ok_line(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 
     /// A fake backend that answers the CONNECT line with `reply` in the same write as the guest's
     /// first bytes, as a real backend may.

@@ -11,6 +11,7 @@
 //! backend's log and QEMU's log: a panic is how a VM test fails, and that is what one reads
 //! first.
 
+use appmon_wire::report::error_chain;
 use std::fmt::Display;
 use std::fs::{self, File};
 use std::io;
@@ -827,17 +828,6 @@ fn file_tail(path: &Path, lines: usize) -> String {
     }
 }
 
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -861,18 +851,6 @@ mod tests {
         assert_eq!(
             c.cmdline(),
             "console=ttyS0 panic=-1 quiet appmon.demo=\"beat 5\" appmon.skip=appmon-guest"
-        );
-    }
-
-    #[test]
-    fn error_chain_includes_sources() {
-        let e = HybridConnectError::Connect {
-            path: "/x".into(),
-            source: io::Error::new(io::ErrorKind::NotFound, "gone"),
-        };
-        assert_eq!(
-            error_chain(&e),
-            "cannot connect to hybrid-vsock socket /x: gone"
         );
     }
 }

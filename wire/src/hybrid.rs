@@ -106,6 +106,9 @@ mod tests {
             b"OK +5",
             b"OK 5 ",
             b"OK 99999999999",
+            b"OK 4294967296",
+            b"OK  5315",
+            b"OK 53a5",
             b"NOK 5",
             b"OK \xff",
         ] {

@@ -50,12 +50,14 @@
 //! - [`cobs`]: the byte stuffing under the frames.
 //! - [`handshake`]: the `Hello` negotiation and boot ids.
 //! - [`hybrid`]: the `CONNECT`/`OK` handshake of hybrid vsock.
+//! - [`report`]: how appmon's programs report errors (shared by every binary).
 
 pub mod cobs;
 pub mod frame;
 pub mod handshake;
 pub mod hybrid;
 pub mod message;
+pub mod report;
 
 pub use frame::{
     decode_all, encode_frame, EncodeError, Frame, FrameCodec, FrameError, GuestCodec, HostCodec,

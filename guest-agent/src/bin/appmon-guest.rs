@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use appmon_guest_agent::config::{Config, DEFAULT_CONFIG_PATH};
-use appmon_guest_agent::{daemon, error_chain, logging};
+use appmon_guest_agent::{daemon, logging};
+use appmon_wire::report::error_chain;
 use clap::Parser;
 
 /// The appmon guest agent: serves the host agent over vsock (or virtio-serial) and
