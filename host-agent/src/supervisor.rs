@@ -478,7 +478,12 @@ impl Supervisor {
         let Some(vm) = self.vms.get(&id) else {
             return;
         };
-        let record = VmRecord {
+        self.writer.save(self.record(vm));
+    }
+
+    /// What is kept of a VM across restarts: its resets in the window and its alarm.
+    fn record(&self, vm: &Vm) -> VmRecord {
+        VmRecord {
             uuid: vm.domain.uuid.clone(),
             name: vm.domain.name.clone(),
             resets: vm
@@ -494,8 +499,7 @@ impl Supervisor {
                 unix_ms: self.clock.wall_ms(a.at),
                 reason: a.reason.clone(),
             }),
-        };
-        self.writer.save(record);
+        }
     }
 
     // ---- libvirt ----
@@ -806,26 +810,8 @@ impl Supervisor {
             tracing::info!(domain = %vm.domain.name, "{why}: no longer monitored here");
             self.by_uuid.remove(&vm.domain.uuid);
             // Keep its reset history for a later return (a migration back).
-            self.persisted.insert(
-                vm.domain.uuid.clone(),
-                VmRecord {
-                    uuid: vm.domain.uuid.clone(),
-                    name: vm.domain.name.clone(),
-                    resets: vm
-                        .machine
-                        .resets()
-                        .map(|r| ResetEntry {
-                            unix_ms: self.clock.wall_ms(r.at),
-                            method: r.method.as_str().into(),
-                            reason: r.reason.clone(),
-                        })
-                        .collect(),
-                    alarm: vm.machine.alarm().map(|a| AlarmEntry {
-                        unix_ms: self.clock.wall_ms(a.at),
-                        reason: a.reason.clone(),
-                    }),
-                },
-            );
+            let record = self.record(&vm);
+            self.persisted.insert(vm.domain.uuid.clone(), record);
         }
     }
 
