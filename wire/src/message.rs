@@ -474,6 +474,8 @@ pub trait WireMessage: Serialize + serde::de::DeserializeOwned + std::fmt::Debug
     /// kind number alone on the wire, so the codec can skip serde for it: heartbeats are the
     /// most frequent frames there are.
     fn unit(kind: u32) -> Option<Self>;
+    /// Whether [`WireMessage::unit`] has a message for `kind`, without making (and dropping) it.
+    fn is_unit(kind: u32) -> bool;
 }
 
 macro_rules! wire_message {
@@ -498,6 +500,10 @@ macro_rules! wire_message {
                     return Some($ty::$unit);
                 })*
                 None
+            }
+
+            fn is_unit(kind: u32) -> bool {
+                $(kind == $ty::$unit.kind())||*
             }
         }
     };

@@ -434,6 +434,20 @@ proptest! {
 
 #[test]
 fn unit_kinds_are_exactly_the_fieldless_variants() {
+    for kind in 0..GuestMsg::KINDS + 2 {
+        assert_eq!(
+            GuestMsg::is_unit(kind),
+            GuestMsg::unit(kind).is_some(),
+            "kind {kind}"
+        );
+    }
+    for kind in 0..HostMsg::KINDS + 2 {
+        assert_eq!(
+            HostMsg::is_unit(kind),
+            HostMsg::unit(kind).is_some(),
+            "kind {kind}"
+        );
+    }
     for kind in 0..GuestMsg::KINDS {
         if let Some(msg) = GuestMsg::unit(kind) {
             assert_eq!(msg.kind(), kind);
