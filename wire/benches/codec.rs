@@ -122,7 +122,7 @@ fn postcard_round_trip(
         matches!(&item, Ok(Some(Ok(_)))),
         "round trip failed: {item:?}"
     );
-    black_box(item);
+    drop(black_box(item));
 }
 
 #[inline(never)]
@@ -136,7 +136,7 @@ fn json_round_trip(buf: &mut Vec<u8>, f: &Frame<GuestMsg>) {
         .expect("line delimiter");
     let item = serde_json::from_slice::<Frame<GuestMsg>>(&buf[..end]);
     assert!(item.is_ok(), "round trip failed: {item:?}");
-    black_box(item);
+    drop(black_box(item));
 }
 
 #[inline(never)]
@@ -146,7 +146,7 @@ fn protobuf_round_trip(buf: &mut BytesMut, f: &Frame<GuestMsg>) {
     to_pb(f).encode_length_delimited(buf).expect("encodes");
     let item = pb::Frame::decode_length_delimited(buf.chunk());
     assert!(item.is_ok(), "round trip failed: {item:?}");
-    black_box(item);
+    drop(black_box(item));
 }
 
 /// Total time and iterations per (message, format), from criterion's own samples.
