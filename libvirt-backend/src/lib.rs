@@ -108,8 +108,9 @@ pub struct DomainInfo {
     /// The `<appmon:monitor>` element: `Ok(None)` when there is none (the domain is never
     /// touched), `Err` when it is there but broken (logged; the domain is left alone).
     pub spec: Result<Option<MonitorSpec>, SpecError>,
-    /// `<devices><vsock><cid address=.../>` of the live XML, for kernel vhost-vsock. `None`
-    /// also when the XML cannot be read (logged with the domain's name).
+    /// `<devices><vsock><cid address=.../>` of the live XML, read only for a spec whose
+    /// kernel-vsock transport names no CID of its own. `None` for every other domain, and when
+    /// the XML has no usable CID (logged with the domain's name).
     pub vsock_cid: Option<u32>,
 }
 

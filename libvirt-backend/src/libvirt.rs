@@ -38,7 +38,7 @@ use crate::domxml;
 use crate::events::{self, CloseWatch, DomainEventRegistration, EventSink};
 use crate::{
     BackendError, BackendEvent, DomainInfo, DomainRef, DomainState, Hypervisor, LibvirtError,
-    MonitorSpec, PausedReason, RunningReason, ShutOffReason, METADATA_KEY, METADATA_URI,
+    MonitorSpec, PausedReason, RunningReason, ShutOffReason, Transport, METADATA_KEY, METADATA_URI,
 };
 
 /// The URI the host agent connects to unless configured otherwise.
@@ -417,13 +417,26 @@ impl Shared {
             Err(e) if error_code(&e) == sys::VIR_ERR_NO_DOMAIN_METADATA => Ok(None),
             Err(e) => return Err(fail("read metadata", &name, e)),
         };
-        let xml = dom.xml_desc(0).map_err(|e| fail("read XML", &name, e))?;
-        let vsock_cid = match domxml::vsock_cid(&xml) {
-            Ok(cid) => cid,
-            Err(e) => {
-                tracing::warn!(domain = %name, error = %ErrorChain(&e), "cannot read the vsock CID from the domain XML");
-                None
+        // Only a kernel-vsock spec without its own CID needs the one in the domain XML; the
+        // XML is the largest thing libvirt hands out per domain, and most domains are not that.
+        let needs_cid = matches!(
+            &spec,
+            Ok(Some(MonitorSpec {
+                transport: Transport::Vsock { cid: None, .. },
+                ..
+            }))
+        );
+        let vsock_cid = if needs_cid {
+            let xml = dom.xml_desc(0).map_err(|e| fail("read XML", &name, e))?;
+            match domxml::vsock_cid(&xml) {
+                Ok(cid) => cid,
+                Err(e) => {
+                    tracing::warn!(domain = %name, error = %ErrorChain(&e), "cannot read the vsock CID from the domain XML");
+                    None
+                }
             }
+        } else {
+            None
         };
         Ok(DomainInfo {
             domain: DomainRef { uuid, name },
@@ -435,8 +448,8 @@ impl Shared {
 }
 
 impl Hypervisor for LibvirtHypervisor {
-    /// virConnectListAllDomains, then per domain virDomainGetState, virDomainGetMetadata and
-    /// virDomainGetXMLDesc. A domain that vanishes meanwhile is left out; one that cannot be
+    /// virConnectListAllDomains, then per domain virDomainGetState, virDomainGetMetadata and,
+    /// for a kernel-vsock spec that leaves the CID to the domain, virDomainGetXMLDesc. A domain that vanishes meanwhile is left out; one that cannot be
     /// read for another reason is logged and left out; a lost connection fails the listing.
     fn list_domains(&self) -> Result<Vec<DomainInfo>, BackendError> {
         let shared = &self.shared;

@@ -167,7 +167,7 @@ fn domain_ref(name: &str, uuid: &str) -> DomainRef {
 }
 
 #[test]
-fn listing_reads_states_specs_and_vsock_cid() {
+fn listing_reads_states_and_specs() {
     let node = standard_node();
     let (hv, _events) = open(&node.uri);
 
@@ -177,7 +177,8 @@ fn listing_reads_states_specs_and_vsock_cid() {
     let good = info(&infos, "good");
     assert_eq!(good.domain, domain_ref("good", GOOD));
     assert!(matches!(good.state, DomainState::Running(_)), "{good:?}");
-    assert_eq!(good.vsock_cid, Some(7));
+    // Its spec reaches the guest through hybrid vsock: the CID is not its business.
+    assert_eq!(good.vsock_cid, None);
     let spec = good.spec.clone().expect("good spec").expect("present");
     assert_eq!(spec.failure_interval, Some(Duration::from_secs(10)));
     assert_eq!(
@@ -194,6 +195,51 @@ fn listing_reads_states_specs_and_vsock_cid() {
         info(&infos, "off").state,
         DomainState::ShutOff(ShutOffReason::Other)
     );
+}
+
+#[test]
+fn the_vsock_cid_is_read_where_a_kernel_vsock_spec_leaves_it_to_the_domain() {
+    let vsock = "<vsock model='virtio'><cid auto='no' address='9'/></vsock>";
+    let spec = |transport: &str| {
+        format!("<appmon:monitor xmlns:appmon='{METADATA_URI}'>{transport}</appmon:monitor>")
+    };
+    let node = Node::new(&[
+        TestDomain {
+            metadata: Some(spec("<appmon:vsock/>")),
+            devices: vsock.into(),
+            ..TestDomain::new("from-domain", GOOD)
+        },
+        TestDomain {
+            metadata: Some(spec("<appmon:vsock cid='12'/>")),
+            devices: vsock.into(),
+            ..TestDomain::new("own-cid", BROKEN)
+        },
+        TestDomain {
+            devices: vsock.into(),
+            ..TestDomain::new("unmonitored", PLAIN)
+        },
+        TestDomain {
+            metadata: Some(spec("<appmon:vsock/>")),
+            ..TestDomain::new("no-device", OFF)
+        },
+    ]);
+    let (hv, _events) = open(&node.uri);
+
+    let infos = hv.list_domains().expect("list");
+
+    assert_eq!(info(&infos, "from-domain").vsock_cid, Some(9));
+    assert_eq!(hv.domain("from-domain").expect("found").vsock_cid, Some(9));
+    let own = info(&infos, "own-cid");
+    assert_eq!(own.vsock_cid, None, "its spec names CID 12: {own:?}");
+    assert!(matches!(
+        own.spec,
+        Ok(Some(MonitorSpec {
+            transport: Transport::Vsock { cid: Some(12), .. },
+            ..
+        }))
+    ));
+    assert_eq!(info(&infos, "unmonitored").vsock_cid, None);
+    assert_eq!(info(&infos, "no-device").vsock_cid, None);
 }
 
 #[test]
