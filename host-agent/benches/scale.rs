@@ -4,7 +4,7 @@
 //! against libvirt out of process: a private libvirtd serving the test driver with a generated
 //! node file of N domains, each carrying `<appmon:monitor>` metadata whose hybrid-vsock
 //! transport points at the guest farm. So the domains are found the way production finds them
-//! (virConnectListAllDomains, then state, metadata and XML per domain over libvirt's RPC), and
+//! (virConnectListAllDomains, then state and metadata per domain over libvirt's RPC), and
 //! libvirt's memory stays in libvirtd, out of the host agent's RSS. The guests run in a child
 //! process (this binary re-executed as a "farm"): real Unix-socket peers behind one hybrid-vsock
 //! socket speaking the real protocol, told apart by their `CONNECT <port>`.
@@ -247,7 +247,7 @@ fn main() {
         window.as_secs()
     );
     println!(
-        "libvirt: connection {:.2} s (libvirtd reads the node file), first listing {} (virConnectListAllDomains + state, metadata, XML per domain)",
+        "libvirt: connection {:.2} s (libvirtd reads the node file), first listing {} (virConnectListAllDomains + state and metadata per domain)",
         open_time.as_secs_f64(),
         listing_time
             .map(|t| format!("{:.2} s", t.as_secs_f64()))
