@@ -1,5 +1,5 @@
-//! A hostile guest cannot hurt the host: garbage, oversized frames, floods and a silent peer
-//! each lose their own session (logged in their history), while well-behaved guests beside them
+//! A hostile guest cannot hurt the host: garbage, oversized frames, floods, a silent peer and
+//! one that never reads what the host writes each lose their own session (logged in their history), while well-behaved guests beside them
 //! keep their timing and a silent one among them is still reset on time.
 
 mod common;
@@ -21,6 +21,7 @@ enum Hostility {
     Flood,
     Silent,
     SlowWriter,
+    NonReader,
 }
 
 async fn hybrid_ok(s: &mut UnixStream) -> std::io::Result<()> {
@@ -102,6 +103,40 @@ async fn hostile_peer(path: &Path, kind: Hostility) -> tokio::task::JoinHandle<(
                             tokio::time::sleep(ms(100)).await;
                         }
                     }
+                    Hostility::NonReader => {
+                        // Takes the host's Hello, then only writes: pings below the flood
+                        // limit, each asking for a Pong it never reads, until the host's writes
+                        // stall on the full socket buffer and it gives up on the session.
+                        let mut framed = Framed::new(s, GuestCodec::new());
+                        if !matches!(
+                            framed.next().await,
+                            Some(Ok(Ok(Frame {
+                                msg: HostMsg::Hello(_),
+                                ..
+                            })))
+                        ) {
+                            return;
+                        }
+                        let hello = Hello::new("deaf", [9; 16], Capabilities::HEARTBEAT);
+                        if framed
+                            .send(Frame::event(GuestMsg::Hello(hello)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        // At most a minute at 45 frames/s (the limit here is 50/s).
+                        for id in 1..=2700u32 {
+                            if framed
+                                .send(Frame::request(id, GuestMsg::Ping))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            tokio::time::sleep(ms(22)).await;
+                        }
+                    }
                     Hostility::Silent => {
                         // Connects and then neither reads nor writes.
                         std::future::pending::<()>().await;
@@ -123,6 +158,7 @@ async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
         ("flood", Hostility::Flood),
         ("silent", Hostility::Silent),
         ("slow", Hostility::SlowWriter),
+        ("deaf", Hostility::NonReader),
     ] {
         let path = lab.sock(name);
         tasks.push(hostile_peer(&path, kind).await);
@@ -139,6 +175,7 @@ async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
     config.session.max_frame = 4096;
     config.session.frames_per_second = 50;
     config.session.burst = 100;
+    config.session.write_timeout = ms(300);
     let host = lab.start_host(config).await;
 
     for g in &good {
@@ -150,9 +187,11 @@ async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
         ("flood", "floods"),
         ("silent", "no Hello within"),
         ("slow", "no Hello within"),
+        // Some hundred unread Pongs fill a Unix socket's send buffer: seconds at 45/s.
+        ("deaf", "guest does not read: a write took more than 300 ms"),
     ] {
         let view = host
-            .wait_show(&lab.name(name), ms(5000), |v| history_has(v, needle))
+            .wait_show(&lab.name(name), ms(30_000), |v| history_has(v, needle))
             .await;
         assert!(history_has(&view, needle), "{name}: {view}");
         assert_eq!(view["enabled"], false);
@@ -183,6 +222,7 @@ async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
         "flood",
         "silent",
         "slow",
+        "deaf",
         "good1",
         "good3",
     ] {
