@@ -34,6 +34,31 @@ async fn hybrid_ok(s: &mut UnixStream) -> std::io::Result<()> {
     s.write_all(b"OK 1\n").await
 }
 
+/// Takes the host's Hello and answers with a valid one as agent `agent`; `None` when the host
+/// did not greet or the answer could not be written.
+async fn greeted(
+    s: UnixStream,
+    agent: &str,
+    boot_byte: u8,
+) -> Option<Framed<UnixStream, GuestCodec>> {
+    let mut framed = Framed::new(s, GuestCodec::new());
+    if !matches!(
+        framed.next().await,
+        Some(Ok(Ok(Frame {
+            msg: HostMsg::Hello(_),
+            ..
+        })))
+    ) {
+        return None;
+    }
+    let hello = Hello::new(agent, [boot_byte; 16], Capabilities::HEARTBEAT);
+    framed
+        .send(Frame::event(GuestMsg::Hello(hello)))
+        .await
+        .ok()?;
+    Some(framed)
+}
+
 async fn hostile_peer(path: &Path, kind: Hostility) -> tokio::task::JoinHandle<()> {
     let listener = UnixListener::bind(path).expect("bind");
     tokio::spawn(async move {
@@ -60,24 +85,9 @@ async fn hostile_peer(path: &Path, kind: Hostility) -> tokio::task::JoinHandle<(
                         }
                     }
                     Hostility::Flood => {
-                        let mut framed = Framed::new(s, GuestCodec::new());
-                        if !matches!(
-                            framed.next().await,
-                            Some(Ok(Ok(Frame {
-                                msg: HostMsg::Hello(_),
-                                ..
-                            })))
-                        ) {
+                        let Some(mut framed) = greeted(s, "flood", 7).await else {
                             return;
-                        }
-                        let hello = Hello::new("flood", [7; 16], Capabilities::HEARTBEAT);
-                        if framed
-                            .send(Frame::event(GuestMsg::Hello(hello)))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
+                        };
                         for _ in 0..1_000_000 {
                             if framed
                                 .send(Frame::event(GuestMsg::MarkActive))
@@ -107,24 +117,9 @@ async fn hostile_peer(path: &Path, kind: Hostility) -> tokio::task::JoinHandle<(
                         // Takes the host's Hello, then only writes: pings below the flood
                         // limit, each asking for a Pong it never reads, until the host's writes
                         // stall on the full socket buffer and it gives up on the session.
-                        let mut framed = Framed::new(s, GuestCodec::new());
-                        if !matches!(
-                            framed.next().await,
-                            Some(Ok(Ok(Frame {
-                                msg: HostMsg::Hello(_),
-                                ..
-                            })))
-                        ) {
+                        let Some(mut framed) = greeted(s, "deaf", 9).await else {
                             return;
-                        }
-                        let hello = Hello::new("deaf", [9; 16], Capabilities::HEARTBEAT);
-                        if framed
-                            .send(Frame::event(GuestMsg::Hello(hello)))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
+                        };
                         // At most a minute at 45 frames/s (the limit here is 50/s).
                         for id in 1..=2700u32 {
                             if framed
