@@ -34,11 +34,9 @@ fn destroys(lab: &Lab, short: &str) -> usize {
 async fn heartbeating_guest_stays_green_and_silent_one_is_reset_on_time() {
     let lab = Lab::in_process("timing");
     let good = GuestSim::new(1, Some(ms(200)));
-    let _g = good.listen(&lab.sock("good"), true).expect("listen");
+    let (_g, _) = lab.guest_domain("good", &good);
     let quiet = GuestSim::new(2, Some(ms(200)));
-    let _q = quiet.listen(&lab.sock("quiet"), true).expect("listen");
-    lab.running("good", Some(&hybrid_spec(&lab.sock("good"))));
-    lab.running("quiet", Some(&hybrid_spec(&lab.sock("quiet"))));
+    let (_q, _) = lab.guest_domain("quiet", &quiet);
     let host = lab.start_host(lab.config()).await;
 
     // After the start both are Gray; the guests enable on their own.
@@ -87,8 +85,7 @@ async fn session_protocol_handshake_gray_requests_and_unknown_kinds() {
     let guest = GuestSim::new(1, None);
     guest.set_auto_enable(false);
     guest.set_enabled_in_state(true);
-    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
-    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let (_g, _) = lab.guest_domain("vm", &guest);
     let host = lab.start_host(lab.config()).await;
 
     // No state for the guest: Gray, whatever its State says.
@@ -202,8 +199,7 @@ async fn unknown_message_kind_gets_unsupported_and_the_session_goes_on() {
 async fn need_reset_resets_at_once_then_reset_falls_back_to_power_cycle() {
     let lab = Lab::in_process("fallback");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
-    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let (_g, _) = lab.guest_domain("vm", &guest);
     let host = lab.start_host(lab.config()).await;
     assert!(guest.wait(ms(5000), |g| g.heartbeats() >= 2).await);
 
@@ -257,8 +253,7 @@ async fn need_reset_resets_at_once_then_reset_falls_back_to_power_cycle() {
 async fn channel_back_after_reset_means_no_power_cycle_and_reboot_clears_enable() {
     let lab = Lab::in_process("back");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
-    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let (_g, _) = lab.guest_domain("vm", &guest);
     let host = lab.start_host(lab.config()).await;
     let vm = lab.name("vm");
     assert!(guest.wait(ms(5000), |g| g.heartbeats() >= 2).await);
@@ -353,8 +348,7 @@ async fn max_resets_then_gave_up_and_clear() {
 async fn pause_gap_does_not_reset() {
     let lab = Lab::in_process("pause");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
-    let domain = lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let (_g, domain) = lab.guest_domain("vm", &guest);
     let host = lab.start_host(lab.config()).await;
     let vm = lab.name("vm");
     assert!(guest.wait(ms(5000), |g| g.heartbeats() >= 2).await);
@@ -391,8 +385,7 @@ async fn pause_gap_does_not_reset() {
 async fn migration_away_is_no_failure_and_ends_monitoring_here() {
     let lab = Lab::in_process("migrate");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
-    let domain = lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let (_g, domain) = lab.guest_domain("vm", &guest);
     let (hv, mut real) = LibvirtHypervisor::open(IN_PROCESS).expect("host connection");
     let (events, input) = tokio::sync::mpsc::unbounded_channel();
     let forward = tokio::spawn({
@@ -454,8 +447,7 @@ async fn migration_away_is_no_failure_and_ends_monitoring_here() {
 async fn broken_metadata_leaves_that_domain_alone_and_others_monitored() {
     let lab = Lab::in_process("broken");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&lab.sock("ok"), true).expect("listen");
-    lab.running("ok", Some(&hybrid_spec(&lab.sock("ok"))));
+    let (_g, _) = lab.guest_domain("ok", &guest);
     let mut broken = lab.domain("broken", None);
     // A policy, but no way to reach the guest.
     broken.metadata = Some(format!(
@@ -560,8 +552,7 @@ async fn keepalive_drops_a_guest_that_goes_silent_and_reconnects() {
     let lab = Lab::in_process("keepalive");
     let guest = GuestSim::new(1, None);
     guest.set_auto_enable(false);
-    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
-    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let (_g, _) = lab.guest_domain("vm", &guest);
     let host = lab.start_host(lab.config()).await;
     assert!(guest.wait(ms(5000), |g| g.connections() == 1).await);
     guest.set_answer_pings(false);
@@ -720,8 +711,7 @@ async fn appmonctl_enable_disable_show_and_unknown_domain() {
 async fn domains_outside_the_configured_patterns_are_ignored() {
     let lab = Lab::in_process("patterns");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&lab.sock("other"), true).expect("listen");
-    lab.running("other", Some(&hybrid_spec(&lab.sock("other"))));
+    let (_g, _) = lab.guest_domain("other", &guest);
     let mut config = lab.config();
     config.domains = vec![format!("{}-mine-*", lab.prefix)];
     let host = lab.start_host(config).await;
@@ -795,8 +785,7 @@ async fn reload_applies_new_defaults_and_domain_patterns() {
 async fn reconnect_keeps_live_state_and_adopts_the_guests() {
     let lab = Lab::in_process("reconnect");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
-    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let (_g, _) = lab.guest_domain("vm", &guest);
     let host = lab.start_host(lab.config()).await;
     assert!(
         guest
@@ -830,8 +819,7 @@ async fn reconnect_keeps_live_state_and_adopts_the_guests() {
 async fn status_pushed_on_reconnect_reflects_the_guests_state() {
     let lab = Lab::in_process("push");
     let guest = GuestSim::new(1, Some(ms(200)));
-    let _g = guest.listen(&lab.sock("vm"), true).expect("listen");
-    lab.running("vm", Some(&hybrid_spec(&lab.sock("vm"))));
+    let (_g, _) = lab.guest_domain("vm", &guest);
     let host = lab.start_host(lab.config()).await;
     assert!(
         guest

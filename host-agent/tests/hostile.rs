@@ -162,8 +162,7 @@ async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
     let mut good = Vec::new();
     for (i, name) in ["good1", "good2", "good3"].into_iter().enumerate() {
         let g = GuestSim::new(i as u8 + 1, Some(ms(200)));
-        tasks.push(g.listen(&lab.sock(name), true).expect("listen"));
-        lab.running(name, Some(&hybrid_spec(&lab.sock(name))));
+        tasks.push(lab.guest_domain(name, &g).0);
         good.push(g);
     }
     let mut config = lab.config();

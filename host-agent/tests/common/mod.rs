@@ -120,6 +120,15 @@ impl Lab {
         self.running_domain(&self.domain(short, spec))
     }
 
+    /// A running domain `short` monitored over hybrid vsock at `self.sock(short)`, where `guest`
+    /// serves until the returned task is aborted (or dropped with the runtime).
+    pub fn guest_domain(&self, short: &str, guest: &sim::GuestSim) -> (JoinHandle<()>, DomainRef) {
+        let path = self.sock(short);
+        let serving = guest.listen(&path, true).expect("listen");
+        let domain = self.running(short, Some(&hybrid_spec(&path)));
+        (serving, domain)
+    }
+
     /// Defines and starts `domain`, and returns once libvirt has announced its start: a host
     /// agent that connects afterwards finds it running, as one that starts long after its
     /// domains. (Events are dispatched after the call that caused them returns, to every
