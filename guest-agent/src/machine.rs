@@ -694,16 +694,7 @@ impl Machine {
         // Gray: the host has no state for this guest (a migration, a host-agent restart).
         // vSphere asks the application to enable again and mark active; the agent does it for
         // the application, but only vouches for a heartbeat the application really sent lately.
-        let id = self.next_request_id();
-        let deadline = now + self.settings.request_timeout;
-        if let Some(session) = self.session.as_mut() {
-            session.pending.push(Pending {
-                id,
-                deadline,
-                waiter: Waiter::Reenable,
-            });
-        }
-        out.push(send(link, Frame::request(id, GuestMsg::Enable)));
+        self.request(link, GuestMsg::Enable, Waiter::Reenable, now, out);
         let window = self.settings.reenable_heartbeat_window;
         let fresh = self
             .app
@@ -877,13 +868,26 @@ impl Machine {
             });
             return;
         };
+        self.request(link, msg, Waiter::App { ticket, verb }, now, out);
+    }
+
+    /// Sends `msg` as a request on `link` and records who waits for its reply, until the
+    /// request timeout.
+    fn request(
+        &mut self,
+        link: LinkId,
+        msg: GuestMsg,
+        waiter: Waiter,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let id = self.next_request_id();
         let deadline = now + self.settings.request_timeout;
         if let Some(session) = self.session.as_mut() {
             session.pending.push(Pending {
                 id,
                 deadline,
-                waiter: Waiter::App { ticket, verb },
+                waiter,
             });
         }
         out.push(send(link, Frame::request(id, msg)));
