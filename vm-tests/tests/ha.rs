@@ -17,9 +17,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use appmon_vm_tests::{
-    unix_ms_now, DemoError, DomainState, HistoryEntry, HostAgent, HostAgentConfig, MonitorPolicy,
-    ResetMethod, TestVm, VmConfig, VmStatus, DEFAULT_BOOT_TIMEOUT, DEMO_COMMAND_TIMEOUT,
-    GUEST_AGENT_PORT, VSOCK_ECHO_PORT,
+    unix_ms_now, ConsoleMark, DemoError, DomainState, HistoryEntry, HostAgent, HostAgentConfig,
+    MonitorPolicy, ResetMethod, TestVm, VmConfig, VmStatus, DEFAULT_BOOT_TIMEOUT,
+    DEMO_COMMAND_TIMEOUT, GUEST_AGENT_PORT, VSOCK_ECHO_PORT,
 };
 use appmon_wire::{
     decode_all, encode_frame, parse_boot_id, Capabilities, Frame, GuestMsg, Hello, HostMsg, Tag,
@@ -141,6 +141,28 @@ fn green_and_untouched(
 }
 
 /// The number in the policy's note `no heartbeat for X ms (failure interval Y ms)`.
+/// The guest booted again since `mark` (a reset, or the power-cycle that completes it) and came
+/// back Green by itself, with the boot id its console printed last, not one of `boots_before`'s.
+fn green_again_after_reset(
+    agent: &HostAgent,
+    agent_config: &HostAgentConfig,
+    vm: &TestVm,
+    mark: ConsoleMark,
+    boots_before: &[String],
+) -> VmStatus {
+    vm.wait_ready_since(mark, DEFAULT_BOOT_TIMEOUT);
+    agent.wait_for_status(
+        vm,
+        agent_config.channel_timeout + 2 * DEFAULT_BOOT_TIMEOUT,
+        "green again with a new boot id",
+        |s| {
+            s.is("green")
+                && s.guest_boot_id.as_deref() == vm.boot_ids().last().map(String::as_str)
+                && s.guest_boot_id.as_deref() != boots_before.last().map(String::as_str)
+        },
+    )
+}
+
 fn silence_ms(note: &HistoryEntry) -> Option<u64> {
     note.text
         .strip_prefix("no heartbeat for ")?
@@ -288,17 +310,7 @@ fn silent_application_is_reset_within_the_failure_interval() {
     );
 
     // The reset really happens, the guest boots again and comes back Green by itself.
-    vm.wait_ready_since(mark, DEFAULT_BOOT_TIMEOUT);
-    let s = agent.wait_for_status(
-        &vm,
-        agent_config.channel_timeout + 2 * DEFAULT_BOOT_TIMEOUT,
-        "green again with a new boot id",
-        |s| {
-            s.is("green")
-                && s.guest_boot_id.as_deref() == vm.boot_ids().last().map(String::as_str)
-                && s.guest_boot_id.as_deref() != boots.last().map(String::as_str)
-        },
-    );
+    let s = green_again_after_reset(&agent, &agent_config, &vm, mark, &boots);
     assert!(
         s.find("reset done (heartbeats stopped)").is_some(),
         "{}",
@@ -402,17 +414,7 @@ fn application_needreset_resets_the_guest_at_once() {
         posted.unix_ms.saturating_sub(sent)
     );
 
-    vm.wait_ready_since(mark, DEFAULT_BOOT_TIMEOUT);
-    let s = agent.wait_for_status(
-        &vm,
-        agent_config.channel_timeout + 2 * DEFAULT_BOOT_TIMEOUT,
-        "green again with a new boot id",
-        |s| {
-            s.is("green")
-                && s.guest_boot_id.as_deref() == vm.boot_ids().last().map(String::as_str)
-                && s.guest_boot_id.as_deref() != boots.last().map(String::as_str)
-        },
-    );
+    let s = green_again_after_reset(&agent, &agent_config, &vm, mark, &boots);
     assert!(!s.need_reset, "the new boot has no pending needReset");
     assert!(
         s.find("reset done (the application asked for a reset (needReset))")
