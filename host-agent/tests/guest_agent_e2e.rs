@@ -227,11 +227,7 @@ async fn real_guest_agent_against_the_real_host_agent_and_libvirt() {
     guest.stop().await;
     let guest = GuestAgent::start(&host_socket, &app.socket, BOOT_B);
     let view = host
-        .wait_show(&vm, ms(5000), |v| {
-            v["guest_boot_id"]
-                .as_str()
-                .is_some_and(|b| b.starts_with("b2b2b2b2"))
-        })
+        .wait_show(&vm, ms(5000), |v| guest_boot_starts_with(v, "b2b2b2b2"))
         .await;
     assert!(history_has(&view, "guest channel is back"), "{view}");
     // Its first host session hears its status, which the guest agent reports (without a push

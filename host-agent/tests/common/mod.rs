@@ -288,6 +288,13 @@ impl Host {
     }
 }
 
+/// Whether `show`'s guest boot id starts with `prefix`.
+pub fn guest_boot_starts_with(view: &serde_json::Value, prefix: &str) -> bool {
+    view["guest_boot_id"]
+        .as_str()
+        .is_some_and(|b| b.starts_with(prefix))
+}
+
 pub fn history_has(view: &serde_json::Value, needle: &str) -> bool {
     view["history"].as_array().is_some_and(|h| {
         h.iter()
