@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use appmon_guest_agent::client::{AppState, AppStatus, Client, Delivery};
 use appmon_guest_agent::config::Config as GuestConfig;
-use appmon_guest_agent::daemon::{Daemon, DaemonHandle, Tuning};
+use appmon_guest_agent::daemon::{Background, Tuning};
 use appmon_libvirt_backend::{
     DomainEvent, MonitorSpec, ShutOffReason, Transport, DEFAULT_CHANNEL_NAME,
 };
@@ -28,79 +28,25 @@ use common::*;
 const BOOT_A: [u8; 16] = [0xa1; 16];
 const BOOT_B: [u8; 16] = [0xb2; 16];
 
-/// A guest agent daemon on its own thread and current-thread runtime; stopped on drop.
-struct GuestAgent {
-    handle: DaemonHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl GuestAgent {
-    fn start(host_socket: &Path, api_socket: &Path, boot_id: [u8; 16]) -> GuestAgent {
-        let config = GuestConfig {
-            // Never AF_VSOCK on this machine.
-            vsock: false,
-            host_unix_socket: Some(host_socket.to_path_buf()),
-            socket: api_socket.to_path_buf(),
-            ..GuestConfig::default()
-        };
-        let tuning = Tuning {
-            boot_id: Some(boot_id),
-            ..Tuning::default()
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("guest runtime");
-            runtime.block_on(async move {
-                match Daemon::start(config, None, tuning, None) {
-                    Ok((daemon, handle)) => {
-                        let _ = tx.send(Ok(handle));
-                        daemon.run().await;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(appmon_wire::report::error_chain(&e)));
-                    }
-                }
-            });
-        });
-        let handle = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("guest agent thread answers")
-            .unwrap_or_else(|e| panic!("guest agent does not start: {e}"));
-        GuestAgent {
-            handle,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops it as SIGTERM does (its sockets are removed) and waits for its thread.
-    async fn stop(mut self) {
-        self.handle.shutdown().await;
-        if let Some(thread) = self.thread.take() {
-            tokio::task::spawn_blocking(move || thread.join())
-                .await
-                .expect("join task")
-                .expect("guest agent thread did not panic");
-        }
-    }
-}
-
-impl Drop for GuestAgent {
-    fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let handle = self.handle.clone();
-            // A test that failed half-way still stops its agent.
-            let _ = std::thread::spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() {
-                    rt.block_on(handle.shutdown());
-                }
-            })
-            .join();
-            let _ = thread.join();
-        }
-    }
+/// The guest agent daemon as `appmon-guest` runs it, on a thread of its own; stopped on drop.
+fn start_guest_agent(host_socket: &Path, api_socket: &Path, boot_id: [u8; 16]) -> Background {
+    let config = GuestConfig {
+        // Never AF_VSOCK on this machine.
+        vsock: false,
+        host_unix_socket: Some(host_socket.to_path_buf()),
+        socket: api_socket.to_path_buf(),
+        ..GuestConfig::default()
+    };
+    let tuning = Tuning {
+        boot_id: Some(boot_id),
+        ..Tuning::default()
+    };
+    Background::start(config, None, tuning).unwrap_or_else(|e| {
+        panic!(
+            "guest agent does not start: {}",
+            appmon_wire::report::error_chain(&e)
+        )
+    })
 }
 
 /// The application: blocking client calls, off the test's runtime.
@@ -153,7 +99,7 @@ async fn real_guest_agent_against_the_real_host_agent_and_libvirt() {
     let app = App {
         socket: lab.dir.path().join("app.sock"),
     };
-    let guest = GuestAgent::start(&host_socket, &app.socket, BOOT_A);
+    let guest = start_guest_agent(&host_socket, &app.socket, BOOT_A);
     // The application starts before any host agent: recorded, delivered with the guest's State.
     let enabled = app.call(|c| c.enable()).await.expect("enable");
     assert_eq!(enabled.delivery, Delivery::Recorded);
@@ -225,7 +171,7 @@ async fn real_guest_agent_against_the_real_host_agent_and_libvirt() {
 
     // The reset guest boots again: a fresh guest agent, new boot id, nothing enabled.
     guest.stop().await;
-    let guest = GuestAgent::start(&host_socket, &app.socket, BOOT_B);
+    let guest = start_guest_agent(&host_socket, &app.socket, BOOT_B);
     let view = host
         .wait_show(&vm, ms(5000), |v| guest_boot_starts_with(v, "b2b2b2b2"))
         .await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use appmon_guest_agent::client::Client;
 use appmon_guest_agent::config::Config;
-use appmon_guest_agent::daemon::{Daemon, DaemonHandle, Tuning};
+use appmon_guest_agent::daemon::{Background, DaemonHandle, Tuning};
 use appmon_wire::{Capabilities, Frame, GuestMsg, GuestState, Hello, HostCodec, HostMsg};
 use futures::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
@@ -21,12 +21,13 @@ pub const BOOT_ID: [u8; 16] = [0x42; 16];
 
 /// An agent running on its own thread and runtime, as `appmon-guest` runs it.
 pub struct Agent {
+    /// First, so that it stops before the directory with its sockets goes.
+    daemon: Background,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub host_socket: PathBuf,
     pub api_socket: PathBuf,
     pub handle: DaemonHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The configuration every test agent starts from, plus `extra` lines.
@@ -51,28 +52,15 @@ impl Agent {
         let config = Config::load(&config_path).expect("test config is valid");
         assert!(!config.vsock, "tests never open AF_VSOCK");
         tuning.boot_id = Some(BOOT_ID);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let path = config_path.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let (daemon, handle) =
-                    Daemon::start(config, Some(path), tuning, None).expect("agent starts");
-                tx.send(handle).expect("hand over the handle");
-                daemon.run().await;
-            });
-        });
-        let handle = rx.recv_timeout(WAIT).expect("agent started");
+        let daemon = Background::start(config, Some(config_path.clone()), tuning)
+            .unwrap_or_else(|e| panic!("agent starts: {}", appmon_wire::report::error_chain(&e)));
         Agent {
             host_socket: dir.path().join("host.sock"),
             api_socket: dir.path().join("app.sock"),
             config_path,
             dir,
-            handle,
-            thread: Some(thread),
+            handle: daemon.handle().clone(),
+            daemon,
         }
     }
 
@@ -96,31 +84,8 @@ impl Agent {
     }
 
     /// Stops the agent and waits for its thread.
-    pub async fn stop(mut self) {
-        self.handle.shutdown().await;
-        let thread = self.thread.take().expect("running");
-        bounded(tokio::task::spawn_blocking(move || thread.join()))
-            .await
-            .expect("join task")
-            .expect("agent thread did not panic");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let handle = self.handle.clone();
-            // Best effort: a test that failed half-way still stops its agent.
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(handle.shutdown());
-            })
-            .join()
-            .ok();
-            thread.join().ok();
-        }
+    pub async fn stop(self) {
+        bounded(self.daemon.stop()).await;
     }
 }
 
