@@ -73,6 +73,11 @@ impl Sim {
         self.feed(input);
     }
 
+    /// A libvirt event for the domain at `t`.
+    fn domain_at(&mut self, t: u64, event: DomainEvent) {
+        self.at(t, Input::Domain(event));
+    }
+
     fn resets(&self) -> Vec<(u64, ResetMethod, ResetCause)> {
         self.log
             .iter()
@@ -264,14 +269,8 @@ fn pause_gap_is_not_a_failure() {
     let mut sim = Sim::quick();
     sim.guest_enables(0, 1);
     sim.at(10 * S, Input::Heartbeat);
-    sim.at(
-        20 * S,
-        Input::Domain(DomainEvent::Suspended(PausedReason::User)),
-    );
-    sim.at(
-        200 * S,
-        Input::Domain(DomainEvent::Resumed(RunningReason::Unpaused)),
-    );
+    sim.domain_at(20 * S, DomainEvent::Suspended(PausedReason::User));
+    sim.domain_at(200 * S, DomainEvent::Resumed(RunningReason::Unpaused));
     sim.run_to(229 * S);
     assert!(sim.resets().is_empty());
     sim.run_to(300 * S);
@@ -282,14 +281,8 @@ fn pause_gap_is_not_a_failure() {
 fn missed_heartbeat_during_migration_does_not_reset() {
     let mut sim = Sim::quick();
     sim.guest_enables(0, 1);
-    sim.at(
-        29 * S,
-        Input::Domain(DomainEvent::Suspended(PausedReason::Migrating)),
-    );
-    sim.at(
-        100 * S,
-        Input::Domain(DomainEvent::Stopped(ShutOffReason::Migrated)),
-    );
+    sim.domain_at(29 * S, DomainEvent::Suspended(PausedReason::Migrating));
+    sim.domain_at(100 * S, DomainEvent::Stopped(ShutOffReason::Migrated));
     sim.run_to(1000 * S);
     assert!(sim.resets().is_empty());
 }
@@ -298,18 +291,9 @@ fn missed_heartbeat_during_migration_does_not_reset() {
 fn save_and_restore_gap_is_not_a_failure() {
     let mut sim = Sim::quick();
     sim.guest_enables(0, 1);
-    sim.at(
-        5 * S,
-        Input::Domain(DomainEvent::Suspended(PausedReason::Saving)),
-    );
-    sim.at(
-        6 * S,
-        Input::Domain(DomainEvent::Stopped(ShutOffReason::Saved)),
-    );
-    sim.at(
-        500 * S,
-        Input::Domain(DomainEvent::Started(StartedReason::Restored)),
-    );
+    sim.domain_at(5 * S, DomainEvent::Suspended(PausedReason::Saving));
+    sim.domain_at(6 * S, DomainEvent::Stopped(ShutOffReason::Saved));
+    sim.domain_at(500 * S, DomainEvent::Started(StartedReason::Restored));
     // The restored guest reconnects with its old boot id and state.
     sim.at(501 * S, Input::GuestHello { boot_id: [1; 16] });
     sim.feed(Input::GuestState(guest_state(true, Some(0))));
@@ -321,14 +305,8 @@ fn save_and_restore_gap_is_not_a_failure() {
 #[test]
 fn migrated_in_domain_is_gray_until_enable() {
     let mut sim = Sim::quick();
-    sim.at(
-        0,
-        Input::Domain(DomainEvent::Started(StartedReason::Migrated)),
-    );
-    sim.at(
-        S,
-        Input::Domain(DomainEvent::Resumed(RunningReason::Migrated)),
-    );
+    sim.domain_at(0, DomainEvent::Started(StartedReason::Migrated));
+    sim.domain_at(S, DomainEvent::Resumed(RunningReason::Migrated));
     sim.at(2 * S, Input::GuestHello { boot_id: [1; 16] });
     sim.feed(Input::GuestState(guest_state(true, Some(100))));
     assert_eq!(sim.status(), Some(AppStatus::Gray));
@@ -346,7 +324,7 @@ fn migrated_in_domain_is_gray_until_enable() {
 fn reboot_clears_enable() {
     let mut sim = Sim::quick();
     sim.guest_enables(0, 1);
-    sim.at(10 * S, Input::Domain(DomainEvent::Rebooted));
+    sim.domain_at(10 * S, DomainEvent::Rebooted);
     assert_eq!(sim.status(), Some(AppStatus::Red));
     assert!(!sim.m.enabled());
     sim.at(11 * S, Input::GuestHello { boot_id: [2; 16] });
@@ -450,7 +428,7 @@ fn guest_reboot_without_channel_coming_back_power_cycles() {
         ..Policy::default()
     });
     sim.guest_enables(0, 1);
-    sim.at(S, Input::Domain(DomainEvent::Rebooted));
+    sim.domain_at(S, DomainEvent::Rebooted);
     sim.feed(Input::Domain(DomainEvent::Rebooted));
     sim.run_to(100 * S);
     assert_eq!(
