@@ -7,7 +7,7 @@
 #   tools/    vhost-device-vsock (cargo install --root)
 #   run/      pid files of daemons the rig started; run/t/ per-test dirs of the VM tests
 #   logs/     libvirtd and build logs
-#   images/   guest initramfs images
+#   images/   guest initramfs images (APPMON_GUEST_IMAGE overrides the image path: one per checkout)
 
 # Used by the scripts that source this file (hence SC2034 above).
 APPMON_RIG_DIR=${APPMON_RIG_DIR:-/var/tmp/appmon-rig}
@@ -18,7 +18,7 @@ LIBVIRTD_PIDFILE=$RIG/run/libvirtd.pid
 LIBVIRTD_LOG=$RIG/logs/libvirtd.log
 VHOST_DEVICE_VSOCK=$RIG/tools/bin/vhost-device-vsock
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
-GUEST_IMAGE=$RIG/images/appmon-guest.cpio.gz
+GUEST_IMAGE=${APPMON_GUEST_IMAGE:-$RIG/images/appmon-guest.cpio.gz}
 SCRIPT_NAME=${SCRIPT_NAME:-$(basename "$0")}
 
 log() { printf '[%s] %s\n' "$SCRIPT_NAME" "$*" >&2; }
