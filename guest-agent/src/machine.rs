@@ -315,9 +315,11 @@ impl Machine {
             Some(s) => {
                 let (state, peer, protocol) = match &s.phase {
                     Phase::AwaitingHello { .. } => ("handshake", None, None),
-                    Phase::Established(a) => {
-                        ("established", Some(a.peer_agent.clone()), Some(a.version))
-                    }
+                    Phase::Established(a) => (
+                        "established",
+                        Some(a.peer_agent.to_string()),
+                        Some(a.version),
+                    ),
                 };
                 SessionInfo {
                     state: state.into(),

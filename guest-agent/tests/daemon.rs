@@ -30,7 +30,11 @@ async fn handshake_sends_hello_then_the_full_state() {
     assert_eq!(hello.boot_id, BOOT_ID);
     assert_eq!(hello.capabilities, Capabilities::HEARTBEAT);
     assert_eq!(hello.protocol, PROTOCOL_VERSION);
-    assert!(hello.agent.starts_with("appmon-guest "), "{}", hello.agent);
+    assert!(
+        hello.agent.as_str().starts_with("appmon-guest "),
+        "{}",
+        hello.agent
+    );
     assert!(!state.enabled);
     assert_eq!(state.last_heartbeat_age_ms, None);
     agent.stop().await;

@@ -504,7 +504,7 @@ where
                                 tracing::info!(domain, agent = %agreed.peer_agent,
                                     boot_id = %appmon_wire::format_boot_id(&agreed.peer_boot_id),
                                     version = agreed.version, "guest agent connected");
-                                if !send(SessionEvent::Hello { boot_id: agreed.peer_boot_id, agent: agreed.peer_agent }).await {
+                                if !send(SessionEvent::Hello { boot_id: agreed.peer_boot_id, agent: agreed.peer_agent.to_string() }).await {
                                     return End::Supervisor;
                                 }
                             }

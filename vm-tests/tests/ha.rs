@@ -821,7 +821,7 @@ fn guest_agent_is_reached_over_af_vsock() {
         "the Hello carries the boot id this guest's /init printed"
     );
     assert!(
-        guest_hello.agent.starts_with("appmon-guest "),
+        guest_hello.agent.as_str().starts_with("appmon-guest "),
         "{}",
         guest_hello.agent
     );

@@ -90,6 +90,12 @@ pub enum FrameError {
         #[source]
         source: postcard::Error,
     },
+    #[error("frame at stream offset {offset}: {kind_name} message refused: {too_long}")]
+    TooLong {
+        offset: u64,
+        kind_name: &'static str,
+        too_long: crate::text::TooLong,
+    },
     #[error("frame at stream offset {offset} has {extra} bytes after its {kind_name} message")]
     TrailingBytes {
         offset: u64,
@@ -304,13 +310,23 @@ fn decode_block<M: WireMessage>(block: &mut [u8], offset: u64) -> Result<Frame<M
             return Ok(Frame { tag, msg });
         }
     }
-    let (frame, rest) =
-        postcard::take_from_bytes::<Frame<M>>(bytes).map_err(|source| FrameError::Decode {
-            offset,
-            len,
-            part: "message",
-            source,
-        })?;
+    // A bound that failed outside this decoder must not be taken for this frame's.
+    crate::text::take_too_long();
+    let (frame, rest) = postcard::take_from_bytes::<Frame<M>>(bytes).map_err(|source| {
+        match crate::text::take_too_long() {
+            Some(too_long) => FrameError::TooLong {
+                offset,
+                kind_name: M::name_of_kind(kind),
+                too_long,
+            },
+            None => FrameError::Decode {
+                offset,
+                len,
+                part: "message",
+                source,
+            },
+        }
+    })?;
     if !rest.is_empty() {
         return Err(FrameError::TrailingBytes {
             offset,

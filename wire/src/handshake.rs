@@ -1,14 +1,21 @@
 //! The `Hello` exchange, as a pure function of both hellos.
 //!
-//! Both sides send a [`Hello`] as their first frame (the host first, since it initiates; the
-//! guest answers). Each then runs [`negotiate`] on the pair: the session speaks the newest version
-//! both know, and the capabilities both have. A guest agent that answers with `Error` of kind
-//! [`ErrorCode::IncompatibleVersion`] ends the session.
+//! Both sides send a [`Hello`] as their first frame: the side that opened the connection first,
+//! the other in answer (see the crate primer for who opens it). Each then runs [`negotiate`] on
+//! the pair: the session speaks the newest version both know, and the capabilities both have. A
+//! peer that answers with `Error` of kind [`ErrorCode::IncompatibleVersion`] ends the session.
 
 use crate::message::{Capabilities, ErrorCode, Hello, WireError};
+use crate::text::{limits, Text};
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// - 1: the host dials the guest agent and speaks first.
+/// - 2: the guest agent announces itself: it connects to the host and speaks first (the host
+///   still dials a guest that spoke version 1); process output and release
+///   (`ReadOutput`, `ReleaseProcess`, `Output`), monitor states (`Monitors`), and the
+///   counter, process and monitor shapes that version 1 never sent.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
@@ -17,17 +24,17 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 pub struct Agreement {
     pub version: u16,
     pub capabilities: Capabilities,
-    pub peer_agent: String,
+    pub peer_agent: Text<limits::AgentName>,
     pub peer_boot_id: [u8; 16],
 }
 
 impl Hello {
-    /// A hello for this build's protocol range.
+    /// A hello for this build's protocol range. An agent name over its limit is cut.
     pub fn new(agent: impl Into<String>, boot_id: [u8; 16], capabilities: Capabilities) -> Self {
         Hello {
             protocol: PROTOCOL_VERSION,
             min_protocol: MIN_PROTOCOL_VERSION,
-            agent: agent.into(),
+            agent: Text::truncating(agent),
             boot_id,
             capabilities,
         }
@@ -97,7 +104,7 @@ mod tests {
         Hello {
             protocol: max,
             min_protocol: min,
-            agent: format!("peer {min}..={max}"),
+            agent: Text::truncating(format!("peer {min}..={max}")),
             boot_id: [7; 16],
             capabilities: caps,
         }

@@ -4,7 +4,20 @@
 //!
 //! **Transport.** A byte stream: a vsock connection (kernel vhost-vsock, or hybrid vsock over a
 //! Unix socket, see [`hybrid`]), or a virtio-serial port, which has no connection boundaries at
-//! all. The host always initiates; the guest agent listens on port [`DEFAULT_VSOCK_PORT`].
+//! all.
+//!
+//! **Who speaks first.** Since protocol 2 the guest does: the guest agent connects to the host
+//! (vsock CID 2, port [`DEFAULT_VSOCK_PORT`]) when it starts and whenever its session ends, with
+//! jittered, capped backoff, and sends its `Hello` at once; that connection is the session. The
+//! host listens per VM where the transport delivers guest → host connections (hybrid vsock:
+//! `<uds>_<port>`, vhost-device-vsock's convention; kernel vhost-vsock: an AF_VSOCK listener)
+//! and answers with its own `Hello`. Between a reset or reboot of a guest and its next
+//! announcement the host sends that guest nothing: a host → guest packet while a guest reboots
+//! inside QEMU can wedge a userspace vsock backend (vhost-device-vsock 0.3.0 does). The guest
+//! agent also still listens on [`DEFAULT_VSOCK_PORT`], and a host dials it where it knows the
+//! guest speaks only protocol 1; on a dialed connection the host speaks first. On a
+//! virtio-serial port, which has no connections, the host opens its end and speaks first, as in
+//! protocol 1.
 //!
 //! **Frames.** Each frame is one [`Frame`] (a [`Tag`] and one message) encoded with postcard,
 //! then COBS-encoded, then ended with a single `0x00` byte ([`frame`]). COBS removes every zero
@@ -19,6 +32,28 @@
 //! oversized frame as soon as the buffered bytes pass the limit, without waiting for its end,
 //! and throws the rest away as it arrives, so a guest cannot make the host buffer more than the
 //! limit. Every malformed frame is a [`FrameError`] that names its stream offset; none panics.
+//!
+//! **Strings are data.** Every string a peer sends is a [`text::Text`] bounded at decode (a
+//! longer one is [`FrameError::TooLong`], naming the field, its length and the limit), and is
+//! shown escaped ([`text::escape`]): a newline, a terminal escape or a right-to-left override in
+//! a guest's words can neither forge a log line nor drive a terminal. The limits, in bytes:
+//!
+//! | field | bytes |
+//! |---|---|
+//! | agent name | 128 |
+//! | error message | 512 |
+//! | counter name (also entity names) | 128 |
+//! | description | 512 |
+//! | units | 32 |
+//! | counter type | 32 |
+//! | process id | 64 |
+//! | argument (also environment values, working directory) | 4096 |
+//! | environment variable name | 256 |
+//! | user name | 64 |
+//! | command | 256 |
+//! | reason | 512 |
+//! | monitor name | 128 |
+//! | output chunk | 16384 |
 //!
 //! **Handshake.** Each side's first frame is a `Hello` with its protocol range, its agent name
 //! and version, its boot id and its [`Capabilities`]. [`negotiate`] picks the newest common
@@ -58,6 +93,7 @@ pub mod handshake;
 pub mod hybrid;
 pub mod message;
 pub mod report;
+pub mod text;
 
 pub use frame::{
     decode_all, encode_frame, EncodeError, Frame, FrameCodec, FrameError, GuestCodec, HostCodec,
@@ -67,3 +103,4 @@ pub use handshake::{
     format_boot_id, negotiate, parse_boot_id, Agreement, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use message::*;
+pub use text::{escape, Text, TooLong};

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::{limits, Blob, Text};
+
 /// The vsock port the guest agent listens on, as Serviceguard's cmappserver did.
 pub const DEFAULT_VSOCK_PORT: u32 = 5315;
 
@@ -13,7 +15,7 @@ pub const DEFAULT_VSOCK_PORT: u32 = 5315;
 pub type RequestId = u32;
 
 /// Names a process the host asked the guest to launch. Chosen by the host.
-pub type ProcessId = String;
+pub type ProcessId = Text<limits::ProcessId>;
 
 /// Messages a guest agent sends to the host agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +53,11 @@ pub enum GuestMsg {
     Ping,
     /// Answer to a [`HostMsg::Ping`].
     Pong,
+    /// Reply to [`HostMsg::ReadOutput`]: a piece of a launched process's output. (Protocol 2.)
+    Output(OutputChunk),
+    /// The state of every application monitor, sent after `State` on every session and whenever
+    /// a monitor's state changes. (Protocol 2.)
+    Monitors(Vec<MonitorStatus>),
 }
 
 /// Messages the host agent sends to a guest agent.
@@ -77,6 +84,17 @@ pub enum HostMsg {
     Ping,
     /// Answer to a [`GuestMsg::Ping`].
     Pong,
+    /// Request: the output a launched process wrote since `from`. Answered with
+    /// [`GuestMsg::Output`]. (Protocol 2.)
+    ReadOutput {
+        id: ProcessId,
+        stream: OutputStream,
+        from: u64,
+    },
+    /// Request: the host has read how this process ended; the guest forgets it. Answered with
+    /// `Ack`, or `Error(NotFound)`, or `Error(BadRequest)` for a process still running.
+    /// (Protocol 2.)
+    ReleaseProcess { id: ProcessId },
 }
 
 /// Capability bits a peer announces in its [`Hello`]. Unknown bits are ignored, so new ones can
@@ -125,7 +143,7 @@ pub struct Hello {
     /// The oldest protocol version this peer still speaks.
     pub min_protocol: u16,
     /// Program name and version, for logs (`appmon-guest 0.1.0`).
-    pub agent: String,
+    pub agent: Text<limits::AgentName>,
     /// The guest's kernel boot id (`/proc/sys/kernel/random/boot_id`), or for the host agent a
     /// random id per process start. A change tells the peer it talks to a rebooted or restarted
     /// agent.
@@ -195,12 +213,12 @@ pub struct GuestState {
 pub struct LaunchSpec {
     pub id: ProcessId,
     /// Program and arguments; `argv[0]` is looked up in the guest's allowlist.
-    pub argv: Vec<String>,
+    pub argv: Vec<Text<limits::Argument>>,
     /// Extra environment, on top of a minimal one.
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<String>,
+    pub env: Vec<(Text<limits::EnvName>, Text<limits::Argument>)>,
+    pub cwd: Option<Text<limits::Argument>>,
     /// The user to run as; `None` means the allowlist's default.
-    pub user: Option<String>,
+    pub user: Option<Text<limits::UserName>>,
 }
 
 /// A launched process and how it is doing.
@@ -208,6 +226,16 @@ pub struct LaunchSpec {
 pub struct ProcessStatus {
     pub id: ProcessId,
     pub state: ProcessState,
+    /// The command line, shortened for listings.
+    pub command: Text<limits::Command>,
+    /// The user it runs as.
+    pub user: Text<limits::UserName>,
+    /// Guest wall-clock time of the start, milliseconds since the Unix epoch; 0 if it never
+    /// started.
+    pub started_unix_ms: u64,
+    /// Bytes written to stdout and stderr so far (the guest keeps only a tail of each).
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
 }
 
 /// The life of a launched process.
@@ -220,7 +248,7 @@ pub enum ProcessState {
     /// Killed by this signal.
     Killed { signal: i32 },
     /// Could not be started; why.
-    FailedToStart { reason: String },
+    FailedToStart { reason: Text<limits::Reason> },
     /// The guest knows no process by that id.
     Unknown,
 }
@@ -229,25 +257,97 @@ pub enum ProcessState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonitorEvent {
     /// The monitor's name from the guest configuration.
-    pub monitor: String,
+    pub monitor: Text<limits::MonitorName>,
     pub kind: MonitorEventKind,
 }
 
 /// The things a monitor has to say.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MonitorEventKind {
-    /// The startup check found the application running within the stabilization interval.
+    /// The startup check found the application already running: its start command is not run.
     StartupOk,
-    /// The startup check did not find the application running.
-    StartupFailed { reason: String },
+    /// The startup check did not find the application running within the stabilization
+    /// interval: the start command runs.
+    StartupFailed { reason: Text<limits::Reason> },
+    /// The start command ran; `ok` is whether it succeeded within its bound.
+    Started { ok: bool },
     /// The long-running check failed.
-    Failed { reason: String },
-    /// The restart command ran (attempt counts from 1).
+    Failed { reason: Text<limits::Reason> },
+    /// The restart command ran (attempt counts from 1 within the restart interval).
     Restarted { attempt: u32 },
     /// Restarts are used up; the failure action was taken.
     ActionTaken { action: FailureAction },
     /// The application is healthy again after a failure.
     Recovered,
+}
+
+/// What an application monitor watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MonitorKind {
+    /// A process by name (owner, instance count) or pid file.
+    Process,
+    /// A command whose exit code is the verdict.
+    Custom,
+}
+
+/// When a monitor runs (PowerHA's monitor modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MonitorMode {
+    Startup,
+    LongRunning,
+    Both,
+}
+
+/// Where a monitor is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MonitorPhase {
+    /// Within the stabilization interval.
+    Stabilizing,
+    /// Checking, and the last check passed.
+    Healthy,
+    /// The last check failed; a restart may follow.
+    Failed,
+    /// Restarts are used up and the failure action was taken.
+    GaveUp,
+    /// Not checking (a startup-only monitor after its startup check).
+    Idle,
+}
+
+/// One application monitor's state, as `appmon monitors` and `appmonctl show` list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorStatus {
+    pub name: Text<limits::MonitorName>,
+    pub kind: MonitorKind,
+    pub mode: MonitorMode,
+    pub phase: MonitorPhase,
+    /// Restarts within the current restart interval, and how many are allowed.
+    pub restarts: u32,
+    pub restart_count: u32,
+    pub failure_action: FailureAction,
+    /// Why the last check failed, if one did.
+    pub last_failure: Option<Text<limits::Reason>>,
+}
+
+/// Which output stream of a launched process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// A piece of a launched process's output. The guest keeps a bounded tail of each stream; bytes
+/// before the tail are gone, which `offset > from` tells the reader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    pub id: ProcessId,
+    pub stream: OutputStream,
+    /// Position of `data[0]` in the stream (bytes since the process started).
+    pub offset: u64,
+    pub data: Blob<limits::OutputChunk>,
+    /// Bytes the process has written to this stream so far.
+    pub total: u64,
+    /// The stream is closed (the process ended) and `data` reaches its end.
+    pub eof: bool,
 }
 
 /// What a monitor does once its restarts are used up.
@@ -262,17 +362,24 @@ pub enum FailureAction {
 }
 
 /// Names each counter once. Values refer to counters by `id`.
+///
+/// A schema larger than one frame goes out in parts with the same `generation`, the last with
+/// `complete` set; a receiver replaces what it had for the VM when a part of a new generation
+/// arrives and knows the schema whole at `complete`. A new session or a configuration change
+/// sends a schema again (with a new generation on a change).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CounterSchema {
     /// Bumped on every schema change; values carry the generation they belong to.
     pub generation: u32,
     pub entities: Vec<EntityDesc>,
+    /// This is the last part of the generation's schema.
+    pub complete: bool,
 }
 
 /// A group of counters (`CPU`, `Memory`, `Volume vda`, `Terminal eth0`, or a custom entity).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntityDesc {
-    pub name: String,
+    pub name: Text<limits::CounterName>,
     pub counters: Vec<CounterDesc>,
 }
 
@@ -280,9 +387,11 @@ pub struct EntityDesc {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CounterDesc {
     pub id: u32,
-    pub name: String,
-    pub description: String,
-    pub units: String,
+    pub name: Text<limits::CounterName>,
+    pub description: Text<limits::Description>,
+    pub units: Text<limits::Units>,
+    /// The counter's type as configured (ccad.conf `type`, e.g. `MAX`); empty if none.
+    pub kind: Text<limits::CounterKind>,
     pub range_lower: Option<f64>,
     pub range_upper: Option<f64>,
     /// How often the value is refreshed, in milliseconds.
@@ -424,8 +533,8 @@ pub mod compact_values {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireError {
     pub code: ErrorCode,
-    /// A sentence for logs; never parsed.
-    pub message: String,
+    /// A sentence for logs; never parsed. A peer's words: shown escaped.
+    pub message: Text<limits::ErrorMessage>,
 }
 
 /// Why a peer refused something. A peer never answers an `Error` frame with another error.
@@ -448,10 +557,11 @@ pub enum ErrorCode {
 }
 
 impl WireError {
+    /// An error with this sentence, cut to the limit if it is longer.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         WireError {
             code,
-            message: message.into(),
+            message: Text::truncating(message),
         }
     }
 }
@@ -470,6 +580,9 @@ pub trait WireMessage: Serialize + serde::de::DeserializeOwned + std::fmt::Debug
     fn kind(&self) -> u32;
     /// The variant name, for logs.
     fn kind_name(&self) -> &'static str;
+    /// The name of the variant with this index, for errors about a frame that did not decode;
+    /// `"unknown"` past the known kinds.
+    fn name_of_kind(kind: u32) -> &'static str;
     /// The fieldless message of this kind, if the kind has no fields. Such a message is its
     /// kind number alone on the wire, so the codec can skip serde for it: heartbeats are the
     /// most frequent frames there are.
@@ -492,6 +605,13 @@ macro_rules! wire_message {
             fn kind_name(&self) -> &'static str {
                 match self {
                     $($ty::$variant { .. } => stringify!($variant),)*
+                }
+            }
+
+            fn name_of_kind(kind: u32) -> &'static str {
+                match kind {
+                    $($kind => stringify!($variant),)*
+                    _ => "unknown",
                 }
             }
 
@@ -528,6 +648,8 @@ wire_message!(GuestMsg {
     13 => Ack,
     14 => Ping,
     15 => Pong,
+    16 => Output,
+    17 => Monitors,
 } units {
     Enable, Disable, MarkActive, GetAppStatus, IsEnabled, Ack, Ping, Pong
 });
@@ -543,6 +665,8 @@ wire_message!(HostMsg {
     7 => SignalProcess,
     8 => Ping,
     9 => Pong,
+    10 => ReadOutput,
+    11 => ReleaseProcess,
 } units {
     Ack, Ping, Pong
 });

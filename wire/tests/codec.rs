@@ -172,7 +172,8 @@ fn oversized_frame_names_its_size_and_the_limit() {
 fn message_over_the_limit_is_not_sent() {
     let spec = LaunchSpec {
         id: "big".into(),
-        argv: vec!["x".repeat(MAX_FRAME_LEN)],
+        // Each argument within its own limit, together past the frame's.
+        argv: vec![Text::new("x".repeat(4096)).expect("fits its limit"); MAX_FRAME_LEN / 4096 + 1],
         env: vec![],
         cwd: None,
         user: None,
@@ -319,6 +320,11 @@ async fn codec_runs_over_an_async_byte_stream() {
             GuestMsg::Process(ProcessStatus {
                 id: "db".into(),
                 state: ProcessState::Running { pid: 42 },
+                command: "/usr/sbin/db --serve".into(),
+                user: "db".into(),
+                started_unix_ms: 1_700_000_000_000,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
             }),
         ))
         .await
@@ -473,4 +479,79 @@ fn unit_kinds_are_exactly_the_fieldless_variants() {
         Some(GuestMsg::MarkActive)
     );
     assert_eq!(GuestMsg::unit(0), None, "Hello has fields");
+}
+
+/// A Hello as a hostile guest builds it: the same bytes as `GuestMsg::Hello`, any agent name.
+fn raw_hello_frame(agent: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    enum RawMsg<'a> {
+        Hello {
+            protocol: u16,
+            min_protocol: u16,
+            agent: &'a str,
+            boot_id: [u8; 16],
+            capabilities: u64,
+        },
+    }
+    let raw = postcard::to_allocvec(&(
+        Tag::Event,
+        RawMsg::Hello {
+            protocol: 2,
+            min_protocol: 1,
+            agent,
+            boot_id: [1; 16],
+            capabilities: 1,
+        },
+    ))
+    .expect("encodes");
+    let mut out = vec![0u8; appmon_wire::cobs::max_encoded_len(raw.len())];
+    let len = appmon_wire::cobs::encode_into(&raw, &mut out);
+    out.truncate(len);
+    out.push(DELIMITER);
+    out
+}
+
+#[test]
+fn an_overlong_agent_name_is_refused_naming_field_length_and_limit() {
+    let bytes = raw_hello_frame(&"n".repeat(60_000));
+
+    let mut frames = decode_all::<GuestMsg>(&bytes);
+
+    let err = frames.pop().expect("one frame").expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            FrameError::TooLong {
+                kind_name: "Hello",
+                too_long: TooLong {
+                    field: "agent name",
+                    len: 60_000,
+                    limit: 128
+                },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "frame at stream offset 0: Hello message refused: agent name of 60000 bytes exceeds its limit of 128 bytes"
+    );
+}
+
+#[test]
+fn an_agent_name_at_its_limit_decodes_and_shows_escaped() {
+    let name = format!("evil\nERROR{}", "x".repeat(128 - 10));
+    let bytes = raw_hello_frame(&name);
+
+    let frame = decode_all::<GuestMsg>(&bytes)
+        .pop()
+        .expect("one frame")
+        .expect("within the limit");
+
+    let GuestMsg::Hello(hello) = frame.msg else {
+        panic!("{frame:?}")
+    };
+    assert_eq!(hello.agent.as_str(), name);
+    assert!(!hello.agent.to_string().contains('\n'));
 }

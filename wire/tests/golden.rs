@@ -47,9 +47,14 @@ fn golden_guest_frames() {
             processes: vec![ProcessStatus {
                 id: "db".into(),
                 state: ProcessState::Exited { code: 3 },
+                command: "db".into(),
+                user: "root".into(),
+                started_unix_ms: 1,
+                stdout_bytes: 2,
+                stderr_bytes: 0,
             }],
         })),
-        "040202010601dc0b07010701026462010600",
+        "040202010601dc0b07011101026462010602646204726f6f7401020100",
     );
     check(
         Frame::event(GuestMsg::CounterValues(CounterValues {
@@ -65,6 +70,73 @@ fn golden_guest_frames() {
             GuestMsg::Error(WireError::new(ErrorCode::Unsupported { kind: 99 }, "newer")),
         ),
         "040109010863056e6577657200",
+    );
+}
+
+/// The kinds and shapes protocol 2 added (crate docs, "Version rule").
+#[test]
+fn golden_protocol_2_frames() {
+    check(
+        Frame::event(GuestMsg::CounterSchema(CounterSchema {
+            generation: 1,
+            entities: vec![EntityDesc {
+                name: "Plants".into(),
+                counters: vec![CounterDesc {
+                    id: 1,
+                    name: "tree".into(),
+                    description: "Any tree".into(),
+                    units: "#".into(),
+                    kind: "MAX".into(),
+                    range_lower: None,
+                    range_upper: None,
+                    pace_ms: 2000,
+                }],
+            }],
+            complete: true,
+        })),
+        "220209010106506c616e74730101047472656508416e7920747265650123034d41580104d00f0100",
+    );
+    check(
+        Frame::reply(
+            3,
+            GuestMsg::Output(OutputChunk {
+                id: "job".into(),
+                stream: OutputStream::Stderr,
+                offset: 0,
+                data: appmon_wire::text::Blob::new(b"hi\n".to_vec()).expect("small"),
+                total: 3,
+                eof: true,
+            }),
+        ),
+        "09010310036a6f6201070368690a030100",
+    );
+    check(
+        Frame::event(GuestMsg::Monitors(vec![MonitorStatus {
+            name: "db".into(),
+            kind: MonitorKind::Process,
+            mode: MonitorMode::Both,
+            phase: MonitorPhase::Healthy,
+            restarts: 0,
+            restart_count: 3,
+            failure_action: FailureAction::NeedReset,
+            last_failure: None,
+        }])),
+        "070211010264620302010303020100",
+    );
+    check(
+        Frame::request(
+            7,
+            HostMsg::ReadOutput {
+                id: "job".into(),
+                stream: OutputStream::Stdout,
+                from: 300,
+            },
+        ),
+        "0107070a036a6f6203ac0200",
+    );
+    check(
+        Frame::request(8, HostMsg::ReleaseProcess { id: "job".into() }),
+        "0107080b036a6f6200",
     );
 }
 

@@ -2,18 +2,26 @@
 
 #![allow(dead_code)]
 
+use appmon_wire::text::{Blob, Limit};
 use appmon_wire::*;
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 
-pub fn text() -> impl Strategy<Value = String> {
-    // Zero bytes and multi-byte characters are the interesting cases for COBS and postcard.
+pub fn string() -> impl Strategy<Value = String> {
+    // Zero bytes, control characters and multi-byte characters are the interesting cases for
+    // COBS, postcard and escaping.
     prop_oneof![
         "[a-z0-9 _./-]{0,24}",
         "\\PC{0,12}",
+        "\\PC{0,6}[\n\r\u{1b}\u{202e}\\\\]\\PC{0,6}",
         Just("\0\0\0".to_string())
     ]
+}
+
+/// A bounded text field (the strategies' strings are all within every limit).
+pub fn text<L: Limit>() -> impl Strategy<Value = Text<L>> {
+    string().prop_map(Text::truncating)
 }
 
 fn finite() -> impl Strategy<Value = f64> {
@@ -85,7 +93,28 @@ fn process_state() -> impl Strategy<Value = ProcessState> {
 }
 
 fn process_status() -> impl Strategy<Value = ProcessStatus> {
-    (text(), process_state()).prop_map(|(id, state)| ProcessStatus { id, state })
+    (
+        text(),
+        process_state(),
+        text(),
+        text(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(id, state, command, user, started_unix_ms, stdout_bytes, stderr_bytes)| {
+                ProcessStatus {
+                    id,
+                    state,
+                    command,
+                    user,
+                    started_unix_ms,
+                    stdout_bytes,
+                    stderr_bytes,
+                }
+            },
+        )
 }
 
 fn guest_state() -> impl Strategy<Value = GuestState> {
@@ -123,6 +152,7 @@ fn monitor_event() -> impl Strategy<Value = MonitorEvent> {
     let kind = prop_oneof![
         Just(MonitorEventKind::StartupOk),
         text().prop_map(|reason| MonitorEventKind::StartupFailed { reason }),
+        any::<bool>().prop_map(|ok| MonitorEventKind::Started { ok }),
         text().prop_map(|reason| MonitorEventKind::Failed { reason }),
         any::<u32>().prop_map(|attempt| MonitorEventKind::Restarted { attempt }),
         failure_action().prop_map(|action| MonitorEventKind::ActionTaken { action }),
@@ -131,32 +161,95 @@ fn monitor_event() -> impl Strategy<Value = MonitorEvent> {
     (text(), kind).prop_map(|(monitor, kind)| MonitorEvent { monitor, kind })
 }
 
+fn monitor_status() -> impl Strategy<Value = MonitorStatus> {
+    (
+        text(),
+        prop_oneof![Just(MonitorKind::Process), Just(MonitorKind::Custom)],
+        prop_oneof![
+            Just(MonitorMode::Startup),
+            Just(MonitorMode::LongRunning),
+            Just(MonitorMode::Both)
+        ],
+        prop_oneof![
+            Just(MonitorPhase::Stabilizing),
+            Just(MonitorPhase::Healthy),
+            Just(MonitorPhase::Failed),
+            Just(MonitorPhase::GaveUp),
+            Just(MonitorPhase::Idle)
+        ],
+        (any::<u32>(), any::<u32>()),
+        failure_action(),
+        option::of(text()),
+    )
+        .prop_map(
+            |(name, kind, mode, phase, (restarts, restart_count), failure_action, last_failure)| {
+                MonitorStatus {
+                    name,
+                    kind,
+                    mode,
+                    phase,
+                    restarts,
+                    restart_count,
+                    failure_action,
+                    last_failure,
+                }
+            },
+        )
+}
+
+fn output_stream() -> impl Strategy<Value = OutputStream> {
+    prop_oneof![Just(OutputStream::Stdout), Just(OutputStream::Stderr)]
+}
+
+fn output_chunk() -> impl Strategy<Value = OutputChunk> {
+    (
+        text(),
+        output_stream(),
+        any::<u64>(),
+        vec(any::<u8>(), 0..64),
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(|(id, stream, offset, data, total, eof)| OutputChunk {
+            id,
+            stream,
+            offset,
+            data: Blob::new(data).expect("small"),
+            total,
+            eof,
+        })
+}
+
 fn counter_schema() -> impl Strategy<Value = CounterSchema> {
     let counter = (
         any::<u32>(),
-        text(),
-        text(),
-        text(),
+        (text(), text(), text(), text()),
         option::of(finite()),
         option::of(finite()),
         any::<u32>(),
     )
         .prop_map(
-            |(id, name, description, units, range_lower, range_upper, pace_ms)| CounterDesc {
-                id,
-                name,
-                description,
-                units,
-                range_lower,
-                range_upper,
-                pace_ms,
+            |(id, (name, description, units, kind), range_lower, range_upper, pace_ms)| {
+                CounterDesc {
+                    id,
+                    name,
+                    description,
+                    units,
+                    kind,
+                    range_lower,
+                    range_upper,
+                    pace_ms,
+                }
             },
         );
     let entity =
         (text(), vec(counter, 0..5)).prop_map(|(name, counters)| EntityDesc { name, counters });
-    (any::<u32>(), vec(entity, 0..4)).prop_map(|(generation, entities)| CounterSchema {
-        generation,
-        entities,
+    (any::<u32>(), vec(entity, 0..4), any::<bool>()).prop_map(|(generation, entities, complete)| {
+        CounterSchema {
+            generation,
+            entities,
+            complete,
+        }
     })
 }
 
@@ -208,6 +301,8 @@ pub fn guest_msg() -> impl Strategy<Value = GuestMsg> {
         Just(GuestMsg::Ack),
         Just(GuestMsg::Ping),
         Just(GuestMsg::Pong),
+        output_chunk().prop_map(GuestMsg::Output),
+        vec(monitor_status(), 0..4).prop_map(GuestMsg::Monitors),
     ]
 }
 
@@ -223,6 +318,9 @@ pub fn host_msg() -> impl Strategy<Value = HostMsg> {
         (text(), any::<i32>()).prop_map(|(id, signal)| HostMsg::SignalProcess { id, signal }),
         Just(HostMsg::Ping),
         Just(HostMsg::Pong),
+        (text(), output_stream(), any::<u64>())
+            .prop_map(|(id, stream, from)| HostMsg::ReadOutput { id, stream, from }),
+        text().prop_map(|id| HostMsg::ReleaseProcess { id }),
     ]
 }
 
