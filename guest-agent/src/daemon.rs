@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use appmon_wire::{Frame, GuestMsg, Tag};
+use appmon_wire::{Frame, GuestMsg, Tag, WireMessage};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -273,6 +273,18 @@ impl Daemon {
                     // The application may have gone; its request took effect all the same.
                     let _ = reply.send(response);
                 }
+            }
+            Action::HostRequest { session, id, msg } => {
+                // No subsystem answers host requests in this build (the capabilities say so,
+                // and the machine refuses them itself); should one arrive, it is refused.
+                let msg = GuestMsg::Error(appmon_wire::WireError::new(
+                    appmon_wire::ErrorCode::NotAllowed,
+                    format!("{} is not served by this guest agent", msg.kind_name()),
+                ));
+                self.feed(Event::ReplyToHost { session, id, msg });
+            }
+            Action::SessionEstablished { session, .. } => {
+                debug!(session, "host session established");
             }
         }
     }

@@ -18,12 +18,29 @@
 //! The application's state lives outside the session and survives every disconnect; each new
 //! session starts with the guest's Hello and then its full [`GuestState`], so nothing the
 //! application did while no host was connected is lost.
+//!
+//! # Subsystems
+//!
+//! The agent's other parts (launched processes, application monitors, counters) own their state
+//! in their own modules; the machine only carries their words over the session, so the session
+//! rules stay in one place:
+//! - what a subsystem tells the host goes in as [`Event::Outbound`] and leaves as an event frame
+//!   on the established session (nothing is queued while there is none: each subsystem re-sends
+//!   its state when a session is established);
+//! - host requests a subsystem answers (launch, poll, signal, output, release) come out as
+//!   [`Action::HostRequest`] when [`Settings::capabilities`] says the agent has processes, and
+//!   their answers go back in as [`Event::ReplyToHost`]; an answer for a session that has ended
+//!   is dropped;
+//! - [`Action::SessionEstablished`] follows the State of every new session, the moment for each
+//!   subsystem to re-send its state (counter schema, monitor states);
+//! - the process table, which travels inside the State, is kept here as the process manager last
+//!   reported it ([`Event::ProcessTable`]).
 
 use std::time::{Duration, Instant};
 
 use appmon_wire::{
     negotiate, Agreement, AppState, AppStatus, Capabilities, ErrorCode, Frame, FrameError,
-    GuestMsg, GuestState, Hello, HostMsg, RequestId, Tag, WireError, WireMessage,
+    GuestMsg, GuestState, Hello, HostMsg, ProcessStatus, RequestId, Tag, WireError, WireMessage,
 };
 use tracing::{debug, info, warn};
 
@@ -33,6 +50,8 @@ use crate::api::{AgentStatus, ApiRequest, ApiResponse, Color, Delivery, SessionI
 pub type LinkId = u64;
 /// Names one application request waiting for its answer; chosen by the shell.
 pub type Ticket = u64;
+/// Names one established host session: counts up from 1 for the life of the agent.
+pub type SessionSeq = u64;
 
 /// How long a host may take to send its Hello after connecting.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,6 +105,17 @@ pub enum Event {
     BadFrame { link: LinkId, error: BadFrame },
     /// An application's request through the local API.
     App { ticket: Ticket, request: ApiRequest },
+    /// A subsystem's message for the host: sent as an event frame on the established session,
+    /// dropped when there is none.
+    Outbound(GuestMsg),
+    /// A subsystem's answer to an [`Action::HostRequest`] of session `session`.
+    ReplyToHost {
+        session: SessionSeq,
+        id: RequestId,
+        msg: GuestMsg,
+    },
+    /// The launched processes, as the next State reports them.
+    ProcessTable(Vec<ProcessStatus>),
     /// Time passed: check deadlines.
     Tick,
 }
@@ -108,6 +138,19 @@ pub enum Action {
         ticket: Ticket,
         response: ApiResponse,
     },
+    /// A host request for a subsystem (processes): answer it with [`Event::ReplyToHost`].
+    HostRequest {
+        session: SessionSeq,
+        id: RequestId,
+        msg: HostMsg,
+    },
+    /// A host session completed its handshake and has the State: subsystems re-send theirs.
+    SessionEstablished {
+        session: SessionSeq,
+        /// The negotiated protocol version and the capabilities both sides have.
+        version: u16,
+        capabilities: Capabilities,
+    },
 }
 
 /// The machine's fixed parameters.
@@ -121,6 +164,8 @@ pub struct Settings {
     pub reenable_heartbeat_window: Duration,
     pub hello_timeout: Duration,
     pub request_timeout: Duration,
+    /// What this agent offers the host: heartbeats always, and the subsystems the daemon runs.
+    pub capabilities: Capabilities,
 }
 
 impl Settings {
@@ -131,16 +176,12 @@ impl Settings {
             reenable_heartbeat_window: Duration::from_secs(30),
             hello_timeout: HELLO_TIMEOUT,
             request_timeout: REQUEST_TIMEOUT,
+            capabilities: Capabilities::HEARTBEAT,
         }
     }
 
-    /// The capabilities this build has: heartbeats only (no processes, monitors or counters).
-    pub fn capabilities() -> Capabilities {
-        Capabilities::HEARTBEAT
-    }
-
     fn hello(&self) -> Hello {
-        Hello::new(self.agent.clone(), self.boot_id, Settings::capabilities())
+        Hello::new(self.agent.clone(), self.boot_id, self.capabilities)
     }
 }
 
@@ -186,10 +227,11 @@ struct Pending {
 #[derive(Debug, Clone)]
 enum Phase {
     /// Waiting for the host's Hello; a stream link is dropped at the deadline.
-    AwaitingHello {
-        deadline: Option<Instant>,
+    AwaitingHello { deadline: Option<Instant> },
+    Established {
+        agreement: Agreement,
+        seq: SessionSeq,
     },
-    Established(Agreement),
 }
 
 #[derive(Debug, Clone)]
@@ -206,7 +248,14 @@ struct Session {
 
 impl Session {
     fn established(&self) -> bool {
-        matches!(self.phase, Phase::Established(_))
+        matches!(self.phase, Phase::Established { .. })
+    }
+
+    fn seq(&self) -> Option<SessionSeq> {
+        match self.phase {
+            Phase::Established { seq, .. } => Some(seq),
+            Phase::AwaitingHello { .. } => None,
+        }
     }
 }
 
@@ -228,6 +277,7 @@ pub struct Machine {
     sessions: u64,
     reenables: u64,
     last_reenable: Option<Instant>,
+    processes: Vec<ProcessStatus>,
 }
 
 impl Machine {
@@ -241,6 +291,7 @@ impl Machine {
             sessions: 0,
             reenables: 0,
             last_reenable: None,
+            processes: Vec::new(),
         }
     }
 
@@ -274,7 +325,7 @@ impl Machine {
         let session = self.session.as_ref()?;
         let hello = match session.phase {
             Phase::AwaitingHello { deadline } => deadline,
-            Phase::Established(_) => None,
+            Phase::Established { .. } => None,
         };
         session
             .pending
@@ -297,6 +348,17 @@ impl Machine {
             Event::Frame { link, frame } => self.on_frame(link, frame, now, &mut out),
             Event::BadFrame { link, error } => self.on_bad_frame(link, error, &mut out),
             Event::App { ticket, request } => self.on_app(ticket, request, now, &mut out),
+            Event::Outbound(msg) => match self.established_link() {
+                Some(link) => out.push(send(link, Frame::event(msg))),
+                None => debug!(kind = msg.kind_name(), "no host session: not sent"),
+            },
+            Event::ReplyToHost { session, id, msg } => {
+                match self.session.as_ref().filter(|s| s.seq() == Some(session)) {
+                    Some(s) => out.push(send(s.link, Frame::reply(id, msg))),
+                    None => debug!(session, id, "answer for a host session that ended; dropped"),
+                }
+            }
+            Event::ProcessTable(processes) => self.processes = processes,
             Event::Tick => self.on_tick(now, &mut out),
         }
         out
@@ -315,7 +377,7 @@ impl Machine {
             Some(s) => {
                 let (state, peer, protocol) = match &s.phase {
                     Phase::AwaitingHello { .. } => ("handshake", None, None),
-                    Phase::Established(a) => (
+                    Phase::Established { agreement: a, .. } => (
                         "established",
                         Some(a.peer_agent.to_string()),
                         Some(a.version),
@@ -362,7 +424,7 @@ impl Machine {
             last_heartbeat_age_ms: self.app.last_heartbeat.map(|t| age_ms(now, t)),
             heartbeats: self.app.heartbeats,
             last_status: self.app.last_status,
-            processes: Vec::new(),
+            processes: self.processes.clone(),
         }
     }
 
@@ -590,10 +652,17 @@ impl Machine {
                     protocol = agreement.version,
                     "host session established"
                 );
-                session.phase = Phase::Established(agreement);
                 self.sessions += 1;
+                let seq = self.sessions;
+                let (version, capabilities) = (agreement.version, agreement.capabilities);
+                session.phase = Phase::Established { agreement, seq };
                 let state = self.guest_state(now);
                 out.push(send(link, Frame::event(GuestMsg::State(state))));
+                out.push(Action::SessionEstablished {
+                    session: seq,
+                    version,
+                    capabilities,
+                });
             }
             Err(e) => {
                 warn!(link, error = %e, "host speaks an incompatible protocol");
@@ -614,7 +683,20 @@ impl Machine {
             HostMsg::Ping => GuestMsg::Pong,
             HostMsg::LaunchProcess(_)
             | HostMsg::PollProcess { .. }
-            | HostMsg::SignalProcess { .. } => error(ErrorCode::NotAllowed, NO_PROCESSES),
+            | HostMsg::SignalProcess { .. }
+            | HostMsg::ReadOutput { .. }
+            | HostMsg::ReleaseProcess { .. } => {
+                let session = self.session.as_ref().and_then(Session::seq);
+                match session {
+                    Some(session)
+                        if self.settings.capabilities.contains(Capabilities::PROCESSES) =>
+                    {
+                        out.push(Action::HostRequest { session, id, msg });
+                        return;
+                    }
+                    _ => error(ErrorCode::NotAllowed, NO_PROCESSES),
+                }
+            }
             other => error(
                 ErrorCode::BadRequest,
                 format!(
@@ -1703,5 +1785,140 @@ mod tests {
         rig.machine.next_request = u32::MAX;
         assert_eq!(rig.machine.next_request_id(), u32::MAX);
         assert_eq!(rig.machine.next_request_id(), 1);
+    }
+
+    // ---- subsystems ----------------------------------------------------------------------------
+
+    fn with_processes() -> Rig {
+        let mut rig = Rig::new();
+        rig.machine.settings.capabilities = Capabilities::HEARTBEAT | Capabilities::PROCESSES;
+        rig
+    }
+
+    fn poll(id: &'static str) -> HostMsg {
+        HostMsg::PollProcess { id: id.into() }
+    }
+
+    fn established(actions: &[Action]) -> Option<SessionSeq> {
+        actions.iter().find_map(|a| match a {
+            Action::SessionEstablished { session, .. } => Some(*session),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn each_new_session_is_announced_to_the_subsystems_after_the_state() {
+        let mut rig = Rig::new();
+
+        let first = rig.session(HOST);
+        let second = rig.session(2);
+
+        let seq = established(&first).expect("announced");
+        assert_eq!(established(&second), Some(seq + 1));
+        let state_at = first
+            .iter()
+            .position(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        frame: Frame {
+                            msg: GuestMsg::State(_),
+                            ..
+                        },
+                        ..
+                    }
+                )
+            })
+            .expect("state sent");
+        let announced_at = first
+            .iter()
+            .position(|a| matches!(a, Action::SessionEstablished { .. }))
+            .expect("announced");
+        assert!(state_at < announced_at, "{first:?}");
+    }
+
+    #[test]
+    fn outbound_messages_go_out_on_the_session_and_are_dropped_without_one() {
+        let mut rig = Rig::new();
+        let monitors = GuestMsg::Monitors(Vec::new());
+
+        let before = rig.feed(Event::Outbound(monitors.clone()));
+        rig.session(HOST);
+        let during = rig.feed(Event::Outbound(monitors.clone()));
+
+        assert!(before.is_empty(), "{before:?}");
+        assert_eq!(sent(&during, HOST), vec![Frame::event(monitors)]);
+    }
+
+    #[test]
+    fn process_requests_are_refused_without_the_capability() {
+        let mut rig = Rig::new();
+        rig.session(HOST);
+
+        let out = rig.host(HOST, Frame::request(4, poll("job")));
+
+        let frames = sent(&out, HOST);
+        assert_eq!(frames.len(), 1, "{out:?}");
+        assert_eq!(frames[0].tag, Tag::Reply(4));
+        assert_eq!(error_code(&frames[0]), ErrorCode::NotAllowed);
+    }
+
+    #[test]
+    fn process_requests_go_to_the_shell_and_the_answer_to_their_session() {
+        let mut rig = with_processes();
+        let seq = established(&rig.session(HOST)).expect("session");
+
+        let out = rig.host(HOST, Frame::request(4, poll("job")));
+        let answer = GuestMsg::Error(WireError::new(ErrorCode::NotFound, "no job"));
+        let replied = rig.feed(Event::ReplyToHost {
+            session: seq,
+            id: 4,
+            msg: answer.clone(),
+        });
+
+        assert_eq!(
+            out,
+            vec![Action::HostRequest {
+                session: seq,
+                id: 4,
+                msg: poll("job")
+            }]
+        );
+        assert_eq!(sent(&replied, HOST), vec![Frame::reply(4, answer)]);
+    }
+
+    #[test]
+    fn an_answer_for_an_ended_session_is_dropped() {
+        let mut rig = with_processes();
+        let seq = established(&rig.session(HOST)).expect("session");
+        rig.host(HOST, Frame::request(4, poll("job")));
+        rig.session(2);
+
+        let replied = rig.feed(Event::ReplyToHost {
+            session: seq,
+            id: 4,
+            msg: GuestMsg::Ack,
+        });
+
+        assert!(replied.is_empty(), "{replied:?}");
+    }
+
+    #[test]
+    fn the_state_carries_the_process_table_last_reported() {
+        let mut rig = with_processes();
+        let job = ProcessStatus {
+            id: "job".into(),
+            state: appmon_wire::ProcessState::Running { pid: 77 },
+            command: "/bin/sleep 60".into(),
+            user: "root".into(),
+            started_unix_ms: 1,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        };
+
+        rig.feed(Event::ProcessTable(vec![job.clone()]));
+        let out = rig.session(HOST);
+
+        assert_eq!(state_of(&sent(&out, HOST)).processes, vec![job]);
     }
 }
