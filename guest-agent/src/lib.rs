@@ -22,16 +22,21 @@
 //! - [`cli`]: the `appmon` command.
 //! - [`config`]: the configuration file, `/etc/appmon/guest.toml`.
 //! - [`logging`]: tracing to stderr.
+//! - [`exec`]: starting commands as a user, in a session of their own, with their output
+//!   drained into bounded tails (launched processes, monitor commands).
+//! - [`users`]: user names resolved from `/etc/passwd` and `/etc/group`.
 
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod exec;
 pub mod local;
 pub mod logging;
 pub mod machine;
 pub mod transport;
+pub mod users;
 
 /// The agent's name and version, as its Hello and `appmon status` show it.
 pub fn agent_name() -> String {
