@@ -15,6 +15,12 @@
 //! socket_group = "appmon"                       # name or numeric gid
 //! reenable_heartbeat_window = 30                # seconds
 //! log_level = "info"
+//!
+//! [processes]                                   # what the host may launch: processes::allowlist
+//! max = 30
+//! [[processes.allow]]
+//! command = "/usr/sbin/mydb"
+//! args = ["--config", "/etc/mydb/*.conf"]
 //! ```
 
 use std::fmt;
@@ -23,6 +29,8 @@ use std::time::Duration;
 
 use appmon_wire::report::{locate, TextPosition};
 use serde::{Deserialize, Deserializer};
+
+use crate::processes::allowlist::ProcessesConfig;
 
 /// Where the daemon reads its configuration unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/appmon/guest.toml";
@@ -89,6 +97,8 @@ pub struct Config {
     pub reenable_heartbeat_window: Duration,
     /// `error`, `warn`, `info`, `debug` or `trace`.
     pub log_level: LogLevel,
+    /// What the host may launch in this guest (`[processes]`, see [`crate::processes::allowlist`]).
+    pub processes: ProcessesConfig,
 }
 
 impl Default for Config {
@@ -103,6 +113,7 @@ impl Default for Config {
             socket_group: None,
             reenable_heartbeat_window: Duration::from_secs(30),
             log_level: LogLevel::Info,
+            processes: ProcessesConfig::default(),
         }
     }
 }
@@ -301,6 +312,7 @@ log_level = "debug"
                 socket_group: Some("appmon".into()),
                 reenable_heartbeat_window: Duration::from_secs(10),
                 log_level: LogLevel::Debug,
+                processes: ProcessesConfig::default(),
             }
         );
     }

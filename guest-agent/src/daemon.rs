@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use appmon_wire::{Frame, GuestMsg, Tag, WireMessage};
+use appmon_wire::{Capabilities, Frame, GuestMsg, HostMsg, Tag};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -22,6 +22,7 @@ use crate::config::{Config, ConfigError};
 use crate::local::{self, LocalError};
 use crate::logging::LogHandle;
 use crate::machine::{Action, Event, LinkId, LinkKind, Machine, Settings, Ticket};
+use crate::processes::ProcessManager;
 use crate::transport::{self, LinkCmd, Transport, TransportError};
 
 /// Where the kernel tells this boot's id.
@@ -137,6 +138,8 @@ pub struct Daemon {
     config: Config,
     config_path: Option<PathBuf>,
     machine: Machine,
+    /// The processes launched for the host: they belong to the agent, not to a session.
+    processes: ProcessManager,
     inputs: mpsc::Sender<Input>,
     rx: mpsc::Receiver<Input>,
     links: HashMap<LinkId, LinkEntry>,
@@ -170,11 +173,13 @@ impl Daemon {
         settings.reenable_heartbeat_window = config.reenable_heartbeat_window;
         settings.hello_timeout = tuning.hello_timeout;
         settings.request_timeout = tuning.request_timeout;
+        settings.capabilities = settings.capabilities | Capabilities::PROCESSES;
         let (inputs, rx) = mpsc::channel(INPUT_QUEUE);
         let mut daemon = Daemon {
             config: config.clone(),
             config_path,
             machine: Machine::new(settings),
+            processes: ProcessManager::new(config.processes.clone()),
             inputs: inputs.clone(),
             rx,
             links: HashMap::new(),
@@ -213,6 +218,12 @@ impl Daemon {
                     self.feed(Event::Tick);
                     continue;
                 }
+                exit = self.processes.next_exit() => {
+                    for event in self.processes.on_exit(exit) {
+                        self.feed(event);
+                    }
+                    continue;
+                }
             };
             match input {
                 Some(Input::Shutdown) | None => break,
@@ -240,6 +251,19 @@ impl Daemon {
                 Some(Input::Event(event)) => {
                     if let Event::LinkDown { link, .. } = event {
                         self.links.remove(&link);
+                    }
+                    if let Event::Frame {
+                        frame:
+                            Frame {
+                                msg: HostMsg::Hello(_),
+                                ..
+                            },
+                        ..
+                    } = &event
+                    {
+                        // A new session's State carries the table with today's byte counts.
+                        let table = self.processes.table_event();
+                        self.feed(table);
                     }
                     self.feed(event);
                 }
@@ -275,13 +299,9 @@ impl Daemon {
                 }
             }
             Action::HostRequest { session, id, msg } => {
-                // No subsystem answers host requests in this build (the capabilities say so,
-                // and the machine refuses them itself); should one arrive, it is refused.
-                let msg = GuestMsg::Error(appmon_wire::WireError::new(
-                    appmon_wire::ErrorCode::NotAllowed,
-                    format!("{} is not served by this guest agent", msg.kind_name()),
-                ));
-                self.feed(Event::ReplyToHost { session, id, msg });
+                for event in self.processes.request(session, id, msg) {
+                    self.feed(event);
+                }
             }
             Action::SessionEstablished { session, .. } => {
                 debug!(session, "host session established");
@@ -328,6 +348,7 @@ impl Daemon {
         }
         self.machine
             .set_reenable_heartbeat_window(new.reenable_heartbeat_window);
+        self.processes.set_config(new.processes.clone());
         let old = self.config.clone();
         if !old.same_api_socket(&new) {
             if let Some(api) = self.api.take() {
@@ -500,6 +521,7 @@ impl Daemon {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+        self.processes.stop().await;
         info!("stopped");
     }
 }

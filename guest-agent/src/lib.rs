@@ -14,6 +14,8 @@
 //!   re-enable after Gray.
 //! - [`daemon`]: the I/O shell: one task owns the machine, feeds it events from the host links,
 //!   the local API and the clock, and carries out its actions; reload and shutdown.
+//! - [`processes`]: processes the host launches (cmappserver): the allowlist, the process table,
+//!   and the shell that starts, signals and reaps them.
 //! - [`transport`]: the host listeners (vsock, Unix socket) and the virtio-serial port, and the
 //!   per-link task that runs the frame codec.
 //! - [`local`]: the local API socket server.
@@ -35,6 +37,7 @@ pub mod exec;
 pub mod local;
 pub mod logging;
 pub mod machine;
+pub mod processes;
 pub mod transport;
 pub mod users;
 

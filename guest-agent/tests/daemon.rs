@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use appmon_guest_agent::client::{AppState, AppStatus, ClientError, Delivery};
 use appmon_guest_agent::daemon::Tuning;
-use appmon_guest_agent::machine::NO_PROCESSES;
 use appmon_wire::{
     Capabilities, ErrorCode, Frame, GuestMsg, HostMsg, Tag, WireError, PROTOCOL_VERSION,
 };
@@ -28,7 +27,10 @@ async fn handshake_sends_hello_then_the_full_state() {
     let mut host = agent.connect_host().await;
     let (hello, state) = host.handshake().await;
     assert_eq!(hello.boot_id, BOOT_ID);
-    assert_eq!(hello.capabilities, Capabilities::HEARTBEAT);
+    assert_eq!(
+        hello.capabilities,
+        Capabilities::HEARTBEAT | Capabilities::PROCESSES
+    );
     assert_eq!(hello.protocol, PROTOCOL_VERSION);
     assert!(
         hello.agent.as_str().starts_with("appmon-guest "),
@@ -303,22 +305,6 @@ async fn an_unknown_message_kind_gets_unsupported_and_the_session_goes_on() {
         other => panic!("expected Unsupported, got {other:?}"),
     }
     host.expect_nothing_pending(6).await;
-    agent.stop().await;
-}
-
-#[tokio::test]
-async fn process_requests_are_refused_as_not_allowed() {
-    let agent = Agent::start("");
-    let mut host = agent.connect_host().await;
-    host.handshake().await;
-    host.send(Frame::request(3, HostMsg::PollProcess { id: "x".into() }))
-        .await;
-    let answer = host.recv().await;
-    assert_eq!(answer.tag, Tag::Reply(3));
-    assert_eq!(
-        answer.msg,
-        GuestMsg::Error(WireError::new(ErrorCode::NotAllowed, NO_PROCESSES))
-    );
     agent.stop().await;
 }
 
