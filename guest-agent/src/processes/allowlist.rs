@@ -31,7 +31,10 @@
 //! - a string without wildcards is the exact argument.
 //!
 //! `{ regex = "..." }` is a regular expression (Rust `regex` syntax, without Unicode classes)
-//! that must match the whole argument. It is the operator's to keep tight: `.*` matches `..` too.
+//! that must match the whole argument; `.` matches any character, a newline too (an argument is
+//! not made of lines). `{ regex = ".*" }` is the way to say "any argument at all" (the script
+//! of `sh -c`, say), where a glob would stop at a hidden path. A regex is the operator's to keep
+//! tight: `.*` matches `..` too.
 //!
 //! In `env`, a wildcard never admits the dynamic loader's variables (`LD_PRELOAD`,
 //! `LD_LIBRARY_PATH`, ... any `LD_*`), which would let the host run code of its choosing under an
@@ -273,7 +276,7 @@ impl Pattern {
 
     /// A regular expression that must match the whole text.
     pub fn regex(source: &str) -> Result<Pattern, String> {
-        let regex = regex_lite::RegexBuilder::new(&format!("^(?:{source})$"))
+        let regex = regex_lite::RegexBuilder::new(&format!("^(?s:{source})$"))
             .size_limit(REGEX_SIZE_LIMIT)
             .build()
             .map_err(|e| format!("regex {source:?}: {e}"))?;
