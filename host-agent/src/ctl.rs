@@ -147,6 +147,8 @@ impl EnableArgs {
             reset_window: self.window,
             reset_method: self.reset_method,
             transport,
+            // Managed applications are not set by `enable` (yet): see /work/notes/processes.md.
+            applications: Vec::new(),
         })
     }
 }

@@ -15,6 +15,11 @@
 //! path=".." [port=".."]/>` (a vhost-user-vsock backend's Unix socket), or `<appmon:channel
 //! [path=".."] [name=".."]/>` (a virtio-serial channel's host-side Unix socket; without a path,
 //! the one libvirt generated for the channel `name` in the live XML).
+//!
+//! Any number of `<appmon:application>` elements name the managed applications the host agent
+//! has the guest launch and keeps running ([`application`]).
+
+pub mod application;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +29,8 @@ use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 
 use appmon_wire::DEFAULT_VSOCK_PORT;
+
+pub use application::{ApplicationSpec, OnFailure};
 
 /// The XML namespace of appmon's metadata element.
 pub const METADATA_URI: &str = "https://appmon.dev/xmlns/monitor/1";
@@ -41,6 +48,8 @@ pub struct MonitorSpec {
     pub reset_window: Option<Duration>,
     pub reset_method: Option<ResetMethod>,
     pub transport: Transport,
+    /// Managed applications, in the element's order, names unique.
+    pub applications: Vec<ApplicationSpec>,
 }
 
 /// How a VM is reset.
@@ -107,6 +116,10 @@ pub enum SpecError {
     NoTransport,
     #[error("<monitor> names more than one transport")]
     TwoTransports,
+    #[error("<application name=\"{name}\">: {problem}")]
+    BadApplication { name: String, problem: String },
+    #[error("two <application> elements are named {0:?}")]
+    DuplicateApplication(String),
 }
 
 /// Parses a duration as operators write it: `500ms`, `30s`, `2m`, `1h`, or plain seconds.
@@ -151,6 +164,7 @@ impl MonitorSpec {
             reset_window: None,
             reset_method: None,
             transport,
+            applications: Vec::new(),
         }
     }
 
@@ -180,6 +194,7 @@ impl MonitorSpec {
             let event = reader
                 .read_resolved_event()
                 .map_err(|e| SpecError::Xml(e.to_string()))?;
+            let empty = matches!(event.1, Event::Empty(_));
             match event {
                 (ns, Event::Start(e)) | (ns, Event::Empty(e)) => {
                     let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
@@ -207,6 +222,16 @@ impl MonitorSpec {
                         "vsock" | "hybrid-vsock" | "channel" => {
                             transports += 1;
                             spec.transport = read_transport(&local, &e)?;
+                        }
+                        "application" => {
+                            let app = application::read(&mut reader, &e, empty, |ns| {
+                                is_our_namespace(ns)
+                                    || (!namespaced && matches!(ns, ResolveResult::Unbound))
+                            })?;
+                            if spec.applications.iter().any(|a| a.name == app.name) {
+                                return Err(SpecError::DuplicateApplication(app.name));
+                            }
+                            spec.applications.push(app);
                         }
                         _ => return Err(SpecError::UnknownElement { element: local }),
                     }
@@ -286,7 +311,13 @@ impl MonitorSpec {
                 format!("<{p}channel{path} name=\"{}\"/>", escape(name))
             }
         };
-        format!("<{p}monitor{declaration}><{p}policy{policy}/>{transport}</{p}monitor>")
+        let mut applications = String::new();
+        for app in &self.applications {
+            app.write(&p, &mut applications);
+        }
+        format!(
+            "<{p}monitor{declaration}><{p}policy{policy}/>{transport}{applications}</{p}monitor>"
+        )
     }
 }
 
@@ -444,6 +475,7 @@ mod tests {
                 path: "/run/vm & co/vsock.uds".into(),
                 port: 5315,
             },
+            applications: Vec::new(),
         };
         assert_eq!(MonitorSpec::from_xml(&spec.to_xml()), Ok(spec));
     }
@@ -526,6 +558,7 @@ mod tests {
                 path: None,
                 name: "org.appmon.agent.0".into(),
             },
+            applications: Vec::new(),
         };
         let xml = spec.to_metadata_xml();
         assert!(xml.starts_with("<monitor><policy "), "{xml}");
@@ -589,6 +622,90 @@ mod tests {
         for (xml, needle) in cases {
             let err = MonitorSpec::from_xml(&xml).expect_err(&xml).to_string();
             assert!(err.contains(needle), "{xml}: {err}");
+        }
+    }
+
+    fn app_xml(app: &str) -> String {
+        wrap(&format!("<appmon:vsock/>{app}"))
+    }
+
+    #[test]
+    fn applications_round_trip_in_both_forms() {
+        let full = ApplicationSpec {
+            name: "db-1.main_x".into(),
+            argv: vec![
+                "/usr/sbin/mydb".into(),
+                "--config".into(),
+                "line one\n\tline \"two\" & <three>".into(),
+            ],
+            env: vec![
+                ("MYDB_MODE".into(), "fast".into()),
+                ("EMPTY".into(), String::new()),
+            ],
+            user: Some("mydb".into()),
+            cwd: Some("/var/lib/mydb".into()),
+            poll_interval: Some(Duration::from_secs(5)),
+            max_restarts: Some(0),
+            restart_window: Some(Duration::from_secs(600)),
+            restart_delay: Some(Duration::ZERO),
+            on_failure: Some(OnFailure::Reset),
+        };
+        let minimal = ApplicationSpec::new("web", vec!["/usr/bin/web".into()]);
+        let spec = MonitorSpec {
+            applications: vec![full, minimal],
+            ..MonitorSpec::with_transport(Transport::Vsock {
+                cid: Some(3),
+                port: 5315,
+            })
+        };
+        assert_eq!(MonitorSpec::from_xml(&spec.to_xml()), Ok(spec.clone()));
+        assert_eq!(MonitorSpec::from_xml(&spec.to_metadata_xml()), Ok(spec));
+    }
+
+    #[test]
+    fn the_documented_application_parses() {
+        let xml = app_xml(
+            r#"<appmon:application name="db" user="mydb" cwd="/var/lib/mydb" poll-interval="5s"
+                     max-restarts="3" restart-window="10m" restart-delay="1s" on-failure="reset">
+                 <appmon:arg value="/usr/sbin/mydb"/>
+                 <appmon:arg value="--config"/>
+                 <appmon:arg value="/etc/mydb/main.conf"/>
+                 <appmon:env name="MYDB_MODE" value="fast"/>
+               </appmon:application>"#,
+        );
+        let spec = MonitorSpec::from_xml(&xml).expect("valid");
+        let app = &spec.applications[0];
+        assert_eq!(
+            app.argv,
+            ["/usr/sbin/mydb", "--config", "/etc/mydb/main.conf"]
+        );
+        assert_eq!(app.env, [("MYDB_MODE".to_string(), "fast".to_string())]);
+        assert_eq!(app.restart_window, Some(Duration::from_secs(600)));
+        assert_eq!(app.on_failure, Some(OnFailure::Reset));
+    }
+
+    #[test]
+    fn broken_applications_say_which_and_what() {
+        let cases = [
+            ("<appmon:application><appmon:arg value=\"/bin/x\"/></appmon:application>", "needs the attribute name"),
+            ("<appmon:application name=\"a b\"><appmon:arg value=\"/bin/x\"/></appmon:application>", "letters, digits"),
+            ("<appmon:application name=\"a\"/>", "<application name=\"a\">: has no <arg>"),
+            ("<appmon:application name=\"a\"><appmon:arg value=\"x\"/></appmon:application>", "not an absolute path"),
+            ("<appmon:application name=\"a\" poll-interval=\"0s\"><appmon:arg value=\"/x\"/></appmon:application>", "more than zero"),
+            ("<appmon:application name=\"a\" max-restarts=\"many\"><appmon:arg value=\"/x\"/></appmon:application>", "whole number"),
+            ("<appmon:application name=\"a\" on-failure=\"reboot\"><appmon:arg value=\"/x\"/></appmon:application>", "give-up or reset"),
+            ("<appmon:application name=\"a\" cwd=\"rel\"><appmon:arg value=\"/x\"/></appmon:application>", "cwd"),
+            ("<appmon:application name=\"a\" colour=\"red\"><appmon:arg value=\"/x\"/></appmon:application>", "unknown attribute colour"),
+            ("<appmon:application name=\"a\"><appmon:arg/></appmon:application>", "<arg> needs a value"),
+            ("<appmon:application name=\"a\"><appmon:arg value=\"/x\"/><appmon:env name=\"A=B\" value=\"1\"/></appmon:application>", "without '='"),
+            ("<appmon:application name=\"a\"><appmon:script value=\"/x\"/></appmon:application>", "<script> is not an element"),
+            ("<appmon:application name=\"a\"><appmon:arg value=\"/x\"/></appmon:application><appmon:application name=\"a\"><appmon:arg value=\"/y\"/></appmon:application>", "two <application> elements are named \"a\""),
+            ("<appmon:application name=\"a\"><appmon:arg value=\"/x\"/>", "well-formed"),
+        ];
+        for (app, needle) in cases {
+            let xml = app_xml(app);
+            let err = MonitorSpec::from_xml(&xml).expect_err(app).to_string();
+            assert!(err.contains(needle), "{app}: {err}");
         }
     }
 

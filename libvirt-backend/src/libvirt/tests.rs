@@ -342,6 +342,20 @@ fn spec_round_trips_through_libvirt() {
             path: None,
             name: DEFAULT_CHANNEL_NAME.into(),
         },
+        // An argument with what libxml2 would otherwise normalise or misread.
+        applications: vec![crate::spec::ApplicationSpec {
+            env: vec![("MODE".into(), "a \"b\" <c>".into())],
+            max_restarts: Some(2),
+            on_failure: Some(crate::spec::OnFailure::Reset),
+            ..crate::spec::ApplicationSpec::new(
+                "db",
+                vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "echo 1\n\techo 2 & 'x'".into(),
+                ],
+            )
+        }],
     };
 
     // Running and persistent (LIVE|CONFIG), shut off (CONFIG), running and transient (LIVE).
