@@ -17,6 +17,8 @@
 //!
 //! - [`policy`] — the per-VM monitoring policy, a pure state machine with a virtual clock. Its
 //!   documentation is the policy.
+//! - [`managed`] — a managed application's launch/poll/restart policy (cmappmgr), a pure state
+//!   machine with a virtual clock; not wired into the supervisor yet.
 //! - [`supervisor`] — the one task that owns all VM state, timers and sessions.
 //! - [`session`] — one task per monitored VM: transports, handshake, keepalive, hostile-guest
 //!   bounds.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+pub mod managed;
 pub mod persist;
 pub mod policy;
 pub mod session;
