@@ -24,8 +24,6 @@
 //! - [`cli`]: the `appmon` command.
 //! - [`config`]: the configuration file, `/etc/appmon/guest.toml`.
 //! - [`logging`]: tracing to stderr.
-//! - [`exec`]: starting commands as a user, in a session of their own, with their output
-//!   drained into bounded tails (launched processes, monitor commands).
 //! - [`users`]: user names resolved from `/etc/passwd` and `/etc/group`.
 
 pub mod api;
@@ -33,7 +31,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
-pub mod exec;
 pub mod local;
 pub mod logging;
 pub mod machine;

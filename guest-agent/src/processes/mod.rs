@@ -4,8 +4,10 @@
 //! - [`allowlist`]: the `[processes]` configuration and the decision on what may run (pure).
 //! - [`table`]: every launched process until the host releases it, and the answers to the
 //!   host's requests (pure).
-//! - this module: [`ProcessManager`], the thin shell that starts processes through
-//!   [`crate::exec`], learns of their ends, and turns each host request into the machine
+//! - [`spawn`]: starting a process as a user in a session of its own, its output drained into
+//!   bounded tails, its end awaited, its group signalled.
+//! - this module: [`ProcessManager`], the thin shell that starts processes through [`spawn`],
+//!   learns of their ends, and turns each host request into the machine
 //!   events that answer it.
 //!
 //! # Life of a launch
@@ -41,6 +43,7 @@
 //! not followed (PR_SET_PDEATHSIG reaches the direct child only).
 
 pub mod allowlist;
+pub mod spawn;
 pub mod table;
 
 use std::path::{Path, PathBuf};
@@ -55,10 +58,10 @@ use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::exec::{self, Ended, Launch, Tail};
 use crate::machine::{Event, SessionSeq};
 use crate::users::{UserDb, GROUP, PASSWD};
 use allowlist::ProcessesConfig;
+use spawn::{Ended, Launch, Tail};
 use table::{command_line, Entry, Refusal, SignalTarget, Table};
 
 /// After SIGKILL at a stop, how long the agent waits for its processes' ends to be reported.
@@ -73,7 +76,7 @@ pub struct Exit {
 }
 
 /// The shell around the process table. Owned by the daemon's owner task; every method runs
-/// there (processes are started from that thread: see [`crate::exec`]).
+/// there (processes are started from that thread: see [`spawn`]).
 #[derive(Debug)]
 pub struct ProcessManager {
     config: ProcessesConfig,
@@ -208,7 +211,7 @@ impl ProcessManager {
             "stopping launched processes"
         );
         for (_, pid) in &running {
-            let _ = exec::signal_group(*pid, Signal::SIGTERM);
+            let _ = spawn::signal_group(*pid, Signal::SIGTERM);
         }
         self.collect_ends(grace).await;
         let left = self.table.running();
@@ -220,7 +223,7 @@ impl ProcessManager {
             "launched processes outlived the stop grace; killing them"
         );
         for (_, pid) in &left {
-            let _ = exec::signal_group(*pid, Signal::SIGKILL);
+            let _ = spawn::signal_group(*pid, Signal::SIGKILL);
         }
         self.collect_ends(KILL_WAIT).await;
     }
@@ -270,7 +273,7 @@ impl ProcessManager {
                 let id = spec.id.clone();
                 let (child, drains) = (started.child, started.drains);
                 tokio::spawn(async move {
-                    let ended = match exec::finish(child, pid, drains, exec::DRAIN_GRACE).await {
+                    let ended = match spawn::finish(child, pid, drains, spawn::DRAIN_GRACE).await {
                         Ok(ended) => ended,
                         Err(e) => {
                             error!(%id, pid, error = %error_chain(&e), "cannot learn how the process ended; reporting exit code -1");
@@ -297,7 +300,7 @@ impl ProcessManager {
         &self,
         spec: &LaunchSpec,
         permit: &allowlist::Permit,
-    ) -> Result<exec::Started, String> {
+    ) -> Result<spawn::Started, String> {
         let users = UserDb::load(&self.passwd, &self.group).map_err(|e| error_chain(&e))?;
         let identity = users.lookup(&permit.user).map_err(|e| error_chain(&e))?;
         match std::fs::metadata(&permit.cwd) {
@@ -305,9 +308,9 @@ impl ProcessManager {
             Ok(_) => return Err(format!("{} is not a directory", permit.cwd.display())),
             Err(e) => return Err(format!("working directory {}: {e}", permit.cwd.display())),
         }
-        let mut env = exec::minimal_env(Some(&identity));
+        let mut env = spawn::minimal_env(Some(&identity));
         for (name, value) in &spec.env {
-            exec::set_env(&mut env, name.as_str(), value.as_str());
+            spawn::set_env(&mut env, name.as_str(), value.as_str());
         }
         let launch = Launch {
             program: PathBuf::from(spec.argv[0].as_str()),
@@ -320,18 +323,18 @@ impl ProcessManager {
             identity: Some(identity),
             die_with_agent: true,
         };
-        exec::start(&launch, self.config.output_tail).map_err(|e| error_chain(&e))
+        spawn::start(&launch, self.config.output_tail).map_err(|e| error_chain(&e))
     }
 
     fn signal(&mut self, id: &ProcessId, number: i32) -> Result<GuestMsg, Refusal> {
-        let signal = exec::signal_from(number).map_err(|e| Refusal {
+        let signal = spawn::signal_from(number).map_err(|e| Refusal {
             code: ErrorCode::BadRequest,
             message: e.to_string(),
         })?;
         match self.table.signal_target(id.as_str())? {
             SignalTarget::Ended(status) => Ok(GuestMsg::Process(status)),
             SignalTarget::Group(pid) => {
-                match exec::signal_group(pid, signal) {
+                match spawn::signal_group(pid, signal) {
                     Ok(()) => info!(%id, pid, %signal, "signalled for the host"),
                     // The group ended between its last report and now: its end is on its way.
                     Err(e) => warn!(%id, pid, error = %error_chain(&e), "signal not delivered"),
@@ -354,8 +357,8 @@ fn reply(session: SessionSeq, id: RequestId, answer: Result<GuestMsg, Refusal>) 
 
 /// A process that never started has no output to wait for.
 fn lock_close(entry: &Entry) {
-    exec::lock(&entry.stdout).close();
-    exec::lock(&entry.stderr).close();
+    spawn::lock(&entry.stdout).close();
+    spawn::lock(&entry.stderr).close();
 }
 
 fn describe(state: &ProcessState) -> String {

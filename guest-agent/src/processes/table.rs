@@ -28,7 +28,7 @@ use appmon_wire::{
     WireError,
 };
 
-use crate::exec::{lock, Ended, SharedTail};
+use super::spawn::{lock, Ended, SharedTail};
 
 /// Arguments of one launch, `argv[0]` included.
 pub const MAX_ARGS: usize = 256;
@@ -328,7 +328,7 @@ pub fn command_line<'a>(argv: impl IntoIterator<Item = &'a str>) -> Text<limits:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::Tail;
+    use crate::processes::spawn::Tail;
 
     fn spec(id: &str, argv: &[&str]) -> LaunchSpec {
         LaunchSpec {

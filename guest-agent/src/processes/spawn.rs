@@ -1,8 +1,7 @@
-//! Starting commands for the agent's subsystems: the one place that turns "run this program as
-//! this user" into a process, for the processes the host launches ([`crate::processes`]) and
-//! for the commands of application monitors alike.
+//! Starting the processes the host launches: "run this program as this user" made a process
+//! that outlives the request, with its output drained and its end awaited.
 //!
-//! Every command starts the same way:
+//! Every process starts the same way:
 //! - with the environment cleared and a minimal one set ([`minimal_env`]) under the caller's
 //!   additions, stdin from `/dev/null`, stdout and stderr into pipes;
 //! - in a session and process group of its own (`setsid`), so that a signal for it reaches its
@@ -16,8 +15,9 @@
 //! Output is drained as it comes, so a command that writes gigabytes is never blocked on a
 //! full pipe, and only a bounded [`Tail`] of each stream is kept.
 //!
-//! [`run`] is the whole round trip with a time bound (a monitor's check command); [`start`]
-//! and [`finish`] are its two halves for a process that outlives one call (a launched process).
+//! [`start`] starts, [`finish`] waits for the end and the last output, [`signal_group`]
+//! signals the process group. (The application monitors' bounded one-shot runner is
+//! `crate::exec::run`; see /work/notes/processes.md for folding the two together.)
 //!
 //! The `unsafe` here is the one `pre_exec` hook: between `fork` and `exec` the child may only
 //! make async-signal-safe calls, and every call it makes is one (plain system calls on values
@@ -348,58 +348,6 @@ pub fn signal_group(pgid: u32, signal: Signal) -> Result<(), ExecError> {
     })
 }
 
-/// What [`run`] saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunOutcome {
-    /// How it ended; `None` when it outran the time bound and was killed (its whole process
-    /// group, with `SIGKILL`).
-    pub ended: Option<Ended>,
-    pub stdout: Tail,
-    pub stderr: Tail,
-}
-
-/// Runs `launch` to its end or for at most `timeout`, keeping `tail_bytes` of each stream.
-pub async fn run(
-    launch: &Launch,
-    timeout: Duration,
-    tail_bytes: usize,
-) -> Result<RunOutcome, ExecError> {
-    let Started {
-        mut child,
-        pid,
-        stdout,
-        stderr,
-        drains,
-    } = start(launch, tail_bytes)?;
-    let ended = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => Some(Ended::from(
-            status.map_err(|source| ExecError::Wait { pid, source })?,
-        )),
-        Err(_) => {
-            // The group may have gone by itself in the meantime; the wait below tells.
-            let _ = signal_group(pid, Signal::SIGKILL);
-            child
-                .wait()
-                .await
-                .map_err(|source| ExecError::Wait { pid, source })?;
-            None
-        }
-    };
-    let [out, err] = drains;
-    let _ = tokio::time::timeout(DRAIN_GRACE, async {
-        let _ = out.await;
-        let _ = err.await;
-    })
-    .await;
-    let stdout = lock(&stdout).clone();
-    let stderr = lock(&stderr).clone();
-    Ok(RunOutcome {
-        ended,
-        stdout,
-        stderr,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,7 +363,22 @@ mod tests {
         }
     }
 
-    const BOUND: Duration = Duration::from_secs(10);
+    const BOUND: Duration = Duration::from_secs(30);
+
+    /// Starts `launch`, waits for its end (within [`BOUND`]) and returns it with its tails.
+    async fn run(launch: &Launch, tail_bytes: usize) -> (Ended, Tail, Tail) {
+        let started = start(launch, tail_bytes).expect("starts");
+        let (stdout, stderr) = (started.stdout.clone(), started.stderr.clone());
+        let ended = tokio::time::timeout(
+            BOUND,
+            finish(started.child, started.pid, started.drains, DRAIN_GRACE),
+        )
+        .await
+        .expect("ends in time")
+        .expect("waited for");
+        let (out, err) = (lock(&stdout).clone(), lock(&stderr).clone());
+        (ended, out, err)
+    }
 
     #[test]
     fn a_tail_keeps_the_last_bytes_and_counts_all() {
@@ -455,61 +418,52 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn run_reports_the_exit_code_and_the_output() {
-        let out = run(&sh("echo out; echo err >&2; exit 7"), BOUND, 1024)
-            .await
-            .expect("runs");
-        assert_eq!(out.ended, Some(Ended::Exited(7)));
-        assert_eq!(out.stdout.contents(), b"out\n");
-        assert_eq!(out.stderr.contents(), b"err\n");
-        assert!(out.stdout.is_closed() && out.stderr.is_closed());
+    async fn the_exit_code_and_both_outputs_are_kept() {
+        let (ended, stdout, stderr) = run(&sh("echo out; echo err >&2; exit 7"), 1024).await;
+        assert_eq!(ended, Ended::Exited(7));
+        assert_eq!(stdout.contents(), b"out\n");
+        assert_eq!(stderr.contents(), b"err\n");
+        assert!(stdout.is_closed() && stderr.is_closed());
     }
 
     #[tokio::test]
-    async fn run_reports_the_signal_that_ended_the_command() {
-        let out = run(&sh("kill -TERM $$"), BOUND, 16).await.expect("runs");
-        assert_eq!(out.ended, Some(Ended::Killed(15)));
-        assert_eq!(Ended::Killed(15).shell_code(), 143);
-    }
-
-    #[tokio::test]
-    async fn run_kills_the_whole_group_at_the_time_bound() {
+    async fn a_signal_to_the_group_reaches_the_children_of_the_process() {
         let dir = tempfile::tempdir().expect("dir");
         let marker = dir.path().join("child-alive");
-        // The child of the shell would touch the marker after 2 s if it outlived the kill.
-        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
-        let started = std::time::Instant::now();
-        let out = run(&sh(&script), Duration::from_millis(300), 16)
+        let script = format!("(sleep 1; touch {}) & sleep 30", marker.display());
+        let started = start(&sh(&script), 16).expect("starts");
+        signal_group(started.pid, Signal::SIGKILL).expect("signalled");
+        let ended = finish(started.child, started.pid, started.drains, DRAIN_GRACE)
             .await
-            .expect("runs");
-        assert_eq!(out.ended, None);
-        assert!(started.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+            .expect("waited for");
+        assert_eq!(ended, Ended::Killed(9));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(!marker.exists(), "the group's other process was killed too");
+    }
+
+    #[tokio::test]
+    async fn the_signal_that_ended_the_process_is_kept() {
+        let (ended, _, _) = run(&sh("kill -TERM $$"), 16).await;
+        assert_eq!(ended, Ended::Killed(15));
+        assert_eq!(Ended::Killed(15).shell_code(), 143);
     }
 
     #[tokio::test]
     async fn a_flood_of_output_is_drained_and_only_the_tail_kept() {
         // 64 MiB through a 4 KiB tail: the writer is never blocked, the tail stays small.
-        let out = run(
-            &sh("head -c 67108864 /dev/zero; printf END"),
-            Duration::from_secs(60),
-            4096,
-        )
-        .await
-        .expect("runs");
-        assert_eq!(out.ended, Some(Ended::Exited(0)));
-        assert_eq!(out.stdout.total(), 64 * 1024 * 1024 + 3);
-        assert_eq!(out.stdout.contents().len(), 4096);
-        assert!(out.stdout.contents().ends_with(b"END"));
+        let (ended, stdout, _) = run(&sh("head -c 67108864 /dev/zero; printf END"), 4096).await;
+        assert_eq!(ended, Ended::Exited(0));
+        assert_eq!(stdout.total(), 64 * 1024 * 1024 + 3);
+        assert_eq!(stdout.contents().len(), 4096);
+        assert!(stdout.contents().ends_with(b"END"));
     }
 
     #[tokio::test]
     async fn the_command_runs_in_a_session_of_its_own_with_only_the_given_environment() {
         let mut launch = sh("echo $$ $(cut -d' ' -f6 /proc/$$/stat) \"$PATH\" \"${HOME:-none}\"");
         set_env(&mut launch.env, "PATH", "/bin:/usr/bin");
-        let out = run(&launch, BOUND, 1024).await.expect("runs");
-        let text = String::from_utf8(out.stdout.contents()).expect("utf-8");
+        let (_, stdout, _) = run(&launch, 1024).await;
+        let text = String::from_utf8(stdout.contents()).expect("utf-8");
         let fields: Vec<&str> = text.split_whitespace().collect();
         assert_eq!(fields.len(), 4, "{text}");
         assert_eq!(fields[0], fields[1], "session id is its own pid: {text}");
@@ -539,8 +493,8 @@ mod tests {
         launch.env = minimal_env(Some(&nobody));
         launch.identity = Some(nobody);
         if Uid::effective().is_root() {
-            let out = run(&launch, BOUND, 1024).await.expect("runs");
-            let text = String::from_utf8(out.stdout.contents()).expect("utf-8");
+            let (_, stdout, _) = run(&launch, 1024).await;
+            let text = String::from_utf8(stdout.contents()).expect("utf-8");
             assert_eq!(text, "65534\n65534\n65534 4\n");
         } else {
             // Only root may switch users: the start fails and says so.
