@@ -35,6 +35,11 @@ pub mod spec;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+// The domain vocabulary is the control schema's (one definition for the backend, the host
+// agent and every reader of its history); this crate produces it.
+pub use appmon_control::{
+    DomainEvent, DomainState, PausedReason, RunningReason, ShutOffReason, StartedReason,
+};
 pub use error::LibvirtError;
 pub use libvirt::{ConnectOptions, LibvirtHypervisor, DEFAULT_URI};
 pub use spec::{
@@ -56,50 +61,6 @@ impl fmt::Display for DomainRef {
     }
 }
 
-/// A domain's state with libvirt's reason, as far as monitoring cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DomainState {
-    Running(RunningReason),
-    /// Paused for any reason; `Migrating` and `Saving` say that the domain is leaving.
-    Paused(PausedReason),
-    ShutOff(ShutOffReason),
-    Crashed,
-    /// Shutting down, or a state libvirt reports that we do not act on (pmsuspended, blocked).
-    Other,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RunningReason {
-    Booted,
-    /// Arrived by migration: the destination of a live migration.
-    Migrated,
-    Restored,
-    Unpaused,
-    Other,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PausedReason {
-    User,
-    Migrating,
-    Saving,
-    /// Incoming migration not finished (`paused (starting up)` / `paused (migrating)` on the
-    /// destination before `Resumed Migrated`).
-    StartingUp,
-    Other,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ShutOffReason {
-    Shutdown,
-    Destroyed,
-    Crashed,
-    Migrated,
-    Saved,
-    Failed,
-    Other,
-}
-
 /// What the host agent needs to know of one domain.
 #[derive(Debug, Clone)]
 pub struct DomainInfo {
@@ -112,39 +73,6 @@ pub struct DomainInfo {
     /// kernel-vsock transport names no CID of its own. `None` for every other domain, and when
     /// the XML has no usable CID (logged with the domain's name).
     pub vsock_cid: Option<u32>,
-}
-
-/// Lifecycle and other events, mapped from libvirt's callbacks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DomainEvent {
-    Defined,
-    Undefined,
-    Started(StartedReason),
-    Suspended(PausedReason),
-    Resumed(RunningReason),
-    Stopped(ShutOffReason),
-    /// A guest or host initiated shutdown finished (the `Stopped` event follows).
-    ShutdownFinished,
-    Crashed,
-    /// The guest rebooted inside the running QEMU: `virsh reset`, `virsh reboot`, a guest
-    /// reboot or a watchdog reset. libvirt may deliver several for one reboot.
-    Rebooted,
-    /// A watchdog device fired (with action reset, a `Rebooted` follows).
-    Watchdog,
-    /// The domain's metadata changed (someone ran `appmonctl enable` or `disable`).
-    MetadataChanged,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StartedReason {
-    Booted,
-    /// The incoming side of a migration has started; the domain is not here until
-    /// `Resumed(Migrated)` (an aborted migration ends in `Stopped(Failed)` instead).
-    Migrated,
-    Restored,
-    FromSnapshot,
-    Wakeup,
-    Other,
 }
 
 /// What the backend reports on its event channel.

@@ -28,6 +28,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 
+pub use appmon_control::ResetMethod;
 use appmon_wire::DEFAULT_VSOCK_PORT;
 
 pub use application::{ApplicationSpec, OnFailure};
@@ -50,32 +51,6 @@ pub struct MonitorSpec {
     pub transport: Transport,
     /// Managed applications, in the element's order, names unique.
     pub applications: Vec<ApplicationSpec>,
-}
-
-/// How a VM is reset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ResetMethod {
-    /// virDomainReset, and a power-cycle if the guest does not come back.
-    Reset,
-    /// Destroy and start: robust where an in-place reset can wedge a device backend.
-    PowerCycle,
-}
-
-impl ResetMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResetMethod::Reset => "reset",
-            ResetMethod::PowerCycle => "power-cycle",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "reset" => Some(ResetMethod::Reset),
-            "power-cycle" => Some(ResetMethod::PowerCycle),
-            _ => None,
-        }
-    }
 }
 
 /// How the host agent reaches the guest agent.

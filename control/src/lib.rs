@@ -1,0 +1,131 @@
+//! appmon's control schema: what the host agent's control socket takes and answers, what
+//! `appmonctl --json` prints, and the vocabulary these share with the rest of appmon. One
+//! definition for every reader: the host agent builds these values, `appmonctl` prints them,
+//! the VM tests read them, and `appmon-libvirt-backend` produces the domain types.
+//!
+//! # Modules
+//!
+//! - [`domain`]: a libvirt domain's state and lifecycle events as appmon uses them.
+//! - [`reset`]: [`ResetMethod`] and the policy's [`ResetCause`].
+//! - [`history`]: a VM's typed event history ([`HistoryEntry`], [`HistoryKind`]: a policy
+//!   [`Decision`], a libvirt [`DomainEvent`], a [`GuestEvent`], an [`OperatorAction`]).
+//! - [`view`]: [`VmView`] and [`PolicyView`], one VM as `list` and `show` see it.
+//! - this file: the control socket's [`Request`] and [`Response`], and the versioned documents
+//!   `appmonctl --json` prints ([`ListDocument`], [`ShowDocument`], [`SCHEMA_VERSION`]).
+//!
+//! # The control socket
+//!
+//! One JSON request per line, one JSON response per line, then the connection may carry the
+//! next request:
+//!
+//! ```text
+//! {"cmd":"list"}
+//! {"cmd":"show","domain":"vm1"}
+//! {"cmd":"clear","domain":"vm1"}
+//! {"cmd":"enable","domain":"vm1","spec_xml":"<appmon:monitor ...>"}
+//! {"cmd":"disable","domain":"vm1"}
+//! ```
+//!
+//! # Versions
+//!
+//! [`SCHEMA_VERSION`] is the version of everything this crate serialises. Adding a field or a
+//! variant keeps it; renaming or removing one, or changing a field's meaning, raises it.
+//! Readers ignore fields they do not know.
+
+use serde::{Deserialize, Serialize};
+
+pub mod domain;
+pub mod history;
+pub mod reset;
+pub mod view;
+
+pub use domain::{
+    DomainEvent, DomainState, PausedReason, RunningReason, ShutOffReason, StartedReason,
+};
+pub use history::{
+    Decision, GuestEvent, HistoryEntry, HistoryKind, Level, OperatorAction, SessionEnd,
+};
+pub use reset::{ResetCause, ResetMethod};
+pub use view::{PolicyView, Status, VmView};
+
+/// The version of the schema of this crate's JSON (see the crate documentation).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A request on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    List,
+    Show {
+        domain: String,
+    },
+    Clear {
+        domain: String,
+    },
+    /// Writes the `<appmon:monitor>` element `spec_xml` into the domain's metadata.
+    Enable {
+        domain: String,
+        spec_xml: String,
+    },
+    /// Removes the domain's `<appmon:monitor>` element.
+    Disable {
+        domain: String,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    List { domains: Vec<VmView> },
+    Show { domain: Box<VmView> },
+    Done { message: String },
+    Error { kind: ErrorKind, message: String },
+}
+
+/// Kinds of control errors (`appmonctl` turns them into exit codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    UnknownDomain,
+    Libvirt,
+    BadRequest,
+}
+
+/// What `appmonctl --json list` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListDocument {
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    /// Sorted by name.
+    pub domains: Vec<VmView>,
+}
+
+/// What `appmonctl --json show DOMAIN` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShowDocument {
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    pub domain: VmView,
+}
+
+impl ListDocument {
+    pub fn new(domains: Vec<VmView>) -> Self {
+        ListDocument {
+            schema_version: SCHEMA_VERSION,
+            domains,
+        }
+    }
+}
+
+impl ShowDocument {
+    pub fn new(domain: VmView) -> Self {
+        ShowDocument {
+            schema_version: SCHEMA_VERSION,
+            domain,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

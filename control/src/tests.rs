@@ -1,0 +1,144 @@
+//! The JSON forms are a published schema (host-agent/README.md): pinned here.
+
+use super::*;
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("serialises")
+}
+
+#[test]
+fn requests_have_a_stable_json_form() {
+    let show = Request::Show {
+        domain: "vm1".into(),
+    };
+    assert_eq!(json(&show), r#"{"cmd":"show","domain":"vm1"}"#);
+    assert_eq!(
+        serde_json::from_str::<Request>(r#"{"cmd":"list"}"#).expect("parses"),
+        Request::List
+    );
+    assert!(serde_json::from_str::<Request>(r#"{"cmd":"show","domain":"a","x":1}"#).is_err());
+}
+
+#[test]
+fn vocabulary_is_spelled_as_operators_write_it() {
+    assert_eq!(json(&ResetMethod::PowerCycle), r#""power-cycle""#);
+    assert_eq!(json(&ResetCause::NeedReset), r#""need_reset""#);
+    assert_eq!(
+        json(&DomainEvent::Started(StartedReason::Booted)),
+        r#"{"started":"booted"}"#
+    );
+    assert_eq!(json(&DomainEvent::Rebooted), r#""rebooted""#);
+    assert_eq!(
+        json(&DomainState::Paused(PausedReason::StartingUp)),
+        r#"{"paused":"starting_up"}"#
+    );
+    assert_eq!(json(&Status::Gray), r#""gray""#);
+    for m in [ResetMethod::Reset, ResetMethod::PowerCycle] {
+        assert_eq!(ResetMethod::parse(m.as_str()), Some(m));
+        assert_eq!(json(&m), format!("\"{m}\""));
+    }
+}
+
+#[test]
+fn history_entries_carry_their_kind_typed_and_in_words() {
+    let entry = HistoryEntry::new(
+        7,
+        Level::Warn,
+        HistoryKind::Decision(Decision::Reset {
+            method: ResetMethod::Reset,
+            cause: ResetCause::HeartbeatsStopped,
+            in_window: 1,
+            max_resets: 3,
+            completes_reset: false,
+        }),
+    );
+
+    assert_eq!(
+        json(&entry),
+        r#"{"unix_ms":7,"level":"warn","kind":{"decision":{"reset":{"method":"reset","cause":"heartbeats_stopped","in_window":1,"max_resets":3,"completes_reset":false}}},"text":"reset: heartbeats stopped (1 of 3 in the window)"}"#
+    );
+    assert_eq!(
+        entry.reset_decision(),
+        Some((ResetMethod::Reset, ResetCause::HeartbeatsStopped))
+    );
+    let back: HistoryEntry = serde_json::from_str(&json(&entry)).expect("parses");
+    assert_eq!(back, entry);
+}
+
+#[test]
+fn libvirt_and_guest_entries_read_as_before() {
+    let boot = HistoryEntry::new(
+        1,
+        Level::Info,
+        HistoryKind::Libvirt(DomainEvent::Started(StartedReason::Booted)),
+    );
+    let ended = HistoryEntry::new(
+        2,
+        Level::Warn,
+        HistoryKind::Guest(GuestEvent::SessionEnded {
+            reason: SessionEnd::NoHello { within_ms: 500 },
+        }),
+    );
+
+    assert!(boot.is_boot_event());
+    assert_eq!(boot.text, "started (booted)");
+    assert_eq!(
+        ended.text,
+        "session ended: no Hello within 500 ms of the connection"
+    );
+    assert_eq!(
+        json(&ended.kind),
+        r#"{"guest":{"session_ended":{"reason":{"no_hello":{"within_ms":500}}}}}"#
+    );
+}
+
+#[test]
+fn show_document_round_trips_with_its_version() {
+    let view = VmView {
+        name: "vm1".into(),
+        uuid: "u".into(),
+        monitored: true,
+        spec_error: None,
+        status: Some(Status::Green),
+        enabled: true,
+        need_reset: false,
+        last_heartbeat_age_ms: Some(120),
+        resets_in_window: 0,
+        gave_up: false,
+        alarm: None,
+        connected: true,
+        guest_boot_id: Some("b".into()),
+        guest_agent: Some("appmon-guest 0.1.0".into()),
+        domain_state: DomainState::Running(RunningReason::Booted),
+        transport: Some("hybrid vsock /x port 5315".into()),
+        policy: Some(PolicyView {
+            failure_interval_ms: 4000,
+            min_uptime_ms: 15000,
+            max_resets: 3,
+            reset_window_ms: 3_600_000,
+            reset_method: ResetMethod::Reset,
+            channel_timeout_ms: 30_000,
+        }),
+        history: vec![HistoryEntry::new(
+            1,
+            Level::Info,
+            HistoryKind::Operator(OperatorAction::MetadataWritten),
+        )],
+    };
+    let text = json(&ShowDocument::new(view.clone()));
+
+    assert!(
+        text.starts_with(r#"{"schema_version":1,"domain":{"name":"vm1""#),
+        "{text}"
+    );
+    let back: ShowDocument = serde_json::from_str(&text).expect("parses");
+    assert_eq!(back.domain, view);
+    assert!(back.domain.is(Status::Green));
+}
+
+#[test]
+fn readers_ignore_fields_they_do_not_know() {
+    let text = r#"{"schema_version":1,"domains":[],"future":true}"#;
+    let doc: ListDocument = serde_json::from_str(text).expect("parses");
+    assert!(doc.domains.is_empty());
+}
