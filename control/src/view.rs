@@ -149,3 +149,16 @@ impl VmView {
             .join("\n")
     }
 }
+
+/// The summary line and the history, for failure messages.
+impl fmt::Display for VmView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}\n  history:\n{}",
+            self.name,
+            self.summary(),
+            self.history_text()
+        )
+    }
+}

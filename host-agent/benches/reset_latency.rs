@@ -25,6 +25,7 @@ mod sim;
 use std::sync::Arc;
 use std::time::Duration;
 
+use appmon_control::{ShowDocument, VmView};
 use appmon_host_agent::config::Config;
 use appmon_host_agent::ctl;
 use appmon_libvirt_backend::testing::{PrivateLibvirtd, TestDomain, TestDriver};
@@ -44,7 +45,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// `appmonctl --json show DOMAIN` through the library, as the tests do.
-fn show(socket: &std::path::Path, domain: &str) -> Option<serde_json::Value> {
+fn show(socket: &std::path::Path, domain: &str) -> Option<VmView> {
     let cli = ctl::Cli::try_parse_from([
         "appmonctl",
         "--socket",
@@ -56,18 +57,17 @@ fn show(socket: &std::path::Path, domain: &str) -> Option<serde_json::Value> {
     .ok()?;
     let (mut out, mut err) = (Vec::new(), Vec::new());
     (ctl::run(&cli, &mut out, &mut err) == 0)
-        .then(|| serde_json::from_slice(&out).ok())
+        .then(|| serde_json::from_slice::<ShowDocument>(&out).ok())
         .flatten()
+        .map(|doc| doc.domain)
 }
 
 /// The unix_ms of the first power-cycle decision in a `show` view.
-fn decision_ms(view: &serde_json::Value) -> Option<u64> {
-    view["history"].as_array()?.iter().find_map(|e| {
-        let text = e["text"].as_str()?;
-        (e["kind"] == "decision" && text.starts_with("power-cycle: "))
-            .then(|| e["unix_ms"].as_u64())
-            .flatten()
-    })
+fn decision_ms(view: &VmView) -> Option<u64> {
+    view.reset_decisions()
+        .iter()
+        .find(|h| matches!(h.reset_decision(), Some((ResetMethod::PowerCycle, _))))
+        .map(|h| h.unix_ms)
 }
 
 struct Samples {

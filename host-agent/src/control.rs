@@ -1,31 +1,22 @@
 //! The local control socket between `appmonctl` and the daemon.
 //!
-//! One JSON request per line, one JSON response per line, then the connection may carry the
-//! next request. Handlers never call libvirt: they pass a typed [`ControlRequest`] to the
-//! supervisor and write back what it answers. `enable` and `disable` are carried out by the
-//! daemon too (through the same backend connection), so `appmonctl` needs no libvirt access and
-//! works with every URI the daemon uses, including libvirt's per-connection `test:///` driver.
-//!
-//! ```text
-//! {"cmd":"list"}
-//! {"cmd":"show","domain":"vm1"}
-//! {"cmd":"clear","domain":"vm1"}
-//! {"cmd":"enable","domain":"vm1","spec_xml":"<appmon:monitor ...>"}
-//! {"cmd":"disable","domain":"vm1"}
-//! ```
+//! One JSON request per line, one JSON response per line (the schema is `appmon-control`'s
+//! [`Request`] and [`Response`]), then the connection may carry the next request. Handlers never
+//! call libvirt: they pass a typed [`ControlRequest`] to the supervisor and write back what it
+//! answers. `enable` and `disable` are carried out by the daemon too (through the same backend
+//! connection), so `appmonctl` needs no libvirt access and works with every URI the daemon uses,
+//! including libvirt's per-connection `test:///` driver.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use appmon_control::{ErrorKind, Request, Response};
 use appmon_libvirt_backend::MonitorSpec;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
-
-use crate::supervisor::{ControlCall, ControlRequest, ControlResponse, ErrorKind};
 
 /// The longest request line accepted.
 const MAX_REQUEST: u64 = 256 * 1024;
@@ -68,25 +59,34 @@ pub enum ControlError {
     },
 }
 
-/// A request as it travels on the socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum WireRequest {
+/// What the control socket asks the supervisor: a [`Request`] with its spec parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlRequest {
     List,
-    Show { domain: String },
-    Clear { domain: String },
-    Enable { domain: String, spec_xml: String },
-    Disable { domain: String },
+    Show {
+        domain: String,
+    },
+    Clear {
+        domain: String,
+    },
+    /// Writes the spec (`Some`) or removes it (`None`).
+    SetSpec {
+        domain: String,
+        spec: Option<MonitorSpec>,
+    },
 }
 
-impl WireRequest {
-    fn into_request(self) -> Result<ControlRequest, String> {
-        Ok(match self {
-            WireRequest::List => ControlRequest::List,
-            WireRequest::Show { domain } => ControlRequest::Show { domain },
-            WireRequest::Clear { domain } => ControlRequest::Clear { domain },
-            WireRequest::Disable { domain } => ControlRequest::SetSpec { domain, spec: None },
-            WireRequest::Enable { domain, spec_xml } => ControlRequest::SetSpec {
+/// A control request with where to send its answer.
+pub type ControlCall = (ControlRequest, oneshot::Sender<Response>);
+
+impl ControlRequest {
+    fn parse(request: Request) -> Result<ControlRequest, String> {
+        Ok(match request {
+            Request::List => ControlRequest::List,
+            Request::Show { domain } => ControlRequest::Show { domain },
+            Request::Clear { domain } => ControlRequest::Clear { domain },
+            Request::Disable { domain } => ControlRequest::SetSpec { domain, spec: None },
+            Request::Enable { domain, spec_xml } => ControlRequest::SetSpec {
                 domain,
                 spec: Some(
                     MonitorSpec::from_xml(&spec_xml)
@@ -154,11 +154,11 @@ async fn handle(stream: UnixStream, supervisor: mpsc::Sender<ControlCall>) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let response = match serde_json::from_str::<WireRequest>(line.trim())
+        let response = match serde_json::from_str::<Request>(line.trim())
             .map_err(|e| format!("bad request: {e}"))
-            .and_then(WireRequest::into_request)
+            .and_then(ControlRequest::parse)
         {
-            Err(message) => ControlResponse::Error {
+            Err(message) => Response::Error {
                 kind: ErrorKind::BadRequest,
                 message,
             },
@@ -177,9 +177,9 @@ async fn handle(stream: UnixStream, supervisor: mpsc::Sender<ControlCall>) {
     }
 }
 
-async fn ask(supervisor: &mpsc::Sender<ControlCall>, request: ControlRequest) -> ControlResponse {
+async fn ask(supervisor: &mpsc::Sender<ControlCall>, request: ControlRequest) -> Response {
     let (tx, rx) = oneshot::channel();
-    let gone = || ControlResponse::Error {
+    let gone = || Response::Error {
         kind: ErrorKind::BadRequest,
         message: "the host agent is shutting down".into(),
     };
@@ -189,7 +189,7 @@ async fn ask(supervisor: &mpsc::Sender<ControlCall>, request: ControlRequest) ->
     match tokio::time::timeout(ANSWER_LIMIT, rx).await {
         Ok(Ok(response)) => response,
         Ok(Err(_)) => gone(),
-        Err(_) => ControlResponse::Error {
+        Err(_) => Response::Error {
             kind: ErrorKind::Libvirt,
             message: "the host agent did not answer in time (libvirt slow?)".into(),
         },
@@ -197,7 +197,7 @@ async fn ask(supervisor: &mpsc::Sender<ControlCall>, request: ControlRequest) ->
 }
 
 /// Sends one request and reads the answer (blocking; for `appmonctl`).
-pub fn call(path: &Path, request: &WireRequest) -> Result<ControlResponse, ControlError> {
+pub fn call(path: &Path, request: &Request) -> Result<Response, ControlError> {
     let stream =
         std::os::unix::net::UnixStream::connect(path).map_err(|source| ControlError::Connect {
             path: path.to_path_buf(),
@@ -224,26 +224,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_have_a_stable_json_form() {
-        let r = WireRequest::Show {
-            domain: "vm1".into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&r).expect("json"),
-            r#"{"cmd":"show","domain":"vm1"}"#
-        );
-        assert_eq!(
-            serde_json::from_str::<WireRequest>(r#"{"cmd":"list"}"#).expect("parse"),
-            WireRequest::List
-        );
-    }
-
-    #[test]
     fn enable_with_a_broken_spec_is_a_bad_request() {
-        let r = WireRequest::Enable {
+        let r = Request::Enable {
             domain: "vm1".into(),
             spec_xml: "<nope/>".into(),
         };
-        assert!(r.into_request().is_err());
+        assert!(ControlRequest::parse(r).is_err());
     }
 }

@@ -13,8 +13,9 @@ use appmon_libvirt_backend::{MonitorSpec, ResetMethod, Transport, DEFAULT_CHANNE
 use appmon_wire::DEFAULT_VSOCK_PORT;
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::{self, WireRequest};
-use crate::supervisor::{ControlResponse, ErrorKind, VmView};
+use appmon_control::{ErrorKind, ListDocument, Request, Response, ShowDocument, VmView};
+
+use crate::control;
 use appmon_wire::report::error_chain;
 
 pub const EXIT_OK: i32 = 0;
@@ -165,18 +166,18 @@ fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
 /// Runs one command; returns the exit code. Output goes to `out`, errors to `err`.
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let request = match &cli.command {
-        Command::List => WireRequest::List,
-        Command::Show { domain } => WireRequest::Show {
+        Command::List => Request::List,
+        Command::Show { domain } => Request::Show {
             domain: domain.clone(),
         },
-        Command::Clear { domain } => WireRequest::Clear {
+        Command::Clear { domain } => Request::Clear {
             domain: domain.clone(),
         },
-        Command::Disable { domain } => WireRequest::Disable {
+        Command::Disable { domain } => Request::Disable {
             domain: domain.clone(),
         },
         Command::Enable(args) => match args.spec() {
-            Ok(spec) => WireRequest::Enable {
+            Ok(spec) => Request::Enable {
                 domain: args.domain.clone(),
                 spec_xml: spec.to_xml(),
             },
@@ -197,7 +198,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         }
     };
     let written = match &response {
-        ControlResponse::Error { kind, message } => {
+        Response::Error { kind, message } => {
             let _ = writeln!(err, "appmonctl: {message}");
             return match kind {
                 ErrorKind::UnknownDomain => EXIT_UNKNOWN_DOMAIN,
@@ -205,24 +206,26 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                 ErrorKind::Libvirt => EXIT_FAILED,
             };
         }
-        ControlResponse::Done { message } => writeln!(out, "{message}"),
-        ControlResponse::List { domains } if cli.json => {
-            serde_json::to_writer_pretty(&mut *out, domains)
-                .map_err(std::io::Error::other)
-                .and_then(|()| writeln!(out))
+        Response::Done { message } => writeln!(out, "{message}"),
+        Response::List { domains } if cli.json => {
+            write_json(out, &ListDocument::new(domains.clone()))
         }
-        ControlResponse::Show { domain } if cli.json => {
-            serde_json::to_writer_pretty(&mut *out, domain)
-                .map_err(std::io::Error::other)
-                .and_then(|()| writeln!(out))
+        Response::Show { domain } if cli.json => {
+            write_json(out, &ShowDocument::new((**domain).clone()))
         }
-        ControlResponse::List { domains } => write_list(out, domains),
-        ControlResponse::Show { domain } => write_show(out, domain),
+        Response::List { domains } => write_list(out, domains),
+        Response::Show { domain } => write_show(out, domain),
     };
     match written {
         Ok(()) => EXIT_OK,
         Err(_) => EXIT_FAILED,
     }
+}
+
+/// A versioned document of `appmon-control`, pretty-printed.
+fn write_json(out: &mut dyn Write, doc: &impl serde::Serialize) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, doc).map_err(std::io::Error::other)?;
+    writeln!(out)
 }
 
 fn age(ms: Option<u64>) -> String {
@@ -254,7 +257,7 @@ fn write_list(out: &mut dyn Write, domains: &[VmView]) -> std::io::Result<()> {
             "{:<24} {:<9} {:<6} {:<10} {:<7} {:<9} {:<8} {}",
             d.name,
             monitored,
-            d.status.as_deref().unwrap_or("-"),
+            d.status.map_or("-", |s| s.as_str()),
             age(d.last_heartbeat_age_ms),
             resets,
             if d.gave_up { "GAVE-UP" } else { "-" },
@@ -287,7 +290,7 @@ fn write_show(out: &mut dyn Write, d: &VmView) -> std::io::Result<()> {
     writeln!(
         out,
         "status:          {}",
-        d.status.as_deref().unwrap_or("-")
+        d.status.map_or("-", |s| s.as_str())
     )?;
     writeln!(out, "enabled:         {}", d.enabled)?;
     writeln!(out, "last heartbeat:  {} ago", age(d.last_heartbeat_age_ms))?;
@@ -317,7 +320,7 @@ fn write_show(out: &mut dyn Write, d: &VmView) -> std::io::Result<()> {
             "  {}  {:<5} {:<8} {}",
             format_unix_ms(h.unix_ms),
             h.level,
-            h.kind,
+            h.kind.name(),
             h.text
         )?;
     }

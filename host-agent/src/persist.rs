@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use appmon_control::ResetMethod;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +68,7 @@ pub struct VmRecord {
 #[serde(deny_unknown_fields)]
 pub struct ResetEntry {
     pub unix_ms: u64,
-    /// `reset` or `power-cycle`.
-    pub method: String,
+    pub method: ResetMethod,
     pub reason: String,
 }
 
@@ -254,7 +254,7 @@ mod tests {
             name: "vm1".into(),
             resets: vec![ResetEntry {
                 unix_ms: 1_700_000_000_000,
-                method: "reset".into(),
+                method: ResetMethod::Reset,
                 reason: "heartbeats stopped".into(),
             }],
             alarm: Some(AlarmEntry {

@@ -75,11 +75,13 @@
 //! what the guest reports.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::Duration;
 
-use appmon_libvirt_backend::{DomainEvent, DomainState, ResetMethod, RunningReason, StartedReason};
-use appmon_wire::{format_boot_id, AppState, AppStatus, GuestState};
+use appmon_control::{
+    Decision, DomainEvent, DomainState, ResetMethod, RunningReason, StartedReason,
+};
+pub use appmon_control::{Level, ResetCause};
+use appmon_wire::{format_boot_id, AppState, AppStatus, GuestState, HostMsg, RequestId};
 
 /// The smallest step of the clock the rules compare with `>`.
 const EPSILON: Duration = Duration::from_millis(1);
@@ -152,28 +154,6 @@ pub enum Monitoring {
     },
 }
 
-/// Why a VM was reset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ResetCause {
-    HeartbeatsStopped,
-    NeedReset,
-    /// The guest channel did not come back after our reset.
-    ChannelLostAfterReset,
-    /// The guest rebooted by itself and its channel did not come back.
-    ChannelLostAfterReboot,
-}
-
-impl fmt::Display for ResetCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ResetCause::HeartbeatsStopped => "heartbeats stopped",
-            ResetCause::NeedReset => "the application asked for a reset (needReset)",
-            ResetCause::ChannelLostAfterReset => "guest channel did not come back after reset",
-            ResetCause::ChannelLostAfterReboot => "guest channel lost after reboot",
-        })
-    }
-}
-
 /// One reset attempt, kept while it is inside the reset window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResetRecord {
@@ -207,6 +187,17 @@ pub enum Pending {
     },
 }
 
+/// A request from the guest agent that the policy answers (or, sent as an event, only
+/// applies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestRequest {
+    Enable,
+    Disable,
+    PostAppState(AppState),
+    GetAppStatus,
+    IsEnabled,
+}
+
 /// What the machine is fed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
@@ -228,6 +219,13 @@ pub enum Input {
     Disable,
     Heartbeat,
     PostAppState(AppState),
+    /// A request or event from the guest agent (`id` is `None` for an event: no reply). A
+    /// request is answered with [`Action::Reply`]; a reply that carries the status stands for
+    /// the status push of the same moment.
+    Guest {
+        id: Option<RequestId>,
+        request: GuestRequest,
+    },
     /// The session to the guest ended.
     ChannelClosed,
     ResetDone,
@@ -238,14 +236,6 @@ pub enum Input {
     Clear,
     /// Time passed.
     Tick,
-}
-
-/// How much a note matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Level {
-    Info,
-    Warn,
-    Error,
 }
 
 /// What the machine asks of the world.
@@ -262,8 +252,10 @@ pub enum Action {
     SendStatus(AppStatus),
     /// The reset history or alarm changed: write it to the state directory.
     Persist,
+    /// Answer the guest's request `id`.
+    Reply { id: RequestId, msg: HostMsg },
     /// A decision and its reason, for the log and the VM's event history.
-    Note { level: Level, text: String },
+    Note { level: Level, decision: Decision },
 }
 
 /// One VM's monitoring state.
@@ -394,13 +386,6 @@ impl VmMachine {
         matches!(self.monitoring, Monitoring::Enabled { .. })
     }
 
-    /// The status for a reply to the guest; remembered as told.
-    pub fn reply_status(&mut self, now: Duration) -> AppStatus {
-        let status = self.status(now).unwrap_or(AppStatus::Gray);
-        self.status_sent = Some(status);
-        status
-    }
-
     /// When the machine next wants a [`Input::Tick`]: the earliest deadline after `now`.
     pub fn next_deadline(&self, now: Duration) -> Option<Duration> {
         let policy = self.policy.as_ref()?;
@@ -438,9 +423,26 @@ impl VmMachine {
     /// Feeds one input at `now`; returns what to do.
     pub fn handle(&mut self, input: Input, now: Duration) -> Vec<Action> {
         let mut out = Vec::new();
-        self.apply(input, now, &mut out);
+        let (input, ask) = match input {
+            Input::Guest { id, request } => (applied(request), id.map(|id| (id, request))),
+            other => (Some(other), None),
+        };
+        if let Some(input) = input {
+            self.apply(input, now, &mut out);
+        }
         self.evaluate(now, &mut out);
-        if self.channel_up && !self.awaiting_state {
+        let carries_status = match ask {
+            Some((id, request)) => {
+                let (msg, carries_status) = self.answer(request, now);
+                out.push(Action::Reply { id, msg });
+                carries_status
+            }
+            None => false,
+        };
+        if carries_status {
+            // The reply carries the status: no separate event for it.
+            self.status_sent = self.status(now).or(Some(AppStatus::Gray));
+        } else if self.channel_up && !self.awaiting_state {
             if let Some(status) = self.status(now) {
                 if self.status_sent != Some(status) {
                     self.status_sent = Some(status);
@@ -451,11 +453,23 @@ impl VmMachine {
         out
     }
 
-    fn note(out: &mut Vec<Action>, level: Level, text: impl Into<String>) {
-        out.push(Action::Note {
-            level,
-            text: text.into(),
-        });
+    /// The answer to a guest's request once it is applied, and whether it carries the status.
+    fn answer(&self, request: GuestRequest, now: Duration) -> (HostMsg, bool) {
+        match request {
+            GuestRequest::IsEnabled => (HostMsg::Enabled(self.enabled()), false),
+            GuestRequest::PostAppState(AppState::Ok) => (HostMsg::Ack, false),
+            GuestRequest::Enable
+            | GuestRequest::Disable
+            | GuestRequest::PostAppState(AppState::NeedReset)
+            | GuestRequest::GetAppStatus => (
+                HostMsg::AppStatus(self.status(now).unwrap_or(AppStatus::Gray)),
+                true,
+            ),
+        }
+    }
+
+    fn note(out: &mut Vec<Action>, level: Level, decision: Decision) {
+        out.push(Action::Note { level, decision });
     }
 
     /// The guest's state is gone (reboot, reset, power-off, fresh start).
@@ -512,14 +526,14 @@ impl VmMachine {
                     last_heartbeat: now,
                 };
                 self.need_reset = false;
-                Self::note(out, Level::Info, "application enabled monitoring");
+                Self::note(out, Level::Info, Decision::ApplicationEnabled);
             }
             Input::Disable => {
                 if self.policy.is_none() {
                     return;
                 }
                 if self.enabled() {
-                    Self::note(out, Level::Info, "application disabled monitoring");
+                    Self::note(out, Level::Info, Decision::ApplicationDisabled);
                 }
                 self.monitoring = Monitoring::Disabled;
                 self.need_reset = false;
@@ -535,20 +549,16 @@ impl VmMachine {
                 }
                 if self.enabled() {
                     if !self.need_reset {
-                        Self::note(out, Level::Warn, "application posted needReset");
+                        Self::note(out, Level::Warn, Decision::NeedResetPosted);
                     }
                     self.need_reset = true;
                 } else {
-                    Self::note(
-                        out,
-                        Level::Warn,
-                        "needReset ignored: the application has not enabled monitoring",
-                    );
+                    Self::note(out, Level::Warn, Decision::NeedResetIgnored);
                 }
             }
             Input::PostAppState(AppState::Ok) => {
                 if self.need_reset {
-                    Self::note(out, Level::Info, "application took back needReset");
+                    Self::note(out, Level::Info, Decision::NeedResetWithdrawn);
                 }
                 self.need_reset = false;
             }
@@ -576,10 +586,11 @@ impl VmMachine {
                         Self::note(
                             out,
                             Level::Info,
-                            format!(
-                                "{} done ({cause}); the guest was back before libvirt answered",
-                                method.as_str()
-                            ),
+                            Decision::ResetDone {
+                                method,
+                                cause,
+                                guest_back_first: true,
+                            },
                         );
                         return;
                     }
@@ -596,7 +607,11 @@ impl VmMachine {
                     Self::note(
                         out,
                         Level::Info,
-                        format!("{} done ({cause})", method.as_str()),
+                        Decision::ResetDone {
+                            method,
+                            cause,
+                            guest_back_first: false,
+                        },
                     );
                 }
             }
@@ -612,11 +627,12 @@ impl VmMachine {
                     Self::note(
                         out,
                         Level::Error,
-                        format!(
-                            "{} failed ({cause}): {error}; retrying in {} ms if still needed",
-                            method.as_str(),
-                            retry.saturating_sub(now).as_millis()
-                        ),
+                        Decision::ResetFailed {
+                            method,
+                            cause,
+                            error,
+                            retry_in_ms: millis(retry.saturating_sub(now)),
+                        },
                     );
                 }
             }
@@ -633,7 +649,9 @@ impl VmMachine {
                 Self::note(
                     out,
                     Level::Warn,
-                    format!("operator cleared the alarm and {forgotten} reset(s) of the window"),
+                    Decision::OperatorCleared {
+                        forgotten: count(forgotten),
+                    },
                 );
             }
             Input::Tick
@@ -646,7 +664,8 @@ impl VmMachine {
             | Input::Enable
             | Input::Disable
             | Input::Heartbeat
-            | Input::PostAppState(_) => {}
+            | Input::PostAppState(_)
+            | Input::Guest { .. } => {}
         }
     }
 
@@ -667,7 +686,7 @@ impl VmMachine {
                 self.arrived_by_migration(now);
                 self.enter_phase(Phase::Running, now);
                 if self.policy.is_some() {
-                    Self::note(out, Level::Info, "arrived by migration: Gray until Enable");
+                    Self::note(out, Level::Info, Decision::ArrivedByMigration);
                 }
             }
             DomainEvent::Resumed(_) => self.enter_phase(Phase::Running, now),
@@ -723,13 +742,12 @@ impl VmMachine {
             Self::note(
                 out,
                 Level::Warn,
-                format!(
-                    "guest rebooted by itself; waiting {} ms for its channel",
-                    policy.channel_timeout.as_millis()
-                ),
+                Decision::RebootedAwaitingChannel {
+                    wait_ms: millis(policy.channel_timeout),
+                },
             );
         } else {
-            Self::note(out, Level::Info, "guest rebooted");
+            Self::note(out, Level::Info, Decision::GuestRebooted);
         }
     }
 
@@ -743,16 +761,16 @@ impl VmMachine {
                 // A reset already issued still reports its result.
                 self.cancel_awaiting_unless_ours();
                 self.retry_at = None;
-                Self::note(out, Level::Warn, "monitoring spec removed: VM left alone");
+                Self::note(out, Level::Warn, Decision::SpecRemoved);
             }
             (None, Some(p)) => {
                 self.policy = Some(p);
                 self.monitoring = Monitoring::Unknown;
-                Self::note(out, Level::Info, "monitoring spec found: Gray until Enable");
+                Self::note(out, Level::Info, Decision::SpecFound);
             }
             (Some(old), Some(p)) => {
                 if *old != p {
-                    Self::note(out, Level::Info, "monitoring policy changed");
+                    Self::note(out, Level::Info, Decision::PolicyChanged);
                 }
                 self.policy = Some(p);
             }
@@ -776,10 +794,9 @@ impl VmMachine {
                 Self::note(
                     out,
                     Level::Info,
-                    format!(
-                        "guest channel is back (boot id {})",
-                        format_boot_id(&boot_id)
-                    ),
+                    Decision::ChannelBack {
+                        boot_id: format_boot_id(&boot_id),
+                    },
                 );
             }
         }
@@ -801,7 +818,7 @@ impl VmMachine {
             }
             (_, false) => {
                 if self.enabled() {
-                    Self::note(out, Level::Info, "guest reports monitoring disabled");
+                    Self::note(out, Level::Info, Decision::GuestReportsDisabled);
                 }
                 self.monitoring = Monitoring::Disabled;
                 self.need_reset = false;
@@ -810,7 +827,7 @@ impl VmMachine {
                 self.monitoring = Monitoring::Enabled {
                     last_heartbeat: now,
                 };
-                Self::note(out, Level::Info, "guest reports monitoring enabled");
+                Self::note(out, Level::Info, Decision::GuestReportsEnabled);
             }
             (Monitoring::Enabled { last_heartbeat }, true) => {
                 if let Some(age) = state.last_heartbeat_age_ms {
@@ -823,7 +840,7 @@ impl VmMachine {
         }
         if state.need_reset && self.enabled() && !self.need_reset {
             self.need_reset = true;
-            Self::note(out, Level::Warn, "guest reports a pending needReset");
+            Self::note(out, Level::Warn, Decision::GuestReportsNeedReset);
         }
     }
 
@@ -844,11 +861,7 @@ impl VmMachine {
         if self.alarm.is_some() && self.resets.len() < policy.max_resets as usize {
             self.alarm = None;
             out.push(Action::Persist);
-            Self::note(
-                out,
-                Level::Warn,
-                "reset window has room again: alarm cleared",
-            );
+            Self::note(out, Level::Warn, Decision::AlarmCleared);
         }
         if let Pending::AwaitingChannel {
             deadline,
@@ -861,23 +874,16 @@ impl VmMachine {
             }
             self.pending = Pending::Idle;
             if self.phase != Phase::Running {
-                Self::note(
-                    out,
-                    Level::Info,
-                    "guest channel did not come back, but the domain is not running: no recovery",
-                );
+                Self::note(out, Level::Info, Decision::ChannelNotBackNotRunning);
                 return;
             }
             if after_reset {
                 // Completes the reset that did not bring the guest back: already counted.
                 self.issue_reset(
+                    &policy,
                     ResetMethod::PowerCycle,
                     ResetCause::ChannelLostAfterReset,
-                    format!(
-                        "completes the reset, {} of {} in the window",
-                        self.resets.len(),
-                        policy.max_resets
-                    ),
+                    true,
                     out,
                 );
             } else {
@@ -911,11 +917,10 @@ impl VmMachine {
             Self::note(
                 out,
                 Level::Warn,
-                format!(
-                    "no heartbeat for {} ms (failure interval {} ms)",
-                    now.saturating_sub(last_heartbeat).as_millis(),
-                    policy.failure_interval.as_millis()
-                ),
+                Decision::HeartbeatsOverdue {
+                    silent_ms: millis(now.saturating_sub(last_heartbeat)),
+                    failure_interval_ms: millis(policy.failure_interval),
+                },
             );
         }
         self.try_reset(&policy, policy.reset_method, cause, now, out);
@@ -932,17 +937,18 @@ impl VmMachine {
         self.retry_at = None;
         if self.resets_in_window(now) >= policy.max_resets as usize {
             if self.alarm.is_none() {
-                let reason = format!(
-                    "gave up: {cause}, but {} reset(s) in the last {} s already (max {})",
-                    self.resets_in_window(now),
-                    policy.reset_window.as_secs(),
-                    policy.max_resets
-                );
+                let gave_up = Decision::GaveUp {
+                    cause,
+                    resets_in_window: count(self.resets_in_window(now)),
+                    window_s: policy.reset_window.as_secs(),
+                    max_resets: policy.max_resets,
+                };
+                let reason = gave_up.to_string();
                 self.alarm = Some(Alarm {
                     at: now,
                     reason: reason.clone(),
                 });
-                Self::note(out, Level::Error, reason.clone());
+                Self::note(out, Level::Error, gave_up);
                 out.push(Action::Alarm { reason });
                 out.push(Action::Persist);
             }
@@ -954,20 +960,17 @@ impl VmMachine {
             reason: cause.to_string(),
         });
         out.push(Action::Persist);
-        let count = format!(
-            "{} of {} in the window",
-            self.resets.len(),
-            policy.max_resets
-        );
-        self.issue_reset(method, cause, count, out);
+        self.issue_reset(policy, method, cause, false, out);
     }
 
-    /// Starts a reset whose place in the window is settled; `count` says which it is.
+    /// Starts a reset whose place in the window is settled. `completes_reset`: the power-cycle
+    /// that completes a reset which did not bring the guest back (already counted).
     fn issue_reset(
         &mut self,
+        policy: &Policy,
         method: ResetMethod,
         cause: ResetCause,
-        count: String,
+        completes_reset: bool,
         out: &mut Vec<Action>,
     ) {
         self.pending = Pending::Resetting { method, cause };
@@ -976,10 +979,36 @@ impl VmMachine {
         Self::note(
             out,
             Level::Warn,
-            format!("{}: {cause} ({count})", method.as_str()),
+            Decision::Reset {
+                method,
+                cause,
+                in_window: count(self.resets.len()),
+                max_resets: policy.max_resets,
+                completes_reset,
+            },
         );
         out.push(Action::Reset { method, cause });
     }
+}
+
+/// What a guest's request changes, if anything (queries change nothing).
+fn applied(request: GuestRequest) -> Option<Input> {
+    match request {
+        GuestRequest::Enable => Some(Input::Enable),
+        GuestRequest::Disable => Some(Input::Disable),
+        GuestRequest::PostAppState(state) => Some(Input::PostAppState(state)),
+        GuestRequest::GetAppStatus | GuestRequest::IsEnabled => None,
+    }
+}
+
+/// Whole milliseconds, for notes.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A count for notes.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use appmon_control::{Decision, ResetCause, ResetMethod, Status};
 use appmon_guest_agent::client::{AppState, AppStatus, Client, Delivery};
 use appmon_guest_agent::config::Config as GuestConfig;
 use appmon_guest_agent::daemon::{Background, Tuning};
@@ -127,9 +128,9 @@ async fn real_guest_agent_against_the_real_host_agent_and_libvirt() {
     let agent = app.call(|c| c.status()).await.expect("appmon status");
     assert_eq!(agent.reenables, 1, "told Gray once: {agent:?}");
     let view = host.show(&vm).await;
-    assert_eq!(view["status"], "green", "{view}");
+    assert_eq!(view.status, Some(Status::Green), "{view}");
     assert!(
-        history_has(&view, "application enabled monitoring"),
+        decided(&view, |d| *d == Decision::ApplicationEnabled),
         "{view}"
     );
 
@@ -141,17 +142,17 @@ async fn real_guest_agent_against_the_real_host_agent_and_libvirt() {
         tokio::time::sleep(ms(200)).await;
     }
     let view = host.show(&vm).await;
-    assert_eq!(view["status"], "green", "{view}");
-    assert!(reset_decisions(&view).is_empty(), "{view}");
+    assert_eq!(view.status, Some(Status::Green), "{view}");
+    assert!(view.reset_decisions().is_empty(), "{view}");
 
     // Silence: reset through libvirt one failure interval after the last heartbeat.
     let view = host
-        .wait_show(&vm, ms(5000), |v| !resets_done(v).is_empty())
+        .wait_show(&vm, ms(5000), |v| !v.resets_done().is_empty())
         .await;
-    let decisions = reset_decisions(&view);
+    let decisions = view.reset_decisions();
     assert_eq!(decisions.len(), 1, "{view}");
     assert!(
-        decisions[0].text.starts_with("reset: heartbeats stopped"),
+        decisions[0].reset_decision() == Some((ResetMethod::Reset, ResetCause::HeartbeatsStopped)),
         "{decisions:?}"
     );
     let latency = decisions[0].unix_ms as i64 - last.floor() as i64;
@@ -160,7 +161,8 @@ async fn real_guest_agent_against_the_real_host_agent_and_libvirt() {
         "reset {latency} ms after the application's last markActive"
     );
     assert!(
-        resets_done(&view)[0].text.starts_with("reset done"),
+        view.resets_done()[0].reset_done()
+            == Some((ResetMethod::Reset, ResetCause::HeartbeatsStopped)),
         "libvirt carried out virDomainReset: {view}"
     );
     // Red from the decision on (a reset is under way, then the guest's state is gone).
@@ -175,7 +177,13 @@ async fn real_guest_agent_against_the_real_host_agent_and_libvirt() {
     let view = host
         .wait_show(&vm, ms(5000), |v| guest_boot_starts_with(v, "b2b2b2b2"))
         .await;
-    assert!(history_has(&view, "guest channel is back"), "{view}");
+    assert!(
+        decided(
+            &view,
+            |d| matches!(d, Decision::ChannelBack { boot_id } if boot_id.starts_with("b2b2b2b2"))
+        ),
+        "{view}"
+    );
     // Its first host session hears its status, which the guest agent reports (without a push
     // it would answer Gray): Red, not monitored.
     assert_eq!(
@@ -195,14 +203,12 @@ async fn real_guest_agent_against_the_real_host_agent_and_libvirt() {
         .expect("postAppState needReset");
     assert_eq!(posted.delivery, Delivery::Confirmed);
     let view = host
-        .wait_show(&vm, ms(3000), |v| resets_done(v).len() >= 2)
+        .wait_show(&vm, ms(3000), |v| v.resets_done().len() >= 2)
         .await;
-    let decisions = reset_decisions(&view);
+    let decisions = view.reset_decisions();
     assert_eq!(decisions.len(), 2, "{view}");
     assert!(
-        decisions[1]
-            .text
-            .starts_with("reset: the application asked for a reset (needReset)"),
+        decisions[1].reset_decision() == Some((ResetMethod::Reset, ResetCause::NeedReset)),
         "{decisions:?}"
     );
     let latency = decisions[1].unix_ms as i64 - asked.floor() as i64;
@@ -210,7 +216,7 @@ async fn real_guest_agent_against_the_real_host_agent_and_libvirt() {
         (0..=250).contains(&latency),
         "needReset reset {latency} ms after it was posted"
     );
-    assert_eq!(resets_done(&view).len(), 2, "{view}");
+    assert_eq!(view.resets_done().len(), 2, "{view}");
     // The guest came back each time: libvirt never had to power-cycle it.
     assert!(
         !lab.events_of("vm")

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 
+use appmon_control::{SessionEnd, Status};
 use appmon_wire::{Capabilities, Frame, GuestCodec, GuestMsg, Hello, HostMsg};
 use common::sim::GuestSim;
 use common::*;
@@ -175,29 +176,40 @@ async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
     for g in &good {
         assert!(g.wait(ms(5000), |g| g.heartbeats() >= 3).await);
     }
-    for (name, needle) in [
-        ("garbage", "bad frame"),
-        ("oversized", "exceeds 4096 bytes"),
-        ("flood", "floods"),
-        ("silent", "no Hello within"),
-        ("slow", "no Hello within"),
+    // Each loses its session for its own reason, with the configured bound in it.
+    type Reason = fn(&SessionEnd) -> bool;
+    let reasons: [(&str, Reason); 6] = [
+        ("garbage", |e| matches!(e, SessionEnd::BadFrame { .. })),
+        (
+            "oversized",
+            |e| matches!(e, SessionEnd::BadFrame { error } if error.contains("exceeds 4096 bytes")),
+        ),
+        ("flood", |e| {
+            *e == SessionEnd::Flood {
+                frames_per_second: 50,
+                burst: 100,
+            }
+        }),
+        ("silent", |e| *e == SessionEnd::NoHello { within_ms: 500 }),
+        ("slow", |e| *e == SessionEnd::NoHello { within_ms: 500 }),
         // Some hundred unread Pongs fill a Unix socket's send buffer: seconds at 45/s.
-        ("deaf", "guest does not read: a write took more than 300 ms"),
-    ] {
+        ("deaf", |e| *e == SessionEnd::WriteTimeout { after_ms: 300 }),
+    ];
+    for (name, reason) in reasons {
         let view = host
-            .wait_show(&lab.name(name), ms(30_000), |v| history_has(v, needle))
+            .wait_show(&lab.name(name), ms(30_000), |v| session_ended(v, reason))
             .await;
-        assert!(history_has(&view, needle), "{name}: {view}");
-        assert_eq!(view["enabled"], false);
+        assert!(session_ended(&view, reason), "{name}: {view}");
+        assert!(!view.enabled);
     }
     // While the hostile peers keep reconnecting, a good guest that stops is reset on time.
     good[1].set_heartbeat(None);
     let view = host
         .wait_show(&lab.name("good2"), ms(5000), |v| {
-            !reset_decisions(v).is_empty()
+            !v.reset_decisions().is_empty()
         })
         .await;
-    let reset = reset_decisions(&view);
+    let reset = view.reset_decisions();
     let reset = reset.first().expect("good2 reset");
     let last = good[1].last_heartbeat_unix_ms().expect("beats");
     // Both in whole milliseconds: never more than the true gap rounded down.
@@ -222,12 +234,12 @@ async fn hostile_guests_lose_their_sessions_and_cost_others_nothing() {
     ] {
         let view = host.show(&lab.name(name)).await;
         assert!(
-            reset_decisions(&view).is_empty(),
+            view.reset_decisions().is_empty(),
             "only the silent good guest is reset, not {name}: {view}"
         );
     }
     let view = host.show(&lab.name("good1")).await;
-    assert_eq!(view["status"], "green");
+    assert!(view.is(Status::Green), "{view}");
     host.stop().await;
     for t in tasks {
         t.abort();

@@ -2,6 +2,7 @@
 //! hypervisor (`test:///<node file>`: private to the daemon's connection, so `appmonctl` goes
 //! through the daemon for metadata as designed). The guest is a scripted peer on a Unix socket.
 
+use appmon_control::{ListDocument, ResetCause, ResetMethod, ShowDocument, VmView};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -66,22 +67,12 @@ fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn show(socket: &Path, domain: &str) -> serde_json::Value {
+fn show(socket: &Path, domain: &str) -> VmView {
     let (code, out, err) = ctl(socket, &["--json", "show", domain]);
     assert_eq!(code, 0, "show {domain}: {err}");
-    serde_json::from_str(&out).expect("json")
-}
-
-fn history(view: &serde_json::Value) -> String {
-    view["history"]
-        .as_array()
-        .map(|h| {
-            h.iter()
-                .filter_map(|e| e["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
+    serde_json::from_str::<ShowDocument>(&out)
+        .expect("json")
+        .domain
 }
 
 async fn until(limit: Duration, mut pred: impl FnMut() -> bool) -> bool {
@@ -132,18 +123,20 @@ async fn daemon_against_libvirts_test_driver() {
     // Which domains are monitored comes from their metadata.
     let (code, out, _) = ctl(&control, &["--json", "list"]);
     assert_eq!(code, 0);
-    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let list = serde_json::from_str::<ListDocument>(&out)
+        .expect("json")
+        .domains;
     let by = |n: &str| {
-        list.as_array()
-            .and_then(|a| a.iter().find(|v| v["name"] == n))
+        list.iter()
+            .find(|v| v.name == n)
             .cloned()
-            .unwrap_or_else(|| panic!("{n} listed: {list}"))
+            .unwrap_or_else(|| panic!("{n} listed: {list:?}"))
     };
-    assert_eq!(by("e2e-a")["monitored"], true);
-    assert_eq!(by("e2e-b")["monitored"], false);
-    assert_eq!(by("e2e-broken")["monitored"], false);
-    assert!(by("e2e-broken")["spec_error"]
-        .as_str()
+    assert!(by("e2e-a").monitored);
+    assert!(!by("e2e-b").monitored);
+    assert!(!by("e2e-broken").monitored);
+    assert!(by("e2e-broken")
+        .spec_error
         .is_some_and(|e| e.contains("failure-interval")));
 
     // Gray after the start, Green once the guest enables.
@@ -159,22 +152,36 @@ async fn daemon_against_libvirts_test_driver() {
     guest.set_enabled_in_state(false);
     guest.set_auto_enable(false);
     guest.set_heartbeat(None);
-    let mut view = serde_json::Value::Null;
+    let mut view = None;
     assert!(
         until(ms(10_000), || {
-            view = show(&control, "e2e-a");
-            history(&view).contains("power-cycle done")
+            let v = show(&control, "e2e-a");
+            let done = v
+                .resets_done()
+                .iter()
+                .any(|h| matches!(h.reset_done(), Some((ResetMethod::PowerCycle, _))));
+            view = Some(v);
+            done
         })
         .await,
+        "{view:?}"
+    );
+    let view = view.expect("shown");
+    let done: Vec<_> = view
+        .resets_done()
+        .iter()
+        .filter_map(|h| h.reset_done())
+        .collect();
+    assert_eq!(
+        done,
+        [
+            (ResetMethod::Reset, ResetCause::HeartbeatsStopped),
+            (ResetMethod::PowerCycle, ResetCause::ChannelLostAfterReset)
+        ],
         "{view}"
     );
-    let h = history(&view);
-    assert!(
-        h.contains("reset: heartbeats stopped") && h.contains("reset done"),
-        "{h}"
-    );
     // The power-cycle completes that reset: one slot of the window, not two.
-    assert_eq!(view["resets_in_window"], 1);
+    assert_eq!(view.resets_in_window, 1);
 
     // enable / disable write the metadata through the daemon's libvirt connection.
     let (code, _, err) = ctl(
@@ -182,11 +189,14 @@ async fn daemon_against_libvirts_test_driver() {
         &["enable", "e2e-b", "--cid", "5", "--max-resets", "2"],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(until(ms(5000), || show(&control, "e2e-b")["monitored"] == true).await);
-    assert_eq!(show(&control, "e2e-b")["policy"]["max_resets"], 2);
+    assert!(until(ms(5000), || show(&control, "e2e-b").monitored).await);
+    assert_eq!(
+        show(&control, "e2e-b").policy.map(|p| p.max_resets),
+        Some(2)
+    );
     let (code, _, err) = ctl(&control, &["disable", "e2e-b"]);
     assert_eq!(code, 0, "{err}");
-    assert!(until(ms(5000), || show(&control, "e2e-b")["monitored"] == false).await);
+    assert!(until(ms(5000), || !show(&control, "e2e-b").monitored).await);
     let (code, _, err) = ctl(&control, &["show", "no-such-domain"]);
     assert_eq!(code, 3, "{err}");
 

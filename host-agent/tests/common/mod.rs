@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use appmon_control::{Decision, GuestEvent, ListDocument, SessionEnd, ShowDocument, VmView};
 use appmon_host_agent::config::Config;
 use appmon_host_agent::ctl;
 use appmon_libvirt_backend::testing::{PrivateLibvirtd, TestDomain, TestDriver};
@@ -252,10 +253,20 @@ impl Host {
     }
 
     /// `appmonctl --json show DOMAIN`, parsed.
-    pub async fn show(&self, domain: &str) -> serde_json::Value {
+    pub async fn show(&self, domain: &str) -> VmView {
         let (code, out, err) = self.ctl(&["--json", "show", domain]).await;
         assert_eq!(code, 0, "show {domain}: {err}");
-        serde_json::from_str(&out).expect("show json")
+        let doc: ShowDocument = serde_json::from_str(&out).expect("show json");
+        assert_eq!(doc.schema_version, appmon_control::SCHEMA_VERSION);
+        doc.domain
+    }
+
+    /// `appmonctl --json list`, parsed.
+    pub async fn list(&self) -> Vec<VmView> {
+        let (code, out, err) = self.ctl(&["--json", "list"]).await;
+        assert_eq!(code, 0, "list: {err}");
+        let doc: ListDocument = serde_json::from_str(&out).expect("list json");
+        doc.domains
     }
 
     /// Waits until `pred` holds for `show DOMAIN`, or `limit` passes; returns the last view.
@@ -263,15 +274,15 @@ impl Host {
         &self,
         domain: &str,
         limit: Duration,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
+        pred: impl Fn(&VmView) -> bool,
+    ) -> VmView {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let (code, out, _) = self.ctl(&["--json", "show", domain]).await;
             if code == 0 {
-                let v: serde_json::Value = serde_json::from_str(&out).expect("show json");
-                if pred(&v) || tokio::time::Instant::now() >= deadline {
-                    return v;
+                let doc: ShowDocument = serde_json::from_str(&out).expect("show json");
+                if pred(&doc.domain) || tokio::time::Instant::now() >= deadline {
+                    return doc.domain;
                 }
             } else if tokio::time::Instant::now() >= deadline {
                 panic!("show {domain} never succeeded");
@@ -289,72 +300,25 @@ impl Host {
 }
 
 /// Whether `show`'s guest boot id starts with `prefix`.
-pub fn guest_boot_starts_with(view: &serde_json::Value, prefix: &str) -> bool {
-    view["guest_boot_id"]
-        .as_str()
+pub fn guest_boot_starts_with(view: &VmView, prefix: &str) -> bool {
+    view.guest_boot_id
+        .as_deref()
         .is_some_and(|b| b.starts_with(prefix))
 }
 
-pub fn history_has(view: &serde_json::Value, needle: &str) -> bool {
-    view["history"].as_array().is_some_and(|h| {
-        h.iter()
-            .any(|e| e["text"].as_str().is_some_and(|t| t.contains(needle)))
-    })
+/// Whether the history has a decision `pick` accepts.
+pub fn decided(view: &VmView, pick: impl Fn(&Decision) -> bool) -> bool {
+    view.decisions().any(|(_, d)| pick(d))
 }
 
-/// One entry of a VM's history as `appmonctl show --json` gives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub unix_ms: u64,
-    pub kind: String,
-    pub text: String,
+/// Whether the history has the libvirt event `event`.
+pub fn libvirt_said(view: &VmView, event: DomainEvent) -> bool {
+    view.history.iter().any(|h| h.libvirt() == Some(event))
 }
 
-pub fn history(view: &serde_json::Value) -> Vec<Entry> {
-    view["history"]
-        .as_array()
-        .map(|h| {
-            h.iter()
-                .map(|e| Entry {
-                    unix_ms: e["unix_ms"].as_u64().unwrap_or(0),
-                    kind: e["kind"].as_str().unwrap_or_default().to_string(),
-                    text: e["text"].as_str().unwrap_or_default().to_string(),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The host agent's decisions to reset or power-cycle, in order: `reset: <cause> (n of m in
-/// the window)`, recorded when the decision was taken, just before the call to libvirt.
-pub fn reset_decisions(view: &serde_json::Value) -> Vec<Entry> {
-    history(view)
-        .into_iter()
-        .filter(|e| {
-            e.kind == "decision"
-                && (e.text.starts_with("reset: ") || e.text.starts_with("power-cycle: "))
-        })
-        .collect()
-}
-
-/// Calls to libvirt that libvirt carried out: `reset done (<cause>)`.
-pub fn resets_done(view: &serde_json::Value) -> Vec<Entry> {
-    history(view)
-        .into_iter()
-        .filter(|e| {
-            e.kind == "decision"
-                && (e.text.starts_with("reset done") || e.text.starts_with("power-cycle done"))
-        })
-        .collect()
-}
-
-/// Calls to libvirt that libvirt (or the backend) refused: `reset failed (<cause>): <error>`.
-pub fn resets_failed(view: &serde_json::Value) -> Vec<Entry> {
-    history(view)
-        .into_iter()
-        .filter(|e| {
-            e.kind == "decision"
-                && (e.text.starts_with("reset failed") || e.text.starts_with("power-cycle failed"))
-        })
-        .collect()
+/// Whether the history has a session end `pick` accepts.
+pub fn session_ended(view: &VmView, pick: impl Fn(&SessionEnd) -> bool) -> bool {
+    view.history
+        .iter()
+        .any(|h| matches!(h.guest(), Some(GuestEvent::SessionEnded { reason }) if pick(reason)))
 }

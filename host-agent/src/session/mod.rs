@@ -1,0 +1,127 @@
+//! Guest sessions: one task per monitored VM connects to the guest agent, speaks the session
+//! protocol, and relays what the guest says to the supervisor as typed [`SessionMsg`]s.
+//!
+//! # Modules
+//!
+//! - [`machine`]: one session as a pure state machine (handshake, keepalive, token bucket,
+//!   dispatch, the end of a session and its reason), tested with a virtual clock.
+//! - [`shell`]: the thin I/O around it: reads frames, writes what the machine asks (each write
+//!   bounded by the write timeout), sleeps until the machine's next deadline; and the dial loop
+//!   that connects and reconnects with backoff. Tested over `tokio::io::duplex`.
+//! - [`endpoint`]: where the guest agent is reached and connecting to it.
+//!
+//! # Protocol (host side)
+//!
+//! 1. On a link the host dialed, the host sends `Event Hello` first (a link the guest opened
+//!    would start with the guest's Hello, answered by the host's: [`machine::Opening`]). The
+//!    guest answers `Event Hello` (its boot id) and `Event State`; once the State is in, the
+//!    supervisor pushes `Event AppStatus` with the current status, on every connection (see
+//!    [`crate::policy`]). Incompatible versions get `Error(IncompatibleVersion)` and the
+//!    session ends. A guest silent for `hello_timeout` after the connection is dropped.
+//! 2. Requests (`Enable`, `Disable`, `PostAppState`, `GetAppStatus`, `IsEnabled`) go to the
+//!    supervisor, whose policy machine answers through [`HostCmd::Reply`]; `Ping` is answered
+//!    here. Heartbeats (`Event MarkActive`) are stamped with the time they were read and
+//!    forwarded. Requests this host agent does not handle get `Error(NotAllowed)`; an unknown
+//!    message kind gets `Error(Unsupported)`; an `Error` is never answered.
+//! 3. Every `ping_interval` the host sends `Request Ping`; a guest that sends no frame at all for
+//!    `ping_interval * dead_after_pings` is dead: the session ends and reconnects.
+//!
+//! # Bounds against a hostile guest
+//!
+//! The codec's frame limit; a read buffer that starts small; a token bucket on received frames
+//! whose exhaustion ends the session; a timeout on every write, so a guest that does not read
+//! cannot hold the task; any frame error other than an unknown kind ends the session (on a
+//! virtio-serial channel, which has no connection to end, bad frames are skipped and only the
+//! token bucket ends it). A session's end is logged with the reason and never touches another
+//! VM: each VM has its own task, its own command queue, and the shared queue to the supervisor is
+//! only fed at the rate the token bucket allows.
+
+pub mod endpoint;
+pub mod machine;
+pub mod shell;
+
+use std::time::{Duration, Instant};
+
+use appmon_control::SessionEnd;
+use appmon_wire::{Capabilities, GuestState, Hello, HostMsg, RequestId};
+
+pub use self::endpoint::{ChannelLookup, Endpoint, GuestIo, SessionError};
+pub use self::machine::{Keepalive, Link, LinkKind, Opening};
+pub use self::shell::run;
+use crate::config::SessionLimits;
+use crate::policy::GuestRequest;
+
+/// Identifies a VM inside the supervisor.
+pub type VmId = u64;
+
+/// What a session tells the supervisor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// The handshake succeeded.
+    Hello {
+        boot_id: [u8; 16],
+        agent: String,
+    },
+    State(GuestState),
+    /// A heartbeat, stamped when its frame was read.
+    Heartbeat {
+        at: Instant,
+    },
+    /// `id` is `None` when the guest sent it as an event (no reply wanted).
+    Request {
+        id: Option<RequestId>,
+        req: GuestRequest,
+    },
+    /// The connection ended (after a Hello or not); the task reconnects.
+    Closed {
+        reason: SessionEnd,
+    },
+}
+
+/// A [`SessionEvent`] with who it is from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionMsg {
+    pub vm: VmId,
+    /// Which session task of the VM (a new task gets a new number).
+    pub task: u64,
+    pub event: SessionEvent,
+}
+
+/// What the supervisor tells a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostCmd {
+    /// `Event AppStatus`.
+    Status(appmon_wire::AppStatus),
+    /// The answer to a request.
+    Reply { id: RequestId, msg: HostMsg },
+}
+
+/// Session settings shared by all VMs.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hello: Hello,
+    pub hello_timeout: Duration,
+    /// The keepalive of a dialed link.
+    pub keepalive: Keepalive,
+    pub reconnect_max: Duration,
+    pub limits: SessionLimits,
+}
+
+impl SessionConfig {
+    pub fn new(config: &crate::config::Config, host_boot_id: [u8; 16]) -> Self {
+        SessionConfig {
+            hello: Hello::new(
+                format!("appmon-host {}", env!("CARGO_PKG_VERSION")),
+                host_boot_id,
+                Capabilities::HEARTBEAT,
+            ),
+            hello_timeout: config.hello_timeout,
+            keepalive: Keepalive {
+                ping_interval: config.ping_interval,
+                dead_after: config.ping_interval * config.dead_after_pings,
+            },
+            reconnect_max: config.reconnect_max,
+            limits: config.session.clone(),
+        }
+    }
+}

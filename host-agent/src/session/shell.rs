@@ -1,0 +1,200 @@
+//! The I/O around a [`Session`]: read frames, write what the machine asks, sleep until its next
+//! deadline; and the dial loop of a VM's session task.
+//!
+//! [`serve_link`] serves one connected link of any byte stream, whoever opened it; [`run`] is
+//! the task of a VM whose guest agent the host dials, reconnecting with backoff. Input wins over
+//! deadlines: every frame already readable is read and fed before a deadline is ticked, so the
+//! machine judges silence only on input that was read.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use appmon_control::SessionEnd;
+use appmon_wire::HostCodec;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use super::machine::{Action, BadFrame, Event, Link, LinkKind, Opening, Session};
+use super::{Endpoint, HostCmd, SessionConfig, SessionEvent, SessionMsg, VmId};
+
+/// How a link's service ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Served {
+    /// The supervisor is gone (it dropped the command queue or the event queue): stop for good.
+    Stopped,
+    /// The session ended, for this reason.
+    Ended(SessionEnd),
+}
+
+/// Serves one link until its session ends. `deliver` hands an event to the supervisor and
+/// says whether it is still there.
+pub async fn serve_link<IO, F, Fut>(
+    io: IO,
+    link: Link,
+    config: &SessionConfig,
+    domain: &str,
+    cmds: &mut mpsc::Receiver<HostCmd>,
+    deliver: F,
+) -> Served
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(SessionEvent) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let limits = &config.limits;
+    let (r, w) = tokio::io::split(io);
+    let mut reader = FramedRead::with_capacity(
+        r,
+        HostCodec::with_max_frame(limits.max_frame),
+        limits.read_buffer,
+    );
+    let mut writer = FramedWrite::new(w, HostCodec::with_max_frame(limits.max_frame));
+    // The default 8 KiB write buffer would be most of a session's memory; host frames are small
+    // and the buffer grows on demand.
+    *writer.write_buffer_mut() = bytes::BytesMut::with_capacity(limits.read_buffer);
+
+    let (mut session, first) = Session::open(config, link, domain, now());
+    let mut todo: VecDeque<Action> = first.into();
+    loop {
+        while let Some(action) = todo.pop_front() {
+            let failed = match action {
+                Action::Resync => {
+                    bounded(
+                        config,
+                        writer.get_mut().write_all(&[appmon_wire::DELIMITER]),
+                    )
+                    .await
+                }
+                Action::Send(frame) => bounded(config, writer.send(frame)).await,
+                Action::Deliver(event) => {
+                    if !deliver(event).await {
+                        return Served::Stopped;
+                    }
+                    None
+                }
+                Action::End(reason) => return Served::Ended(reason),
+            };
+            if let Some(event) = failed {
+                todo = session.handle(config, event, now()).into();
+            }
+        }
+        let deadline = session.next_deadline().map(Instant::from_std);
+        // `biased`: what the guest sent is read before a deadline is looked at.
+        let event = tokio::select! {
+            biased;
+            item = reader.next() => match item {
+                None => Event::Closed,
+                Some(Err(e)) => Event::ReadFailed(e.to_string()),
+                Some(Ok(Ok(frame))) => Event::Frame(frame),
+                Some(Ok(Err(e))) => Event::BadFrame(BadFrame::from(&e)),
+            },
+            cmd = cmds.recv() => match cmd {
+                None => return Served::Stopped,
+                Some(cmd) => Event::Command(cmd),
+            },
+            _ = sleep_or_never(deadline) => Event::Tick,
+        };
+        todo = session.handle(config, event, now()).into();
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+async fn sleep_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A write bounded by the write timeout; its failure as the machine's event.
+async fn bounded<E: std::error::Error + 'static>(
+    config: &SessionConfig,
+    write: impl Future<Output = Result<(), E>>,
+) -> Option<Event> {
+    match timeout(config.limits.write_timeout, write).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(Event::WriteFailed(appmon_wire::report::error_chain(&e))),
+        Err(_) => Some(Event::WriteTimedOut),
+    }
+}
+
+/// One VM's session task: dials the guest agent, serves the link, reconnects with backoff,
+/// until aborted or the supervisor is gone.
+pub async fn run(
+    vm: VmId,
+    task: u64,
+    domain: String,
+    endpoint: Endpoint,
+    config: Arc<SessionConfig>,
+    to_supervisor: mpsc::Sender<SessionMsg>,
+    mut cmds: mpsc::Receiver<HostCmd>,
+) {
+    let min_backoff = Duration::from_millis(50);
+    let mut backoff = min_backoff;
+    let mut failures = 0u32;
+    let deliver = |event| {
+        let tx = to_supervisor.clone();
+        async move { tx.send(SessionMsg { vm, task, event }).await.is_ok() }
+    };
+    // A dialed link: the host speaks first and keeps it alive.
+    let link = Link {
+        kind: if endpoint.is_stream() {
+            LinkKind::Stream
+        } else {
+            LinkKind::Serial
+        },
+        opening: Opening::HostFirst,
+        keepalive: Some(config.keepalive),
+    };
+    loop {
+        // Commands for a connection that is gone are of no use.
+        while cmds.try_recv().is_ok() {}
+        let connect_limit = config.hello_timeout.max(Duration::from_secs(1));
+        match endpoint.connect(connect_limit).await {
+            Ok(io) => {
+                failures = 0;
+                let started = Instant::now();
+                match serve_link(io, link, &config, &domain, &mut cmds, &deliver).await {
+                    Served::Stopped => return,
+                    Served::Ended(reason) => {
+                        tracing::warn!(domain, %reason, "guest session ended");
+                        if !deliver(SessionEvent::Closed { reason }).await {
+                            return;
+                        }
+                    }
+                }
+                if started.elapsed() > config.reconnect_max {
+                    backoff = min_backoff;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let text = appmon_wire::report::error_chain(&e);
+                if failures == 1 {
+                    tracing::warn!(domain, error = %text, "cannot reach the guest agent; retrying");
+                } else {
+                    tracing::debug!(domain, error = %text, failures, "still cannot reach the guest agent");
+                }
+            }
+        }
+        let wake = Instant::now() + backoff;
+        backoff = (backoff * 2).min(config.reconnect_max.max(min_backoff));
+        loop {
+            tokio::select! {
+                _ = sleep_until(wake) => break,
+                cmd = cmds.recv() => if cmd.is_none() { return },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,775 @@
+//! The one task that owns every VM's state machine, its timer deadline, its session task and
+//! its event history.
+//!
+//! Everything reaches it as a typed message: libvirt events (the backend's channel), guest
+//! sessions (one bounded channel shared by all session tasks), control-socket requests, and the
+//! results of libvirt calls it started. It never blocks: libvirt calls run on the blocking pool
+//! ([`executor`]) and report back; state files are written by the writer thread; commands to a
+//! session go through that session's own bounded queue with `try_send` (a session that cannot
+//! take one is stuck and is restarted).
+//!
+//! It decides nothing itself: the policy machine ([`crate::policy`]) decides for each VM,
+//! including the answers to the guest's requests; [`reconcile`] decides which VMs and sessions
+//! there should be from what libvirt says. This module feeds them and carries out their
+//! actions.
+//!
+//! # Modules
+//!
+//! - [`clock`]: monotonic time on the policy's scale, and wall-clock times for the history.
+//! - [`vm`]: one VM's state here, its session handle and its history ring.
+//! - [`reconcile`]: listing, lookup and session decisions (pure).
+//! - [`executor`]: the libvirt calls on the blocking pool.
+//! - [`view`]: what `appmonctl list` and `show` see of a VM.
+//!
+//! Timers are exact per-VM deadlines ([`VmMachine::next_deadline`]) in a min-heap with lazy
+//! invalidation: a heartbeat only moves a deadline later, so it costs no heap operation; an
+//! entry that no longer matches its VM's deadline is skipped when it comes up.
+
+mod clock;
+mod executor;
+mod reconcile;
+mod view;
+mod vm;
+
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use appmon_control::{
+    Decision, ErrorKind, GuestEvent, HistoryKind, Level, OperatorAction, Response, VmView,
+};
+use appmon_libvirt_backend::{
+    BackendError, BackendEvent, DomainEvent, DomainInfo, DomainRef, DomainState, Hypervisor,
+    ShutOffReason,
+};
+use appmon_wire::format_boot_id;
+use appmon_wire::report::error_chain;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use self::clock::Clock;
+use self::executor::{Executor, Internal};
+use self::reconcile::SessionPlan;
+use self::vm::{History, SessionHandle, Vm};
+use crate::config::Config;
+use crate::control::{ControlCall, ControlRequest};
+use crate::persist::{unix_ms_now, VmRecord, Writer};
+use crate::policy::{Action, Input, VmMachine};
+use crate::session::{self, HostCmd, SessionConfig, SessionEvent, SessionMsg, VmId};
+
+/// Commands queued per session before it counts as stuck.
+const SESSION_QUEUE: usize = 32;
+/// Session messages handled before timers are looked at again.
+const DRAIN_BATCH: usize = 8192;
+
+/// The channels the supervisor is fed by.
+#[derive(Debug)]
+pub struct Inputs {
+    /// libvirt's events: the supervisor's only source of them. It takes them as a channel, not
+    /// from the [`Hypervisor`], so that where they come from is the caller's choice: the daemon
+    /// passes the backend's own channel; a caller may merge in events from elsewhere (the
+    /// tests add the migration events that libvirt's test driver cannot produce).
+    pub backend: mpsc::UnboundedReceiver<BackendEvent>,
+    pub control: mpsc::Receiver<ControlCall>,
+    pub reload: mpsc::Receiver<Config>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// See the module documentation.
+pub struct Supervisor {
+    config: Config,
+    executor: Executor,
+    clock: Clock,
+    session_config: Arc<SessionConfig>,
+    session_tx: mpsc::Sender<SessionMsg>,
+    session_rx: mpsc::Receiver<SessionMsg>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+    writer: Writer,
+    persisted: HashMap<String, VmRecord>,
+    vms: HashMap<VmId, Vm>,
+    by_uuid: HashMap<String, VmId>,
+    next_vm: VmId,
+    next_task: u64,
+    heap: BinaryHeap<Reverse<(Duration, VmId)>>,
+    event_seq: u64,
+    connected: bool,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("vms", &self.vms.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    /// `persisted` is what the state directory held at start; `host_boot_id` is this process's
+    /// random id for the Hello.
+    pub fn new(
+        config: Config,
+        hv: Arc<dyn Hypervisor>,
+        writer: Writer,
+        persisted: HashMap<String, VmRecord>,
+        host_boot_id: [u8; 16],
+    ) -> Self {
+        let (session_tx, session_rx) = mpsc::channel(4096);
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        Supervisor {
+            session_config: Arc::new(SessionConfig::new(&config, host_boot_id)),
+            config,
+            executor: Executor::new(hv, internal_tx),
+            clock: Clock::new(),
+            session_tx,
+            session_rx,
+            internal_rx,
+            writer,
+            persisted,
+            vms: HashMap::new(),
+            by_uuid: HashMap::new(),
+            next_vm: 1,
+            next_task: 1,
+            heap: BinaryHeap::new(),
+            event_seq: 0,
+            connected: false,
+        }
+    }
+
+    /// Runs until shutdown is signalled.
+    pub async fn run(mut self, mut inputs: Inputs) {
+        tracing::info!(
+            vms = self.persisted.len(),
+            "supervisor started (state loaded)"
+        );
+        let mut backend_open = true;
+        loop {
+            // Guests' messages first: a heartbeat that arrived before a deadline must be seen
+            // before that deadline is judged.
+            for _ in 0..DRAIN_BATCH {
+                match self.session_rx.try_recv() {
+                    Ok(msg) => self.on_session(msg),
+                    Err(_) => break,
+                }
+            }
+            self.fire_timers();
+            let next = self
+                .heap
+                .peek()
+                .map(|Reverse((at, _))| self.clock.instant(*at));
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(msg) = self.session_rx.recv() => self.on_session(msg),
+                ev = inputs.backend.recv(), if backend_open => match ev {
+                    Some(ev) => self.on_backend(ev),
+                    None => {
+                        backend_open = false;
+                        tracing::error!("the libvirt backend's event channel closed");
+                    }
+                },
+                Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
+                Some((req, reply)) = inputs.control.recv() => self.on_control(req, reply),
+                Some(config) = inputs.reload.recv() => self.reload(config),
+                _ = sleep => {}
+                _ = inputs.shutdown.changed() => break,
+            }
+            if *inputs.shutdown.borrow() {
+                break;
+            }
+        }
+        tracing::info!("supervisor stopping");
+        for vm in self.vms.values_mut() {
+            vm.session = None;
+        }
+        // Dropping self.writer flushes the state files.
+    }
+
+    // ---- time ----
+
+    fn schedule(&mut self, id: VmId, now: Duration) {
+        let Some(vm) = self.vms.get_mut(&id) else {
+            return;
+        };
+        let Some(at) = vm.machine.next_deadline(now) else {
+            return;
+        };
+        if vm.scheduled.is_some_and(|s| s <= at && s > now) {
+            return;
+        }
+        vm.scheduled = Some(at);
+        self.heap.push(Reverse((at, id)));
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.clock.now();
+        while let Some(Reverse((at, id))) = self.heap.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.heap.pop();
+            let Some(vm) = self.vms.get_mut(&id) else {
+                continue;
+            };
+            if vm.scheduled != Some(at) {
+                continue;
+            }
+            vm.scheduled = None;
+            self.feed(id, Input::Tick, now);
+        }
+    }
+
+    // ---- the machine ----
+
+    /// Feeds one input, carries out the actions and schedules the VM's next deadline.
+    fn feed(&mut self, id: VmId, input: Input, now: Duration) {
+        self.feed_at(id, input, now, now);
+    }
+
+    /// [`Supervisor::feed`] of an input that happened at `at` (a heartbeat counts when it was
+    /// read, not when it is dequeued), handled at `now`.
+    fn feed_at(&mut self, id: VmId, input: Input, at: Duration, now: Duration) {
+        let Some(vm) = self.vms.get_mut(&id) else {
+            return;
+        };
+        let actions = vm.machine.handle(input, at.min(now));
+        self.execute(id, actions, now);
+        self.schedule(id, now);
+    }
+
+    fn execute(&mut self, id: VmId, actions: Vec<Action>, now: Duration) {
+        let mut persist = false;
+        for action in actions {
+            let Some(vm) = self.vms.get_mut(&id) else {
+                return;
+            };
+            match action {
+                Action::Note { level, decision } => {
+                    let name = &vm.domain.name;
+                    match level {
+                        Level::Info => tracing::info!(domain = %name, "{decision}"),
+                        Level::Warn => tracing::warn!(domain = %name, "{decision}"),
+                        Level::Error => tracing::error!(domain = %name, "{decision}"),
+                    }
+                    let wall = self.clock.wall_ms(now);
+                    vm.note(
+                        self.config.history_len,
+                        wall,
+                        level,
+                        HistoryKind::Decision(decision),
+                    );
+                }
+                Action::SendStatus(status) => {
+                    tracing::debug!(domain = %vm.domain.name, %status, "status to the guest");
+                    vm.send(HostCmd::Status(status));
+                }
+                Action::Reply { id: request, msg } => vm.send(HostCmd::Reply { id: request, msg }),
+                Action::Persist => persist = true,
+                Action::Alarm { reason } => {
+                    tracing::error!(domain = %vm.domain.name, alarm = %reason, "ALARM: not resetting again until the window has room or an operator clears it");
+                }
+                Action::Reset { method, cause } => {
+                    tracing::warn!(domain = %vm.domain.name, method = method.as_str(), %cause, "resetting");
+                    self.executor.reset(id, vm.domain.clone(), method);
+                }
+            }
+        }
+        if persist {
+            if let Some(vm) = self.vms.get(&id) {
+                self.writer.save(vm.record(&self.clock));
+            }
+        }
+    }
+
+    /// Adds a history entry to VM `id` at `now`.
+    fn note(&mut self, id: VmId, now: Duration, level: Level, kind: HistoryKind) {
+        let wall = self.clock.wall_ms(now);
+        if let Some(vm) = self.vms.get_mut(&id) {
+            vm.note(self.config.history_len, wall, level, kind);
+        }
+    }
+
+    // ---- libvirt ----
+
+    fn on_backend(&mut self, ev: BackendEvent) {
+        let now = self.clock.now();
+        match ev {
+            BackendEvent::Connected => {
+                self.connected = true;
+                tracing::info!("libvirt connected: listing domains");
+                self.executor.list(self.event_seq);
+            }
+            BackendEvent::Disconnected { reason } => {
+                self.connected = false;
+                tracing::warn!(%reason, "libvirt connection lost: no failure is judged until it is back");
+                let ids: Vec<VmId> = self.vms.keys().copied().collect();
+                for id in ids {
+                    self.feed(id, Input::HypervisorLost, now);
+                }
+            }
+            BackendEvent::Domain { domain, event } => self.on_domain_event(domain, event, now),
+        }
+    }
+
+    fn on_domain_event(&mut self, domain: DomainRef, event: DomainEvent, now: Duration) {
+        if !self.config.manages(&domain.name) {
+            return;
+        }
+        self.event_seq += 1;
+        let seq = self.event_seq;
+        let Some(&id) = self.by_uuid.get(&domain.uuid) else {
+            tracing::debug!(domain = %domain.name, ?event, "event for a new domain: looking it up");
+            self.executor.lookup(&domain.uuid, seq);
+            return;
+        };
+        if let Some(vm) = self.vms.get_mut(&id) {
+            vm.last_event_seq = seq;
+            vm.state = view::state_after(vm.state, event);
+            tracing::info!(domain = %vm.domain.name, %event, "libvirt event");
+        }
+        self.note(id, now, Level::Info, HistoryKind::Libvirt(event));
+        self.feed(id, Input::Domain(event), now);
+        match event {
+            DomainEvent::Stopped(ShutOffReason::Migrated) => {
+                self.remove(id, "migrated away");
+                return;
+            }
+            DomainEvent::Undefined => {
+                let off = self
+                    .vms
+                    .get(&id)
+                    .is_some_and(|vm| matches!(vm.state, DomainState::ShutOff(_)));
+                if off {
+                    self.remove(id, "undefined");
+                    return;
+                }
+            }
+            DomainEvent::Started(_)
+            | DomainEvent::Resumed(_)
+            | DomainEvent::Defined
+            | DomainEvent::MetadataChanged => self.executor.lookup(&domain.uuid, seq),
+            _ => {}
+        }
+        self.sync_session(id, now);
+    }
+
+    fn on_internal(&mut self, msg: Internal) {
+        let now = self.clock.now();
+        match msg {
+            Internal::Listing { seq, result } => match result {
+                Ok(infos) => {
+                    let mut listed = HashSet::new();
+                    for info in infos {
+                        if !self.config.manages(&info.domain.name) {
+                            continue;
+                        }
+                        listed.insert(info.domain.uuid.clone());
+                        self.upsert(info, seq, now);
+                    }
+                    for id in reconcile::gone(&self.vms, &listed, seq) {
+                        self.remove(id, "no longer listed by libvirt");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %error_chain(&e), "listing domains failed; waiting for the next libvirt connection")
+                }
+            },
+            Internal::Lookup { key, seq, result } => match result {
+                Ok(info) => {
+                    if self.config.manages(&info.domain.name) {
+                        self.upsert(info, seq, now);
+                    }
+                }
+                Err(BackendError::NoSuchDomain { .. }) => {
+                    if let Some(&id) = self.by_uuid.get(&key) {
+                        if self
+                            .vms
+                            .get(&id)
+                            .is_some_and(|vm| reconcile::is_fresh(vm, seq))
+                        {
+                            self.remove(id, "can no longer be looked up");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(domain = %key, error = %error_chain(&e), "domain lookup failed")
+                }
+            },
+            Internal::ResetResult { vm, method, result } => {
+                let input = match result {
+                    Ok(()) => Input::ResetDone,
+                    Err(error) => {
+                        if let Some(v) = self.vms.get(&vm) {
+                            tracing::error!(domain = %v.domain.name, method = method.as_str(), %error, "libvirt refused the reset");
+                        }
+                        Input::ResetFailed { error }
+                    }
+                };
+                self.feed(vm, input, now);
+            }
+            Internal::SpecWritten {
+                domain,
+                reply,
+                removed,
+                result,
+            } => {
+                let response = match result {
+                    Ok(()) => {
+                        self.event_seq += 1;
+                        self.executor.lookup(&domain.uuid, self.event_seq);
+                        let what = if removed { "disabled" } else { "enabled" };
+                        tracing::info!(domain = %domain.name, "operator {what} monitoring (metadata written)");
+                        if let Some(&id) = self.by_uuid.get(&domain.uuid) {
+                            let action = if removed {
+                                OperatorAction::MetadataRemoved
+                            } else {
+                                OperatorAction::MetadataWritten
+                            };
+                            self.note(id, now, Level::Info, HistoryKind::Operator(action));
+                        }
+                        Response::Done {
+                            message: format!("{what} monitoring of {}", domain.name),
+                        }
+                    }
+                    Err(message) => Response::Error {
+                        kind: ErrorKind::Libvirt,
+                        message,
+                    },
+                };
+                let _ = reply.send(response);
+            }
+        }
+    }
+
+    /// Creates or refreshes a VM from libvirt's description of it.
+    fn upsert(&mut self, info: DomainInfo, seq: u64, now: Duration) {
+        let policy = reconcile::policy_of(&self.config, &info.spec);
+        let id = match self.by_uuid.get(&info.domain.uuid) {
+            Some(&id) => id,
+            None => self.adopt(&info, policy.clone(), now),
+        };
+        let fresh = {
+            let Some(vm) = self.vms.get_mut(&id) else {
+                return;
+            };
+            if let Err(e) = &info.spec {
+                if vm.spec.as_ref().err() != Some(e) {
+                    tracing::warn!(domain = %info.domain.name, error = %e, "broken monitoring metadata: domain left alone");
+                    let wall = self.clock.wall_ms(now);
+                    vm.note(
+                        self.config.history_len,
+                        wall,
+                        Level::Warn,
+                        HistoryKind::Decision(Decision::BrokenMetadata {
+                            error: e.to_string(),
+                        }),
+                    );
+                }
+            }
+            vm.domain = info.domain.clone();
+            vm.spec = info.spec.clone();
+            vm.vsock_cid = info.vsock_cid;
+            let fresh = reconcile::is_fresh(vm, seq);
+            if fresh {
+                vm.state = info.state;
+            }
+            fresh
+        };
+        self.feed(id, Input::Policy(policy), now);
+        if fresh {
+            self.feed(id, Input::DomainState(info.state), now);
+        }
+        self.sync_session(id, now);
+    }
+
+    /// Takes a domain seen for the first time into the supervisor's care, with what the state
+    /// directory kept of it.
+    fn adopt(
+        &mut self,
+        info: &DomainInfo,
+        policy: Option<crate::policy::Policy>,
+        now: Duration,
+    ) -> VmId {
+        let id = self.next_vm;
+        self.next_vm += 1;
+        let mut machine = VmMachine::new(now, info.state, policy.clone());
+        let mut history = History::default();
+        if let Some(record) = self.persisted.remove(&info.domain.uuid) {
+            let (resets, alarm) = reconcile::restore(&self.clock, &record);
+            history.push(
+                self.config.history_len,
+                appmon_control::HistoryEntry::new(
+                    unix_ms_now(),
+                    Level::Info,
+                    HistoryKind::Decision(Decision::Restored {
+                        resets: u32::try_from(resets.len()).unwrap_or(u32::MAX),
+                        alarm: alarm.is_some(),
+                    }),
+                ),
+            );
+            machine.restore(resets, alarm);
+        }
+        tracing::info!(domain = %info.domain.name, uuid = %info.domain.uuid,
+            monitored = policy.is_some(), state = %info.state, "domain found");
+        self.by_uuid.insert(info.domain.uuid.clone(), id);
+        self.vms.insert(id, Vm::new(info, machine, history));
+        id
+    }
+
+    fn remove(&mut self, id: VmId, why: &str) {
+        if let Some(vm) = self.vms.remove(&id) {
+            tracing::info!(domain = %vm.domain.name, "{why}: no longer monitored here");
+            self.by_uuid.remove(&vm.domain.uuid);
+            // Keep its reset history for a later return (a migration back).
+            self.persisted
+                .insert(vm.domain.uuid.clone(), vm.record(&self.clock));
+        }
+    }
+
+    // ---- sessions ----
+
+    /// Starts, restarts or stops the VM's session task to match its spec and state.
+    fn sync_session(&mut self, id: VmId, now: Duration) {
+        let Some(vm) = self.vms.get(&id) else {
+            return;
+        };
+        let plan = reconcile::session_plan(vm, |spec| {
+            self.executor
+                .channel_lookup(vm.domain.clone(), reconcile::channel_name(spec).to_string())
+        });
+        match plan {
+            SessionPlan::Keep => {}
+            SessionPlan::Stop => {
+                if self.stop_session(id, now) {
+                    if let Some(vm) = self.vms.get(&id) {
+                        tracing::info!(domain = %vm.domain.name, "guest session stopped");
+                    }
+                }
+            }
+            SessionPlan::Unreachable(error) => {
+                self.stop_session(id, now);
+                let error = error_chain(&error);
+                let Some(vm) = self.vms.get_mut(&id) else {
+                    return;
+                };
+                if vm.unreachable.as_deref() != Some(error.as_str()) {
+                    tracing::warn!(domain = %vm.domain.name, %error, "cannot reach the guest agent");
+                    vm.unreachable = Some(error.clone());
+                    self.note(
+                        id,
+                        now,
+                        Level::Warn,
+                        HistoryKind::Guest(GuestEvent::Unreachable { error }),
+                    );
+                }
+            }
+            SessionPlan::Start(endpoint) => {
+                self.stop_session(id, now);
+                let task = self.next_task;
+                self.next_task += 1;
+                let Some(vm) = self.vms.get_mut(&id) else {
+                    return;
+                };
+                let desc = endpoint.describe();
+                let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+                tracing::info!(domain = %vm.domain.name, endpoint = %desc, "guest session started");
+                let join = tokio::spawn(session::run(
+                    id,
+                    task,
+                    vm.domain.name.clone(),
+                    endpoint,
+                    self.session_config.clone(),
+                    self.session_tx.clone(),
+                    rx,
+                ));
+                vm.unreachable = None;
+                vm.session = Some(SessionHandle {
+                    task,
+                    endpoint: desc,
+                    cmds: tx,
+                    join,
+                });
+            }
+        }
+    }
+
+    /// Ends the VM's session task, if it has one, and tells its machine the channel is
+    /// closed, carrying out what the machine decides then. Returns whether there was one.
+    fn stop_session(&mut self, id: VmId, now: Duration) -> bool {
+        let Some(vm) = self.vms.get_mut(&id) else {
+            return false;
+        };
+        if vm.session.take().is_none() {
+            return false;
+        }
+        vm.connected = false;
+        self.feed(id, Input::ChannelClosed, now);
+        true
+    }
+
+    fn on_session(&mut self, msg: SessionMsg) {
+        let Some(vm) = self.vms.get_mut(&msg.vm) else {
+            return;
+        };
+        if vm.session.as_ref().map(|s| s.task) != Some(msg.task) {
+            return;
+        }
+        let id = msg.vm;
+        let now = self.clock.now();
+        match msg.event {
+            SessionEvent::Heartbeat { at } => {
+                let at = self.clock.mono(tokio::time::Instant::from_std(at));
+                vm.last_heartbeat = Some(at);
+                self.feed_at(id, Input::Heartbeat, at, now);
+            }
+            SessionEvent::Hello { boot_id, agent } => {
+                vm.connected = true;
+                vm.agent = Some(agent.clone());
+                self.note(
+                    id,
+                    now,
+                    Level::Info,
+                    HistoryKind::Guest(GuestEvent::Connected {
+                        agent,
+                        boot_id: format_boot_id(&boot_id),
+                    }),
+                );
+                self.feed(id, Input::GuestHello { boot_id }, now);
+            }
+            SessionEvent::State(state) => {
+                if let Some(age) = state.last_heartbeat_age_ms {
+                    let at = now.saturating_sub(Duration::from_millis(age));
+                    vm.last_heartbeat = Some(vm.last_heartbeat.map_or(at, |l| l.max(at)));
+                }
+                self.feed(id, Input::GuestState(state), now);
+            }
+            SessionEvent::Closed { reason } => {
+                vm.connected = false;
+                self.note(
+                    id,
+                    now,
+                    Level::Warn,
+                    HistoryKind::Guest(GuestEvent::SessionEnded { reason }),
+                );
+                self.feed(id, Input::ChannelClosed, now);
+            }
+            SessionEvent::Request { id: request, req } => {
+                self.feed(
+                    id,
+                    Input::Guest {
+                        id: request,
+                        request: req,
+                    },
+                    now,
+                );
+            }
+        }
+    }
+
+    // ---- control ----
+
+    fn find(&self, key: &str) -> Option<VmId> {
+        self.by_uuid.get(key).copied().or_else(|| {
+            self.vms
+                .iter()
+                .find(|(_, vm)| vm.domain.name == key)
+                .map(|(id, _)| *id)
+        })
+    }
+
+    fn unknown(&self, key: &str) -> Response {
+        Response::Error {
+            kind: ErrorKind::UnknownDomain,
+            message: format!(
+                "unknown domain {key:?} (not defined in libvirt, or not among this host agent's domains {:?})",
+                self.config.domains
+            ),
+        }
+    }
+
+    fn on_control(&mut self, req: ControlRequest, reply: oneshot::Sender<Response>) {
+        let now = self.clock.now();
+        let response = match req {
+            ControlRequest::List => {
+                let mut domains: Vec<VmView> = self
+                    .vms
+                    .values()
+                    .map(|vm| view::view(vm, now, false))
+                    .collect();
+                domains.sort_by(|a, b| a.name.cmp(&b.name));
+                Response::List { domains }
+            }
+            ControlRequest::Show { domain } => {
+                match self.find(&domain).and_then(|id| self.vms.get(&id)) {
+                    Some(vm) => Response::Show {
+                        domain: Box::new(view::view(vm, now, true)),
+                    },
+                    None => self.unknown(&domain),
+                }
+            }
+            ControlRequest::Clear { domain } => match self.find(&domain) {
+                Some(id) => {
+                    self.note(
+                        id,
+                        now,
+                        Level::Warn,
+                        HistoryKind::Operator(OperatorAction::Clear),
+                    );
+                    self.feed(id, Input::Clear, now);
+                    Response::Done {
+                        message: format!("cleared the alarm and reset window of {domain}"),
+                    }
+                }
+                None => self.unknown(&domain),
+            },
+            ControlRequest::SetSpec { domain: key, spec } => {
+                match self.find(&key).and_then(|id| self.vms.get(&id)) {
+                    Some(vm) => {
+                        // Answered when libvirt has written it.
+                        self.executor.set_spec(vm.domain.clone(), spec, reply);
+                        return;
+                    }
+                    None => self.unknown(&key),
+                }
+            }
+        };
+        let _ = reply.send(response);
+    }
+
+    fn reload(&mut self, config: Config) {
+        tracing::info!("configuration reloaded");
+        if config.uri != self.config.uri
+            || config.state_dir != self.config.state_dir
+            || config.control_socket != self.config.control_socket
+        {
+            tracing::warn!(
+                "uri, state_dir and control_socket changes take effect at the next start"
+            );
+        }
+        let host_boot = self.session_config.hello.boot_id;
+        self.session_config = Arc::new(SessionConfig::new(&config, host_boot));
+        self.config = config;
+        let now = self.clock.now();
+        let ids: Vec<VmId> = self.vms.keys().copied().collect();
+        for id in ids {
+            let Some(vm) = self.vms.get(&id) else {
+                continue;
+            };
+            if !self.config.manages(&vm.domain.name) {
+                self.remove(id, "no longer among the configured domains");
+                continue;
+            }
+            let policy = reconcile::policy_of(&self.config, &vm.spec);
+            self.feed(id, Input::Policy(policy), now);
+        }
+        if self.connected {
+            self.executor.list(self.event_seq);
+        }
+    }
+}

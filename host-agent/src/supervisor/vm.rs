@@ -1,0 +1,136 @@
+//! One VM as the supervisor holds it: libvirt's view of the domain, its policy machine, its
+//! session task and its event history.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use appmon_control::{HistoryEntry, HistoryKind, Level};
+use appmon_libvirt_backend::{DomainInfo, DomainRef, DomainState, MonitorSpec, SpecError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::clock::Clock;
+use crate::persist::{AlarmEntry, ResetEntry, VmRecord};
+use crate::policy::VmMachine;
+use crate::session::HostCmd;
+
+/// A running session task of a VM. Dropping it ends the task.
+pub(super) struct SessionHandle {
+    /// Which task of the VM (a new task gets a new number): messages of an older one are stale.
+    pub task: u64,
+    /// The endpoint it serves, as described in logs and `show`.
+    pub endpoint: String,
+    pub cmds: mpsc::Sender<HostCmd>,
+    pub join: JoinHandle<()>,
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        self.join.abort();
+    }
+}
+
+/// A VM's event history: the newest entries, at most a configured number.
+#[derive(Debug, Default)]
+pub(super) struct History {
+    entries: VecDeque<HistoryEntry>,
+}
+
+impl History {
+    /// Appends `entry`, dropping the oldest ones beyond `cap` (0 keeps nothing).
+    pub fn push(&mut self, cap: usize, entry: HistoryEntry) {
+        if cap == 0 {
+            return;
+        }
+        while self.entries.len() >= cap {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(entry);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &HistoryEntry> {
+        self.entries.iter()
+    }
+}
+
+pub(super) struct Vm {
+    pub domain: DomainRef,
+    pub state: DomainState,
+    pub spec: Result<Option<MonitorSpec>, SpecError>,
+    pub vsock_cid: Option<u32>,
+    pub machine: VmMachine,
+    pub session: Option<SessionHandle>,
+    /// The guest agent said Hello on the current session.
+    pub connected: bool,
+    pub agent: Option<String>,
+    /// The last heartbeat seen, monitored or not (for `show`).
+    pub last_heartbeat: Option<Duration>,
+    pub history: History,
+    /// The deadline the heap holds for this VM, if any.
+    pub scheduled: Option<Duration>,
+    /// The libvirt event sequence number of the last event for this domain.
+    pub last_event_seq: u64,
+    /// Why the guest agent could not be reached, as last recorded: recorded once per cause.
+    pub unreachable: Option<String>,
+}
+
+impl Vm {
+    /// A VM first seen in `info`, with its machine and the history it starts with.
+    pub fn new(info: &DomainInfo, machine: VmMachine, history: History) -> Vm {
+        Vm {
+            domain: info.domain.clone(),
+            state: info.state,
+            spec: Ok(None),
+            vsock_cid: None,
+            machine,
+            session: None,
+            connected: false,
+            agent: None,
+            last_heartbeat: None,
+            history,
+            scheduled: None,
+            last_event_seq: 0,
+            unreachable: None,
+        }
+    }
+
+    /// Adds a history entry.
+    pub fn note(&mut self, cap: usize, unix_ms: u64, level: Level, kind: HistoryKind) {
+        self.history
+            .push(cap, HistoryEntry::new(unix_ms, level, kind));
+    }
+
+    /// Queues a command for the session, if there is one. A session that cannot take it is not
+    /// draining its queue (its guest does not read): the write timeout ends such a session;
+    /// make sure of it without waiting.
+    pub fn send(&self, cmd: HostCmd) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = session.cmds.try_send(cmd) {
+            tracing::warn!(domain = %self.domain.name, "guest session is stuck: restarting it");
+            session.join.abort();
+        }
+    }
+
+    /// What is kept of the VM across restarts: its resets in the window and its alarm.
+    pub fn record(&self, clock: &Clock) -> VmRecord {
+        VmRecord {
+            uuid: self.domain.uuid.clone(),
+            name: self.domain.name.clone(),
+            resets: self
+                .machine
+                .resets()
+                .map(|r| ResetEntry {
+                    unix_ms: clock.wall_ms(r.at),
+                    method: r.method,
+                    reason: r.reason.clone(),
+                })
+                .collect(),
+            alarm: self.machine.alarm().map(|a| AlarmEntry {
+                unix_ms: clock.wall_ms(a.at),
+                reason: a.reason.clone(),
+            }),
+        }
+    }
+}
