@@ -947,3 +947,96 @@ proptest! {
         }
     }
 }
+
+/// A guest past its handshake (Hello and State in, not enabled); `handle`'s actions.
+fn greeted_machine() -> VmMachine {
+    let mut m = VmMachine::new(Duration::ZERO, running(), Some(Policy::default()));
+    m.handle(Input::GuestHello { boot_id: [1; 16] }, Duration::ZERO);
+    m.handle(
+        Input::GuestState(GuestState {
+            enabled: false,
+            need_reset: false,
+            last_heartbeat_age_ms: None,
+            heartbeats: 0,
+            last_status: None,
+            processes: Vec::new(),
+        }),
+        Duration::ZERO,
+    );
+    m
+}
+
+#[test]
+fn guest_requests_are_answered_by_the_policy_and_a_status_reply_replaces_the_push() {
+    use appmon_wire::HostMsg;
+    let guest = |id, request| Input::Guest { id, request };
+    let reply = |msg| Action::Reply { id: 7, msg };
+    // (request, id, what the guest is sent)
+    let cases: Vec<(GuestRequest, Option<u32>, Vec<Action>)> = vec![
+        (
+            GuestRequest::Enable,
+            Some(7),
+            vec![reply(HostMsg::AppStatus(AppStatus::Green))],
+        ),
+        // The same Enable as an event: no reply, so the new status is pushed.
+        (
+            GuestRequest::Enable,
+            None,
+            vec![Action::SendStatus(AppStatus::Green)],
+        ),
+        (
+            GuestRequest::GetAppStatus,
+            Some(7),
+            vec![reply(HostMsg::AppStatus(AppStatus::Gray))],
+        ),
+        (
+            GuestRequest::IsEnabled,
+            Some(7),
+            vec![reply(HostMsg::Enabled(false))],
+        ),
+        (
+            GuestRequest::PostAppState(AppState::Ok),
+            Some(7),
+            vec![reply(HostMsg::Ack)],
+        ),
+        // Disabled is Red (vSphere: not monitored).
+        (
+            GuestRequest::Disable,
+            Some(7),
+            vec![reply(HostMsg::AppStatus(AppStatus::Red))],
+        ),
+    ];
+    for (request, id, want) in cases {
+        let mut m = greeted_machine();
+        // The State push of the handshake is out (Gray).
+        m.handle(Input::Tick, Duration::ZERO);
+
+        let got: Vec<Action> = m
+            .handle(guest(id, request), ms(10))
+            .into_iter()
+            .filter(|a| !matches!(a, Action::Note { .. }))
+            .collect();
+
+        assert_eq!(got, want, "{request:?} with id {id:?}");
+    }
+}
+
+#[test]
+fn a_status_told_in_a_reply_is_not_pushed_again() {
+    let mut m = greeted_machine();
+    m.handle(Input::Tick, Duration::ZERO);
+    m.handle(
+        Input::Guest {
+            id: Some(1),
+            request: GuestRequest::Enable,
+        },
+        ms(10),
+    );
+
+    let later = m.handle(Input::Heartbeat, ms(20));
+
+    assert!(
+        !later.iter().any(|a| matches!(a, Action::SendStatus(_))),
+        "{later:?}"
+    );
+}
