@@ -33,10 +33,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use appmon_libvirt_backend::spec::parse_duration;
+use appmon_libvirt_backend::spec::{format_duration, parse_duration};
 use appmon_libvirt_backend::{MonitorSpec, ResetMethod};
 use appmon_wire::report::{locate, TextPosition};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::policy::Policy;
 
@@ -69,21 +69,21 @@ pub enum ConfigError {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub uri: String,
     pub state_dir: PathBuf,
     pub control_socket: PathBuf,
     pub domains: Vec<String>,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub channel_timeout: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub ping_interval: Duration,
     pub dead_after_pings: u32,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub hello_timeout: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub reconnect_max: Duration,
     pub history_len: usize,
     pub defaults: Defaults,
@@ -91,29 +91,29 @@ pub struct Config {
 }
 
 /// Host-wide policy defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Defaults {
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub failure_interval: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub min_uptime: Duration,
     pub max_resets: u32,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub reset_window: Duration,
     #[serde(deserialize_with = "reset_method")]
     pub reset_method: ResetMethod,
 }
 
 /// Per-session bounds.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionLimits {
     pub max_frame: usize,
     pub read_buffer: usize,
     pub frames_per_second: u32,
     pub burst: u32,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub write_timeout: Duration,
 }
 
@@ -176,6 +176,10 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             ))
         }),
     }
+}
+
+fn write_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
 }
 
 fn reset_method<'de, D: Deserializer<'de>>(d: D) -> Result<ResetMethod, D::Error> {
@@ -249,6 +253,13 @@ impl Config {
             return invalid("uri", "must not be empty");
         }
         Ok(())
+    }
+
+    /// The file that [`Config::parse`] reads back as this configuration (durations in their
+    /// largest exact unit). For tools that write a host agent's configuration, such as the VM
+    /// tests.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
     }
 
     /// Whether this agent manages the domain named `name`.
@@ -356,6 +367,24 @@ write_timeout = "1s"
         assert_eq!(c.defaults.reset_window, Duration::from_secs(7200));
         assert_eq!(c.session.burst, 20);
         assert!(c.manages("appmon-web1") && c.manages("db1") && !c.manages("db12"));
+    }
+
+    #[test]
+    fn written_configuration_reads_back_the_same() {
+        let mut c = Config {
+            uri: "qemu:///system".into(),
+            domains: vec!["a\"b".into(), "vm-*".into()],
+            channel_timeout: Duration::from_millis(1500),
+            ..Config::default()
+        };
+        c.defaults.reset_method = ResetMethod::PowerCycle;
+        c.defaults.min_uptime = Duration::ZERO;
+
+        let text = c.to_toml().expect("serialises");
+
+        assert_eq!(parse(&text).expect("reads back"), c, "{text}");
+        assert!(text.contains("channel_timeout = \"1500ms\""), "{text}");
+        assert!(text.contains("reset_method = \"power-cycle\""), "{text}");
     }
 
     #[test]

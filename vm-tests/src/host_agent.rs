@@ -13,11 +13,11 @@
 //! scripts/demo build them and export both), else beside the running test binary
 //! (`<target>/debug/`). Without them the test fails naming the build command; it never skips.
 //!
-//! The JSON that `appmonctl --json list/show` prints is read into [`VmStatus`]: the test sees
-//! what an operator sees. (The harness does not link the host agent's crate: the guest-only
-//! programs of this package are linked statically, and that crate links libvirt.)
+//! The JSON that `appmonctl --json list/show` prints is read into `appmon-control`'s [`VmView`]:
+//! the test sees what an operator sees, typed as the host agent wrote it. The `host.toml` is the
+//! host agent's own [`Config`], serialised.
 
-use std::fmt::{self, Display};
+use std::fmt::Display;
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,9 +25,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use appmon_control::{HistoryEntry, PolicyView, ResetMethod, Status, VmView};
+use appmon_control::{ListDocument, ShowDocument};
+pub use appmon_host_agent::config::{Config, Defaults};
+use appmon_libvirt_backend::spec::format_duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde::Deserialize;
 
 use crate::console;
 use crate::rig::{is_executable, Rig};
@@ -148,330 +151,70 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     newest
 }
 
-/// How the host agent resets a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetMethod {
-    /// virDomainReset, with a power-cycle when the guest channel does not come back.
-    Reset,
-    /// Destroy and start.
-    PowerCycle,
-}
-
-impl ResetMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResetMethod::Reset => "reset",
-            ResetMethod::PowerCycle => "power-cycle",
-        }
+/// The small policy of the VM tests (`[defaults]` of their host agents, and the base of what
+/// they enable): short intervals, so that the tests stay short.
+pub fn test_policy() -> Defaults {
+    Defaults {
+        failure_interval: Duration::from_secs(4),
+        min_uptime: Duration::from_secs(15),
+        max_resets: 3,
+        reset_window: Duration::from_secs(3600),
+        reset_method: ResetMethod::Reset,
     }
 }
 
-/// A monitoring policy: the host agent's `[defaults]`, or one domain's via `appmonctl enable`.
-/// The defaults are small, so that VM tests stay short.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MonitorPolicy {
-    pub failure_interval: Duration,
-    pub min_uptime: Duration,
-    pub max_resets: u32,
-    pub reset_window: Duration,
-    pub reset_method: ResetMethod,
+/// The `appmonctl enable` options for `policy`.
+pub fn enable_args(policy: &Defaults) -> Vec<String> {
+    vec![
+        "--failure-interval".into(),
+        format_duration(policy.failure_interval),
+        "--min-uptime".into(),
+        format_duration(policy.min_uptime),
+        "--max-resets".into(),
+        policy.max_resets.to_string(),
+        "--window".into(),
+        format_duration(policy.reset_window),
+        "--reset-method".into(),
+        policy.reset_method.as_str().into(),
+    ]
 }
 
-impl Default for MonitorPolicy {
-    fn default() -> Self {
-        MonitorPolicy {
-            failure_interval: Duration::from_secs(4),
-            min_uptime: Duration::from_secs(15),
-            max_resets: 3,
-            reset_window: Duration::from_secs(3600),
-            reset_method: ResetMethod::Reset,
-        }
-    }
-}
-
-impl MonitorPolicy {
-    pub fn failure_interval(mut self, d: Duration) -> Self {
-        self.failure_interval = d;
-        self
-    }
-
-    pub fn min_uptime(mut self, d: Duration) -> Self {
-        self.min_uptime = d;
-        self
-    }
-
-    pub fn max_resets(mut self, n: u32) -> Self {
-        self.max_resets = n;
-        self
-    }
-
-    pub fn reset_window(mut self, d: Duration) -> Self {
-        self.reset_window = d;
-        self
-    }
-
-    pub fn reset_method(mut self, m: ResetMethod) -> Self {
-        self.reset_method = m;
-        self
-    }
-
-    /// The `appmonctl enable` options for this policy.
-    pub fn enable_args(&self) -> Vec<String> {
-        vec![
-            "--failure-interval".into(),
-            ms(self.failure_interval),
-            "--min-uptime".into(),
-            ms(self.min_uptime),
-            "--max-resets".into(),
-            self.max_resets.to_string(),
-            "--window".into(),
-            ms(self.reset_window),
-            "--reset-method".into(),
-            self.reset_method.as_str().into(),
-        ]
-    }
-
-    /// Whether the policy `appmonctl show` reports is this one.
-    pub fn matches(&self, p: &PolicyStatus) -> bool {
-        p.failure_interval_ms == millis(self.failure_interval)
-            && p.min_uptime_ms == millis(self.min_uptime)
-            && p.max_resets == self.max_resets
-            && p.reset_window_ms == millis(self.reset_window)
-            && p.reset_method == self.reset_method.as_str()
-    }
+/// Whether the policy `appmonctl show` reports is `policy`.
+pub fn policy_matches(policy: &Defaults, shown: &PolicyView) -> bool {
+    shown.failure_interval_ms == millis(policy.failure_interval)
+        && shown.min_uptime_ms == millis(policy.min_uptime)
+        && shown.max_resets == policy.max_resets
+        && shown.reset_window_ms == millis(policy.reset_window)
+        && shown.reset_method == policy.reset_method
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A duration as host.toml and appmonctl take it, in the largest unit that is exact.
-fn ms(d: Duration) -> String {
-    match millis(d) {
-        0 => "0s".into(),
-        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
-        ms => format!("{ms}ms"),
-    }
-}
-
-/// The host agent's settings (host.toml). Small timeouts keep the VM tests short; the channel
+/// The host agent's settings for a VM test: small timeouts keep the tests short; the channel
 /// timeout still leaves room for a TCG boot with two guests booting at once (~15-20 s to the
-/// guest agent), plus the 1 s reconnect backoff.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostAgentConfig {
-    /// After a reset or a guest's own reboot, how long to wait for the guest agent before
-    /// power-cycling.
-    pub channel_timeout: Duration,
-    pub ping_interval: Duration,
-    pub dead_after_pings: u32,
-    pub hello_timeout: Duration,
-    pub reconnect_max: Duration,
-    /// `[defaults]`.
-    pub defaults: MonitorPolicy,
-}
-
-impl Default for HostAgentConfig {
-    fn default() -> Self {
-        HostAgentConfig {
-            channel_timeout: Duration::from_secs(30),
-            ping_interval: Duration::from_secs(1),
-            dead_after_pings: 3,
-            hello_timeout: Duration::from_secs(5),
-            reconnect_max: Duration::from_secs(1),
-            defaults: MonitorPolicy::default(),
-        }
+/// guest agent), plus the 1 s reconnect backoff. [`HostAgent`] fills in where it runs (libvirt
+/// URI, state directory, control socket) and which domains it manages.
+pub fn test_host_config() -> Config {
+    Config {
+        channel_timeout: Duration::from_secs(30),
+        ping_interval: Duration::from_secs(1),
+        dead_after_pings: 3,
+        hello_timeout: Duration::from_secs(5),
+        reconnect_max: Duration::from_secs(1),
+        defaults: test_policy(),
+        ..Config::default()
     }
 }
 
-impl HostAgentConfig {
-    pub fn channel_timeout(mut self, d: Duration) -> Self {
-        self.channel_timeout = d;
-        self
-    }
-
-    pub fn defaults(mut self, policy: MonitorPolicy) -> Self {
-        self.defaults = policy;
-        self
-    }
-
-    /// The host.toml text for an agent in `dir` that manages exactly `domains`.
-    pub fn to_toml(&self, dir: &Path, domains: &[String]) -> String {
-        let d = &self.defaults;
-        let domains: Vec<String> = domains.iter().map(|n| toml_string(n)).collect();
-        format!(
-            "# Generated by vm-tests (HostAgent) for one test.\n\
-             uri = {uri}\n\
-             state_dir = {state}\n\
-             control_socket = {socket}\n\
-             domains = [{domains}]\n\
-             channel_timeout = \"{channel}\"\n\
-             ping_interval = \"{ping}\"\n\
-             dead_after_pings = {dead}\n\
-             hello_timeout = \"{hello}\"\n\
-             reconnect_max = \"{reconnect}\"\n\
-             \n\
-             [defaults]\n\
-             failure_interval = \"{fi}\"\n\
-             min_uptime = \"{mu}\"\n\
-             max_resets = {mr}\n\
-             reset_window = \"{rw}\"\n\
-             reset_method = \"{rm}\"\n",
-            uri = toml_string(LIBVIRT_URI),
-            state = toml_string(&dir.join(STATE_DIR).to_string_lossy()),
-            socket = toml_string(&dir.join(CONTROL_SOCKET).to_string_lossy()),
-            domains = domains.join(", "),
-            channel = ms(self.channel_timeout),
-            ping = ms(self.ping_interval),
-            dead = self.dead_after_pings,
-            hello = ms(self.hello_timeout),
-            reconnect = ms(self.reconnect_max),
-            fi = ms(d.failure_interval),
-            mu = ms(d.min_uptime),
-            mr = d.max_resets,
-            rw = ms(d.reset_window),
-            rm = d.reset_method.as_str(),
-        )
-    }
-}
-
-/// A TOML basic string.
-fn toml_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// One domain as `appmonctl --json list/show` prints it (host-agent/README.md lists the fields).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct VmStatus {
-    pub name: String,
-    pub uuid: String,
-    pub monitored: bool,
-    pub spec_error: Option<String>,
-    /// green, red, gray; `None` when not monitored.
-    pub status: Option<String>,
-    pub enabled: bool,
-    pub need_reset: bool,
-    pub last_heartbeat_age_ms: Option<u64>,
-    pub resets_in_window: usize,
-    pub gave_up: bool,
-    pub alarm: Option<String>,
-    pub connected: bool,
-    pub guest_boot_id: Option<String>,
-    pub guest_agent: Option<String>,
-    pub domain_state: String,
-    pub transport: Option<String>,
-    pub policy: Option<PolicyStatus>,
-    /// Oldest first; empty in `list`.
-    #[serde(default)]
-    pub history: Vec<HistoryEntry>,
-}
-
-/// The effective policy in [`VmStatus`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct PolicyStatus {
-    pub failure_interval_ms: u64,
-    pub min_uptime_ms: u64,
-    pub max_resets: u32,
-    pub reset_window_ms: u64,
-    pub reset_method: String,
-    pub channel_timeout_ms: u64,
-}
-
-/// One entry of a domain's event history.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct HistoryEntry {
-    pub unix_ms: u64,
-    /// info, warn or error.
-    pub level: String,
-    /// decision, libvirt, guest, operator.
-    pub kind: String,
-    pub text: String,
-}
-
-impl HistoryEntry {
-    /// A decision to reset or power-cycle (`reset: <cause> (n of max in the window)`).
-    pub fn is_reset_decision(&self) -> bool {
-        self.kind == "decision"
-            && (self.text.starts_with("reset: ") || self.text.starts_with("power-cycle: "))
-    }
-
-    /// A libvirt event that starts a new boot of the guest (`Started(..)`, `Rebooted`).
-    pub fn is_boot_event(&self) -> bool {
-        self.kind == "libvirt" && (self.text.starts_with("Started(") || self.text == "Rebooted")
-    }
-}
-
-impl Display for HistoryEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {:<5} {:<8} {}",
-            self.unix_ms, self.level, self.kind, self.text
-        )
-    }
-}
-
-impl VmStatus {
-    /// Whether the status is `status` (green, red, gray).
-    pub fn is(&self, status: &str) -> bool {
-        self.status.as_deref() == Some(status)
-    }
-
-    /// Every reset and power-cycle decision, oldest first.
-    pub fn reset_decisions(&self) -> Vec<&HistoryEntry> {
-        self.history
-            .iter()
-            .filter(|h| h.is_reset_decision())
-            .collect()
-    }
-
-    /// The first history entry whose text contains `needle`.
-    pub fn find(&self, needle: &str) -> Option<&HistoryEntry> {
-        self.history.iter().find(|h| h.text.contains(needle))
-    }
-
-    /// The last libvirt event that started a boot (the host agent counts the minimum uptime
-    /// from it).
-    pub fn last_boot_event(&self) -> Option<&HistoryEntry> {
-        self.history.iter().rev().find(|h| h.is_boot_event())
-    }
-
-    /// One line: status, enabled, connection, heartbeat age, resets, boot id.
-    pub fn summary(&self) -> String {
-        format!(
-            "status {} enabled {} connected {} heartbeat {} resets {} gave_up {} domain {} boot {}",
-            self.status.as_deref().unwrap_or("-"),
-            self.enabled,
-            self.connected,
-            self.last_heartbeat_age_ms
-                .map_or("-".to_owned(), |a| format!("{a}ms ago")),
-            self.resets_in_window,
-            self.gave_up,
-            self.domain_state,
-            self.guest_boot_id.as_deref().unwrap_or("-"),
-        )
-    }
-
-    /// The history, one entry per line, for failure messages.
-    pub fn history_text(&self) -> String {
-        self.history
-            .iter()
-            .map(|h| format!("    {h}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
+/// `config` for an agent in `dir` that manages exactly `domains`.
+pub fn placed(mut config: Config, dir: &Path, domains: &[String]) -> Config {
+    config.uri = LIBVIRT_URI.into();
+    config.state_dir = dir.join(STATE_DIR);
+    config.control_socket = dir.join(CONTROL_SOCKET);
+    config.domains = domains.to_vec();
+    config
 }
 
 /// Why an `appmonctl` call failed.
@@ -525,7 +268,8 @@ pub struct HostAgent {
     dir: PathBuf,
     rig: Rig,
     bins: HostBins,
-    config: HostAgentConfig,
+    /// The host.toml it runs with.
+    config: Config,
     domains: Vec<String>,
     child: Option<Child>,
     starts: u32,
@@ -536,7 +280,7 @@ pub struct HostAgent {
 impl HostAgent {
     /// Starts a host agent that manages exactly these guests' domains, waits until it answers
     /// and lists them, and attaches its log to each guest's failure diagnostics.
-    pub fn start(vms: &[&TestVm], config: HostAgentConfig) -> HostAgent {
+    pub fn start(vms: &[&TestVm], config: Config) -> HostAgent {
         let domains: Vec<String> = vms.iter().map(|vm| vm.name().to_owned()).collect();
         let mut agent = HostAgent::new(domains, config);
         for vm in vms {
@@ -546,19 +290,21 @@ impl HostAgent {
         agent
     }
 
-    /// Prepares (does not start) a host agent for `domains`: its directory and host.toml.
-    pub fn new(domains: Vec<String>, config: HostAgentConfig) -> HostAgent {
+    /// Prepares (does not start) a host agent for `domains`: its directory and host.toml
+    /// (`config`, placed in that directory and limited to `domains`).
+    pub fn new(domains: Vec<String>, config: Config) -> HostAgent {
         let rig = Rig::require();
         let bins = HostBins::require();
         sweep_once(&rig);
         let pid = std::process::id();
         let n = next_instance();
+        let dir = rig.tests_dir().join(format!("{pid}-{n}"));
         let agent = HostAgent {
             name: format!("appmon-host-{pid}-{n}"),
-            dir: rig.tests_dir().join(format!("{pid}-{n}")),
+            config: placed(config, &dir, &domains),
+            dir,
             rig,
             bins,
-            config,
             domains,
             child: None,
             starts: 0,
@@ -575,7 +321,10 @@ impl HostAgent {
         if let Err(e) = fs::create_dir_all(agent.dir.join(STATE_DIR)) {
             agent.fail(format!("cannot create {}: {e}", agent.dir.display()));
         }
-        let toml = agent.config.to_toml(&agent.dir, &agent.domains);
+        let toml = agent
+            .config
+            .to_toml()
+            .unwrap_or_else(|e| agent.fail(format!("cannot write the host.toml: {e}")));
         if let Err(e) = fs::write(agent.config_path(), toml) {
             agent.fail(format!(
                 "cannot write {}: {e}",
@@ -711,7 +460,7 @@ impl HostAgent {
         console::read_console(&self.log_path()).unwrap_or_default()
     }
 
-    pub fn config(&self) -> &HostAgentConfig {
+    pub fn config(&self) -> &Config {
         &self.config
     }
 
@@ -766,34 +515,36 @@ impl HostAgent {
     }
 
     /// `appmonctl --json list`.
-    pub fn try_list(&self) -> Result<Vec<VmStatus>, CtlError> {
-        self.ctl_json(&["--json", "list"])
+    pub fn try_list(&self) -> Result<Vec<VmView>, CtlError> {
+        self.ctl_json::<ListDocument>(&["--json", "list"])
+            .map(|doc| doc.domains)
     }
 
     /// `appmonctl --json show DOMAIN` (with the history).
-    pub fn try_show(&self, domain: &str) -> Result<VmStatus, CtlError> {
-        self.ctl_json(&["--json", "show", domain])
+    pub fn try_show(&self, domain: &str) -> Result<VmView, CtlError> {
+        self.ctl_json::<ShowDocument>(&["--json", "show", domain])
+            .map(|doc| doc.domain)
     }
 
     /// `appmonctl enable DOMAIN --vsock-uds <its hybrid-vsock socket> <policy options>`: the
     /// operator's way to put a domain under monitoring.
-    pub fn try_enable(&self, vm: &TestVm, policy: &MonitorPolicy) -> Result<String, CtlError> {
+    pub fn try_enable(&self, vm: &TestVm, policy: &Defaults) -> Result<String, CtlError> {
         let uds = vm.vsock_uds().to_string_lossy().into_owned();
         let mut args: Vec<String> =
             vec!["enable".into(), vm.name().into(), "--vsock-uds".into(), uds];
-        args.extend(policy.enable_args());
+        args.extend(enable_args(policy));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.ctl_ok(&args)
     }
 
     /// [`HostAgent::try_show`] for a guest; fails the test with the guest's diagnostics.
-    pub fn status(&self, vm: &TestVm) -> VmStatus {
+    pub fn status(&self, vm: &TestVm) -> VmView {
         self.try_show(vm.name())
             .unwrap_or_else(|e| vm.fail(format!("appmonctl show: {e}")))
     }
 
     /// [`HostAgent::try_enable`]; fails the test with the guest's diagnostics.
-    pub fn enable(&self, vm: &TestVm, policy: &MonitorPolicy) -> String {
+    pub fn enable(&self, vm: &TestVm, policy: &Defaults) -> String {
         self.try_enable(vm, policy)
             .unwrap_or_else(|e| vm.fail(format!("appmonctl enable: {e}")))
     }
@@ -805,9 +556,9 @@ impl HostAgent {
         vm: &TestVm,
         timeout: Duration,
         what: &str,
-        mut cond: impl FnMut(&VmStatus) -> bool,
-    ) -> VmStatus {
-        let mut last: Option<Result<VmStatus, String>> = None;
+        mut cond: impl FnMut(&VmView) -> bool,
+    ) -> VmView {
+        let mut last: Option<Result<VmView, String>> = None;
         let res = wait_for(timeout, what, || {
             let s = self.try_show(vm.name()).map_err(|e| e.to_string());
             let hit = s.as_ref().ok().filter(|s| cond(s)).cloned();
@@ -823,8 +574,8 @@ impl HostAgent {
         }
     }
 
-    /// Waits until the host agent reports `status` (green, red, gray) for `vm`.
-    pub fn wait_for(&self, vm: &TestVm, status: &str, timeout: Duration) -> VmStatus {
+    /// Waits until the host agent reports `status` for `vm`.
+    pub fn wait_for(&self, vm: &TestVm, status: Status, timeout: Duration) -> VmView {
         self.wait_for_status(vm, timeout, &format!("status {status}"), |s| s.is(status))
     }
 
@@ -862,7 +613,7 @@ impl HostAgent {
     }
 }
 
-fn describe_last(last: Option<Result<VmStatus, String>>) -> String {
+fn describe_last(last: Option<Result<VmView, String>>) -> String {
     match last {
         None => "(none)".into(),
         Some(Err(e)) => e,
@@ -933,62 +684,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_toml_names_only_the_tests_domains() {
-        let config = HostAgentConfig::default();
-        let toml = config.to_toml(
-            Path::new("/var/tmp/appmon-rig/run/t/1-2"),
+    fn host_toml_names_only_the_tests_domains_and_reads_back() {
+        let dir = Path::new("/var/tmp/appmon-rig/run/t/1-2");
+        let config = placed(
+            test_host_config(),
+            dir,
             &["appmon-t-a-1-0".into(), "appmon-t-b-1-1".into()],
         );
-        assert!(
-            toml.contains("domains = [\"appmon-t-a-1-0\", \"appmon-t-b-1-1\"]\n"),
-            "{toml}"
-        );
-        assert!(toml.contains("uri = \"qemu:///system\"\n"), "{toml}");
-        assert!(
-            toml.contains("control_socket = \"/var/tmp/appmon-rig/run/t/1-2/host.sock\"\n"),
-            "{toml}"
-        );
-        assert!(
-            toml.contains("[defaults]\nfailure_interval = \"4s\"\n"),
-            "{toml}"
-        );
-        assert!(toml.contains("channel_timeout = \"30s\"\n"), "{toml}");
-    }
 
-    #[test]
-    fn toml_strings_are_escaped() {
-        assert_eq!(toml_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
-        assert_eq!(toml_string("x\ny"), "\"x\\u000Ay\"");
+        let toml = config.to_toml().expect("serialises");
+
+        let back = Config::parse(&toml, Path::new("host.toml")).expect("the host agent reads it");
+        assert_eq!(back, config);
+        assert_eq!(back.domains, ["appmon-t-a-1-0", "appmon-t-b-1-1"]);
+        assert_eq!(back.uri, "qemu:///system");
+        assert_eq!(back.control_socket, dir.join("host.sock"));
+        assert_eq!(back.defaults.failure_interval, Duration::from_secs(4));
     }
 
     #[test]
     fn enable_args_spell_the_policy_for_appmonctl() {
-        let p = MonitorPolicy::default()
-            .failure_interval(Duration::from_millis(3500))
-            .max_resets(2)
-            .reset_method(ResetMethod::PowerCycle);
+        let p = Defaults {
+            failure_interval: Duration::from_millis(3500),
+            max_resets: 2,
+            reset_method: ResetMethod::PowerCycle,
+            ..test_policy()
+        };
         assert_eq!(
-            p.enable_args().join(" "),
+            enable_args(&p).join(" "),
             "--failure-interval 3500ms --min-uptime 15s --max-resets 2 --window 1h --reset-method power-cycle"
         );
-    }
-
-    #[test]
-    fn status_json_of_appmonctl_is_read() {
-        let json = r#"{"name":"vm1","uuid":"u","monitored":true,"spec_error":null,"status":"green",
-            "enabled":true,"need_reset":false,"last_heartbeat_age_ms":120,"resets_in_window":1,
-            "gave_up":false,"alarm":null,"connected":true,"guest_boot_id":"b","guest_agent":"appmon-guest 0.1.0",
-            "domain_state":"running","transport":"hybrid vsock /x port 5315",
-            "policy":{"failure_interval_ms":4000,"min_uptime_ms":15000,"max_resets":3,"reset_window_ms":3600000,
-                      "reset_method":"reset","channel_timeout_ms":40000},
-            "history":[{"unix_ms":1,"level":"info","kind":"libvirt","text":"Started(Booted)"},
-                       {"unix_ms":2,"level":"warn","kind":"decision","text":"reset: heartbeats stopped (1 of 3 in the window)"},
-                       {"unix_ms":3,"level":"info","kind":"decision","text":"reset done (heartbeats stopped)"}],
-            "some_future_field":1}"#;
-        let s: VmStatus = serde_json::from_str(json).expect("parses");
-        assert!(s.is("green"));
-        assert_eq!(s.reset_decisions().len(), 1);
-        assert_eq!(s.last_boot_event().map(|h| h.unix_ms), Some(1));
-        assert!(MonitorPolicy::default().matches(s.policy.as_ref().expect("policy")));
     }
 }

@@ -11,7 +11,7 @@
 //! - [`vm`]: [`TestVm`] and its [`VmConfig`]: domain lifecycle, console, vsock.
 //! - [`host_agent`]: [`HostAgent`], the real `appmon-host` daemon for one test (its own
 //!   host.toml, state directory, control socket and log), and `appmonctl` with its JSON read
-//!   into [`VmStatus`].
+//!   into `appmon-control`'s [`VmView`].
 //! - [`demo`]: commands to the demo application in the guest ([`TestVm::demo_command`]).
 //! - [`domain_xml`]: the libvirt domain XML template (pure, unit-tested).
 //! - [`hybrid`]: host → guest connections through vhost-device-vsock's hybrid-vsock Unix socket
@@ -22,11 +22,11 @@
 //! - [`wait`]: bounded polling helpers, and [`hold_for`] for "nothing happens for this long".
 //! - [`sweep`]: removal of domains, processes (vhost-device-vsock, appmon-host) and directories
 //!   left by test processes that died.
-//! - [`guest`]: GUEST-ONLY pieces shared by the programs that run inside the test guests.
 //!
 //! The host side never opens AF_VSOCK: this machine's own /dev/vsock belongs to the
-//! infrastructure. Only the guest-only binaries `vsock-echo` and `appmon-demo` do, inside the
-//! guest.
+//! infrastructure. Only the guest-only programs `vsock-echo` and `appmon-demo` do, inside the
+//! guest; they live in their own crate (`appmon-guest-programs`) so that their static build
+//! does not link what this harness links.
 //!
 //! The VM tests themselves (`tests/`) compile only with the `vm` feature; `scripts/test` runs
 //! them with `cargo nextest run -p appmon-vm-tests --features vm`.
@@ -34,7 +34,6 @@
 pub mod console;
 pub mod demo;
 pub mod domain_xml;
-pub mod guest;
 pub mod host_agent;
 pub mod hybrid;
 pub mod initrd;
@@ -48,8 +47,8 @@ pub use console::ConsoleMark;
 pub use demo::{DemoError, DEMO_COMMAND_TIMEOUT};
 pub use domain_xml::{OnReboot, WatchdogAction};
 pub use host_agent::{
-    unix_ms_now, CtlError, HistoryEntry, HostAgent, HostAgentConfig, HostBins, MonitorPolicy,
-    PolicyStatus, ResetMethod, VmStatus,
+    enable_args, policy_matches, test_host_config, test_policy, unix_ms_now, Config, CtlError,
+    Defaults, HistoryEntry, HostAgent, HostBins, PolicyView, ResetMethod, Status, VmView,
 };
 pub use hybrid::{hybrid_connect, hybrid_connect_timeout, HybridConnectError};
 pub use initrd::GuestFile;
@@ -62,11 +61,7 @@ pub use wait::{hold_for, wait_for, wait_until, HoldBroken, WaitTimeout};
 /// domains with this prefix.
 pub const DOMAIN_PREFIX: &str = "appmon-t-";
 
-/// Guest port of the `vsock-echo` helper started by the rig image's /init.
-pub const VSOCK_ECHO_PORT: u32 = 5399;
-
-/// Guest port on which the demo application (`appmon-demo`) takes commands from the host.
-pub const DEMO_CONTROL_PORT: u32 = 5400;
+pub use appmon_guest_programs::{DEMO_CONTROL_PORT, VSOCK_ECHO_PORT};
 
 /// Guest port the guest agent listens on (DESIGN.md, Transport).
 pub const GUEST_AGENT_PORT: u32 = 5315;

@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use appmon_control::{Decision, ResetCause};
 use appmon_vm_tests::{
-    unix_ms_now, ConsoleMark, DemoError, DomainState, HistoryEntry, HostAgent, HostAgentConfig,
-    MonitorPolicy, ResetMethod, TestVm, VmConfig, VmStatus, DEFAULT_BOOT_TIMEOUT,
-    DEMO_COMMAND_TIMEOUT, GUEST_AGENT_PORT, VSOCK_ECHO_PORT,
+    policy_matches, test_host_config, test_policy, unix_ms_now, Config, ConsoleMark, Defaults,
+    DemoError, DomainState, HistoryEntry, HostAgent, ResetMethod, Status, TestVm, VmConfig, VmView,
+    DEFAULT_BOOT_TIMEOUT, DEMO_COMMAND_TIMEOUT, GUEST_AGENT_PORT, VSOCK_ECHO_PORT,
 };
 use appmon_wire::{
     decode_all, encode_frame, parse_boot_id, Capabilities, Frame, GuestMsg, Hello, HostMsg, Tag,
@@ -74,8 +75,8 @@ fn current_boot_id(vm: &TestVm) -> String {
 /// agent reports it Green with this boot's id. (`let (vm, agent) = ...` drops the agent first.)
 fn boot_monitored(
     config: VmConfig,
-    policy: &MonitorPolicy,
-    agent_config: HostAgentConfig,
+    policy: &Defaults,
+    agent_config: Config,
 ) -> (TestVm, HostAgent) {
     let vm = TestVm::new(config);
     vm.rig().require_guest_program("appmon-guest");
@@ -86,12 +87,12 @@ fn boot_monitored(
         &vm,
         NOTICE_TIMEOUT,
         "the policy given to appmonctl enable",
-        |s| s.monitored && s.policy.as_ref().is_some_and(|p| policy.matches(p)),
+        |s| s.monitored && s.policy.as_ref().is_some_and(|p| policy_matches(policy, p)),
     );
     vm.start_measured(DEFAULT_BOOT_TIMEOUT);
     let boot = current_boot_id(&vm);
     let s = agent.wait_for_status(&vm, GREEN_TIMEOUT, "green with this boot's id", |s| {
-        s.is("green") && s.guest_boot_id.as_deref() == Some(boot.as_str())
+        s.is(Status::Green) && s.guest_boot_id.as_deref() == Some(boot.as_str())
     });
     assert!(s.connected && s.enabled, "{}", s.summary());
     (vm, agent)
@@ -99,7 +100,7 @@ fn boot_monitored(
 
 /// When the host agent saw the guest's current boot start (its minimum uptime counts from
 /// there), as unix ms.
-fn last_boot_ms(vm: &TestVm, s: &VmStatus) -> u64 {
+fn last_boot_ms(vm: &TestVm, s: &VmView) -> u64 {
     s.last_boot_event().map(|h| h.unix_ms).unwrap_or_else(|| {
         vm.fail(format!(
             "no Started/Rebooted event in the host agent's history:\n{}",
@@ -113,11 +114,11 @@ fn last_boot_ms(vm: &TestVm, s: &VmStatus) -> u64 {
 fn green_and_untouched(
     vm: &TestVm,
     agent: &HostAgent,
-    policy: &MonitorPolicy,
+    policy: &Defaults,
     boots: &[String],
 ) -> Result<(), String> {
     let s = agent.try_show(vm.name()).map_err(|e| e.to_string())?;
-    if !s.is("green") || !s.connected {
+    if !s.is(Status::Green) || !s.connected {
         return Err(format!("not green and connected: {}", s.summary()));
     }
     if s.last_heartbeat_age_ms
@@ -134,56 +135,57 @@ fn green_and_untouched(
             "the guest booted again: boots {now:?}, before {boots:?}"
         ));
     }
-    if !s.domain_state.starts_with("running") {
+    if !s.domain_state.is_running() {
         return Err(format!("domain not running: {}", s.summary()));
     }
     Ok(())
 }
 
-/// The number in the policy's note `no heartbeat for X ms (failure interval Y ms)`.
 /// The guest booted again since `mark` (a reset, or the power-cycle that completes it) and came
 /// back Green by itself, with the boot id its console printed last, not one of `boots_before`'s.
 fn green_again_after_reset(
     agent: &HostAgent,
-    agent_config: &HostAgentConfig,
+    agent_config: &Config,
     vm: &TestVm,
     mark: ConsoleMark,
     boots_before: &[String],
-) -> VmStatus {
+) -> VmView {
     vm.wait_ready_since(mark, DEFAULT_BOOT_TIMEOUT);
     agent.wait_for_status(
         vm,
         agent_config.channel_timeout + 2 * DEFAULT_BOOT_TIMEOUT,
         "green again with a new boot id",
         |s| {
-            s.is("green")
+            s.is(Status::Green)
                 && s.guest_boot_id.as_deref() == vm.boot_ids().last().map(String::as_str)
                 && s.guest_boot_id.as_deref() != boots_before.last().map(String::as_str)
         },
     )
 }
 
+/// The silence the policy judged, from its note that heartbeats were overdue.
 fn silence_ms(note: &HistoryEntry) -> Option<u64> {
-    note.text
-        .strip_prefix("no heartbeat for ")?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    match note.decision()? {
+        Decision::HeartbeatsOverdue { silent_ms, .. } => Some(*silent_ms),
+        _ => None,
+    }
+}
+
+/// Whether `entry` is a decision to reset for `cause` (by whichever method).
+fn resets_for(entry: &HistoryEntry, cause: ResetCause) -> bool {
+    entry.reset_decision().is_some_and(|(_, c)| c == cause)
 }
 
 // --- 1 ----------------------------------------------------------------------------------------
 
 #[test]
 fn heartbeating_guest_is_not_reset() {
-    let policy = MonitorPolicy::default()
-        .failure_interval(Duration::from_secs(4))
-        .min_uptime(Duration::from_secs(10));
-    let (vm, agent) = boot_monitored(
-        VmConfig::new("heartbeating"),
-        &policy,
-        HostAgentConfig::default(),
-    );
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(4),
+        min_uptime: Duration::from_secs(10),
+        ..test_policy()
+    };
+    let (vm, agent) = boot_monitored(VmConfig::new("heartbeating"), &policy, test_host_config());
     let boots = vm.boot_ids();
     let s = agent.status(&vm);
     // Failures count only after the minimum uptime; from then on, three failure intervals.
@@ -229,10 +231,12 @@ fn demo_heartbeats(vm: &TestVm) -> u64 {
 
 #[test]
 fn silent_application_is_reset_within_the_failure_interval() {
-    let policy = MonitorPolicy::default()
-        .failure_interval(Duration::from_secs(4))
-        .min_uptime(Duration::from_secs(15));
-    let agent_config = HostAgentConfig::default();
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(4),
+        min_uptime: Duration::from_secs(15),
+        ..test_policy()
+    };
+    let agent_config = test_host_config();
     let (vm, agent) = boot_monitored(VmConfig::new("silent"), &policy, agent_config.clone());
     let fi = ms(policy.failure_interval);
     let boots = vm.boot_ids();
@@ -272,7 +276,7 @@ fn silent_application_is_reset_within_the_failure_interval() {
         vm.fail("no heartbeat age was ever shown before the decision")
     };
     assert!(
-        decision.text.starts_with("reset: heartbeats stopped"),
+        decision.reset_decision() == Some((ResetMethod::Reset, ResetCause::HeartbeatsStopped)),
         "{decision}\n{}",
         s.history_text()
     );
@@ -286,7 +290,7 @@ fn silent_application_is_reset_within_the_failure_interval() {
         .history
         .iter()
         .rev()
-        .find(|h| h.text.starts_with("no heartbeat for "))
+        .find(|h| silence_ms(h).is_some())
         .unwrap_or_else(|| vm.fail(format!("no silence note:\n{}", s.history_text())));
     let silence = silence_ms(note).unwrap_or_else(|| vm.fail(format!("unreadable note: {note}")));
     assert!(silence > fi, "reset before the failure interval: {note}");
@@ -312,7 +316,10 @@ fn silent_application_is_reset_within_the_failure_interval() {
     // The reset really happens, the guest boots again and comes back Green by itself.
     let s = green_again_after_reset(&agent, &agent_config, &vm, mark, &boots);
     assert!(
-        s.find("reset done (heartbeats stopped)").is_some(),
+        s.find(|h| h
+            .reset_done()
+            .is_some_and(|(_, c)| c == ResetCause::HeartbeatsStopped))
+            .is_some(),
         "{}",
         s.history_text()
     );
@@ -329,7 +336,7 @@ fn silent_application_is_reset_within_the_failure_interval() {
         "green after the reset, past the minimum uptime",
         || {
             let s = agent.try_show(vm.name()).map_err(|e| e.to_string())?;
-            if !s.is("green") {
+            if !s.is(Status::Green) {
                 return Err(s.summary());
             }
             if s.reset_decisions().len() != decisions || vm.boot_ids() != boots_after {
@@ -342,8 +349,16 @@ fn silent_application_is_reset_within_the_failure_interval() {
 
 /// Logs whether a reset's guest channel came back by itself or the host agent had to
 /// power-cycle (the vhost-device-vsock defect of ENVIRONMENT.md).
-fn report_channel_path(s: &VmStatus, boots: usize) {
-    if let Some(p) = s.find("power-cycle: guest channel") {
+fn report_channel_path(s: &VmView, boots: usize) {
+    if let Some(p) = s.find(|h| {
+        h.reset_decision().is_some_and(|(m, c)| {
+            m == ResetMethod::PowerCycle
+                && matches!(
+                    c,
+                    ResetCause::ChannelLostAfterReset | ResetCause::ChannelLostAfterReboot
+                )
+        })
+    }) {
         println!(
             "path: the guest channel did not come back; the host agent power-cycled ({}), {boots} boots",
             p.text
@@ -359,10 +374,12 @@ fn report_channel_path(s: &VmStatus, boots: usize) {
 fn application_needreset_resets_the_guest_at_once() {
     // vSphere's defaults: neither the failure interval nor the minimum uptime can be why the
     // guest is reset within seconds of booting.
-    let policy = MonitorPolicy::default()
-        .failure_interval(Duration::from_secs(30))
-        .min_uptime(Duration::from_secs(120));
-    let agent_config = HostAgentConfig::default();
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(30),
+        min_uptime: Duration::from_secs(120),
+        ..test_policy()
+    };
+    let agent_config = test_host_config();
     let (vm, agent) = boot_monitored(VmConfig::new("needreset"), &policy, agent_config.clone());
     let boots = vm.boot_ids();
 
@@ -390,18 +407,18 @@ fn application_needreset_resets_the_guest_at_once() {
     println!("the demo application's answer: {answer:?}");
     let decision = s.reset_decisions()[0].clone();
     assert!(
-        decision
-            .text
-            .starts_with("reset: the application asked for a reset (needReset)"),
+        decision.reset_decision() == Some((ResetMethod::Reset, ResetCause::NeedReset)),
         "{}",
         s.history_text()
     );
-    let posted = s.find("application posted needReset").unwrap_or_else(|| {
-        vm.fail(format!(
-            "needReset not in the history:\n{}",
-            s.history_text()
-        ))
-    });
+    let posted = s
+        .find(|h| h.decision() == Some(&Decision::NeedResetPosted))
+        .unwrap_or_else(|| {
+            vm.fail(format!(
+                "needReset not in the history:\n{}",
+                s.history_text()
+            ))
+        });
     assert!(posted.unix_ms <= decision.unix_ms);
     let latency = decision.unix_ms.saturating_sub(sent);
     assert!(
@@ -417,7 +434,9 @@ fn application_needreset_resets_the_guest_at_once() {
     let s = green_again_after_reset(&agent, &agent_config, &vm, mark, &boots);
     assert!(!s.need_reset, "the new boot has no pending needReset");
     assert!(
-        s.find("reset done (the application asked for a reset (needReset))")
+        s.find(|h| h
+            .reset_done()
+            .is_some_and(|(_, c)| c == ResetCause::NeedReset))
             .is_some(),
         "{}",
         s.history_text()
@@ -432,13 +451,14 @@ fn resets_stop_after_the_maximum_in_the_window_and_the_agent_gives_up() {
     // Every boot the application beats three times, then falls silent. Power-cycles: the reset
     // method the other cases do not cover, and every attempt is then one boot for one failure
     // (an in-QEMU reset on this rig costs a recovery power-cycle, which counts as an attempt).
-    let policy = MonitorPolicy::default()
-        .failure_interval(Duration::from_secs(3))
-        .min_uptime(Duration::from_secs(5))
-        .max_resets(2)
-        .reset_window(Duration::from_secs(3600))
-        .reset_method(ResetMethod::PowerCycle);
-    let agent_config = HostAgentConfig::default();
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(3),
+        min_uptime: Duration::from_secs(5),
+        max_resets: 2,
+        reset_window: Duration::from_secs(3600),
+        reset_method: ResetMethod::PowerCycle,
+    };
+    let agent_config = test_host_config();
     let max = policy.max_resets as usize;
     let (vm, agent) = boot_monitored(
         VmConfig::new("giveup").cmdline_arg("appmon.demo=stop-after:3"),
@@ -462,18 +482,29 @@ fn resets_stop_after_the_maximum_in_the_window_and_the_agent_gives_up() {
         s.history_text()
     );
     for d in &decisions {
-        assert!(d.text.starts_with("power-cycle: heartbeats stopped"), "{d}");
+        assert_eq!(
+            d.reset_decision(),
+            Some((ResetMethod::PowerCycle, ResetCause::HeartbeatsStopped)),
+            "{d}"
+        );
     }
     assert_eq!(s.resets_in_window, max);
-    assert!(s.is("red"), "{}", s.summary());
-    let alarm = s.alarm.clone().unwrap_or_default();
-    assert!(
-        alarm.starts_with("gave up: ") && alarm.contains(&format!("(max {max})")),
-        "{alarm}"
-    );
+    assert!(s.is(Status::Red), "{}", s.summary());
     let gave_up = s
-        .find("gave up: ")
+        .find(|h| {
+            matches!(
+                h.decision(),
+                Some(Decision::GaveUp { max_resets, .. }) if *max_resets as usize == max
+            )
+        })
         .unwrap_or_else(|| vm.fail(format!("no gave-up note:\n{}", s.history_text())));
+    // The alarm `show` reports is the one the policy noted.
+    assert_eq!(
+        s.alarm.as_deref(),
+        Some(gave_up.text.as_str()),
+        "{}",
+        s.summary()
+    );
     assert!(decisions.iter().all(|d| d.unix_ms <= gave_up.unix_ms));
     assert!(
         agent.log().contains("ALARM"),
@@ -499,15 +530,16 @@ fn resets_stop_after_the_maximum_in_the_window_and_the_agent_gives_up() {
             if vm.boot_ids() != boots {
                 return Err(format!("the guest booted again: {:?}", vm.boot_ids()));
             }
-            if !now.domain_state.starts_with("running") {
+            if !now.domain_state.is_running() {
                 return Err(now.summary());
             }
             Ok(())
         },
     );
     println!(
-        "gave up after {max} power-cycles ({} boots): {alarm}",
-        boots.len()
+        "gave up after {max} power-cycles ({} boots): {}",
+        boots.len(),
+        gave_up.text
     );
 }
 
@@ -515,14 +547,12 @@ fn resets_stop_after_the_maximum_in_the_window_and_the_agent_gives_up() {
 
 #[test]
 fn host_agent_restart_is_gray_in_the_guest_then_green_without_a_reset() {
-    let policy = MonitorPolicy::default()
-        .failure_interval(Duration::from_secs(4))
-        .min_uptime(Duration::from_secs(10));
-    let (vm, mut agent) = boot_monitored(
-        VmConfig::new("restart"),
-        &policy,
-        HostAgentConfig::default(),
-    );
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(4),
+        min_uptime: Duration::from_secs(10),
+        ..test_policy()
+    };
+    let (vm, mut agent) = boot_monitored(VmConfig::new("restart"), &policy, test_host_config());
     let boots = vm.boot_ids();
     wait_guest_sees(&vm, "green");
 
@@ -552,7 +582,7 @@ fn host_agent_restart_is_gray_in_the_guest_then_green_without_a_reset() {
     let ready = unix_ms_now();
     // The guest agent enables again by itself when the new host agent says Gray.
     vm.wait_for_console_line(mark, "host said Gray: enabled again", GREEN_TIMEOUT);
-    let s = agent.wait_for(&vm, "green", GREEN_TIMEOUT);
+    let s = agent.wait_for(&vm, Status::Green, GREEN_TIMEOUT);
     assert_eq!(s.guest_boot_id.as_ref(), boots.last());
     wait_guest_sees(&vm, "green");
 
@@ -641,10 +671,15 @@ impl Streamer {
 
 #[test]
 fn guest_reboot_with_vsock_traffic_in_flight_stays_monitored() {
-    let policy = MonitorPolicy::default()
-        .failure_interval(Duration::from_secs(4))
-        .min_uptime(Duration::from_secs(10));
-    let agent_config = HostAgentConfig::default().channel_timeout(Duration::from_secs(30));
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(4),
+        min_uptime: Duration::from_secs(10),
+        ..test_policy()
+    };
+    let agent_config = Config {
+        channel_timeout: Duration::from_secs(30),
+        ..test_host_config()
+    };
     let (vm, agent) = boot_monitored(VmConfig::new("reboot"), &policy, agent_config.clone());
     vm.rig().require_guest_program("vsock-echo");
     let boots = vm.boot_ids();
@@ -664,7 +699,7 @@ fn guest_reboot_with_vsock_traffic_in_flight_stays_monitored() {
         agent_config.channel_timeout + 2 * DEFAULT_BOOT_TIMEOUT,
         "green again with the newest boot id",
         |s| {
-            s.is("green")
+            s.is(Status::Green)
                 && s.connected
                 && s.guest_boot_id.as_deref() == vm.boot_ids().last().map(String::as_str)
                 && s.guest_boot_id.as_deref() != boots.last().map(String::as_str)
@@ -672,14 +707,15 @@ fn guest_reboot_with_vsock_traffic_in_flight_stays_monitored() {
     );
     let (echoed, end) = streamer.finish();
     assert!(
-        s.find("guest rebooted by itself").is_some(),
+        s.find(|h| matches!(h.decision(), Some(Decision::RebootedAwaitingChannel { .. })))
+            .is_some(),
         "the host agent saw the reboot:\n{}",
         s.history_text()
     );
     for d in s.reset_decisions() {
         assert!(
-            d.text
-                .starts_with("power-cycle: guest channel lost after reboot"),
+            d.reset_decision()
+                == Some((ResetMethod::PowerCycle, ResetCause::ChannelLostAfterReboot)),
             "only a recovery power-cycle may follow a guest's own reboot: {d}"
         );
     }
@@ -701,14 +737,19 @@ fn domain_without_monitoring_metadata_is_never_touched() {
     // The application enables (recorded by the guest agent: no host comes) and falls silent
     // after two heartbeats. Were the domain monitored with the host agent's defaults, it would
     // be reset a few seconds later.
-    let defaults = MonitorPolicy::default()
-        .failure_interval(Duration::from_secs(3))
-        .min_uptime(Duration::from_secs(5));
+    let defaults = Defaults {
+        failure_interval: Duration::from_secs(3),
+        min_uptime: Duration::from_secs(5),
+        ..test_policy()
+    };
     let vm = TestVm::new(VmConfig::new("unmonitored").cmdline_arg("appmon.demo=stop-after:2"));
     vm.rig().require_guest_program("appmon-guest");
     let agent = HostAgent::start(
         &[&vm],
-        HostAgentConfig::default().defaults(defaults.clone()),
+        Config {
+            defaults: defaults.clone(),
+            ..test_host_config()
+        },
     );
     let xml = || vm.virsh_ok(&["dumpxml", "--inactive", vm.name()]);
     let xml_before = xml();
@@ -742,7 +783,7 @@ fn domain_without_monitoring_metadata_is_never_touched() {
         }
     });
     let s = agent.status(&vm);
-    let decisions: Vec<_> = s.history.iter().filter(|h| h.kind != "libvirt").collect();
+    let decisions: Vec<_> = s.history.iter().filter(|h| h.libvirt().is_none()).collect();
     assert!(decisions.is_empty(), "{}", s.history_text());
     assert_eq!(xml(), xml_before, "the domain definition was not touched");
     assert!(
@@ -762,9 +803,7 @@ fn domain_without_monitoring_metadata_is_never_touched() {
         |s| !s.reset_decisions().is_empty(),
     );
     assert!(
-        s.reset_decisions()[0]
-            .text
-            .starts_with("reset: heartbeats stopped"),
+        resets_for(s.reset_decisions()[0], ResetCause::HeartbeatsStopped),
         "{}",
         s.history_text()
     );
@@ -840,12 +879,12 @@ fn guest_agent_is_reached_over_af_vsock() {
     assert!(line.contains("transport=vsock cid 2 port "), "{line}");
 
     // And the real host agent gets there the same way.
-    let policy = MonitorPolicy::default();
+    let policy = test_policy();
     let mark = vm.console_mark();
-    let agent = HostAgent::start(&[&vm], HostAgentConfig::default());
+    let agent = HostAgent::start(&[&vm], test_host_config());
     agent.enable(&vm, &policy);
     let s = agent.wait_for_status(&vm, GREEN_TIMEOUT, "the host agent's session", |s| {
-        s.connected && s.is("green")
+        s.connected && s.is(Status::Green)
     });
     assert_eq!(s.guest_boot_id.as_deref(), Some(boot.as_str()));
     assert!(

@@ -26,8 +26,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use appmon_vm_tests::{
-    HistoryEntry, HostAgent, HostAgentConfig, MonitorPolicy, ResetMethod, TestVm, VmConfig,
-    VmStatus, DEFAULT_BOOT_TIMEOUT, GUEST_READY_MARKER,
+    enable_args, test_host_config, Defaults, HistoryEntry, HostAgent, ResetMethod, Status, TestVm,
+    VmConfig, VmView, DEFAULT_BOOT_TIMEOUT, GUEST_READY_MARKER,
 };
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -103,7 +103,7 @@ enum Ended {
 struct Demo<'a> {
     vm: &'a TestVm,
     agent: &'a HostAgent,
-    policy: MonitorPolicy,
+    policy: Defaults,
     t0: Instant,
     stop: Arc<AtomicBool>,
     last_line: Option<Instant>,
@@ -111,18 +111,19 @@ struct Demo<'a> {
 }
 
 fn run(once: bool, stop: Arc<AtomicBool>) -> ExitCode {
-    let policy = MonitorPolicy::default()
-        .failure_interval(Duration::from_secs(5))
-        .min_uptime(Duration::from_secs(10))
-        .max_resets(3)
-        .reset_window(Duration::from_secs(3600))
-        .reset_method(ResetMethod::PowerCycle);
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(5),
+        min_uptime: Duration::from_secs(10),
+        max_resets: 3,
+        reset_window: Duration::from_secs(3600),
+        reset_method: ResetMethod::PowerCycle,
+    };
     println!("appmon demo: VM and application high availability for KVM/QEMU hosts run by libvirt");
     println!();
     let vm = TestVm::new(VmConfig::new("demo"));
     vm.rig().require_guest_program("appmon-guest");
     vm.rig().require_guest_program("appmon-demo");
-    let agent = HostAgent::start(&[&vm], HostAgentConfig::default());
+    let agent = HostAgent::start(&[&vm], test_host_config());
     println!(
         "  guest       {} (QEMU under libvirt, qemu:///system; software emulation)",
         vm.name()
@@ -147,7 +148,7 @@ fn run(once: bool, stop: Arc<AtomicBool>) -> ExitCode {
         "--vsock-uds".into(),
         vm.vsock_uds().display().to_string(),
     ];
-    enable.extend(policy.enable_args());
+    enable.extend(enable_args(&policy));
     println!("  operator    {}", enable.join(" "));
     println!(
         "              (power-cycle, not reset: vhost-device-vsock 0.3.0 wedges when a guest is reset"
@@ -219,7 +220,7 @@ impl Demo<'_> {
         );
         let boot = self.vm.boot_ids().last().cloned().unwrap_or_default();
         let green = self.until("Green", GREEN_TIMEOUT, |_, s| {
-            s.is("green") && s.guest_boot_id.as_deref() == Some(boot.as_str())
+            s.is(Status::Green) && s.guest_boot_id.as_deref() == Some(boot.as_str())
         });
         let s = green?;
         self.say("GREEN: the application enabled monitoring and its heartbeats arrive");
@@ -260,7 +261,9 @@ impl Demo<'_> {
             "the host agent resets the VM when no heartbeat came for the failure interval ({} s)",
             fi.as_secs()
         ));
-        let red = self.until("Red", fi + Duration::from_secs(30), |_, s| !s.is("green"));
+        let red = self.until("Red", fi + Duration::from_secs(30), |_, s| {
+            !s.is(Status::Green)
+        });
         red?;
         self.say("RED: heartbeats are overdue");
         let reset = self.until("the reset", Duration::from_secs(30), |_, s| {
@@ -280,7 +283,7 @@ impl Demo<'_> {
             short(&boot)
         ));
         let green = self.until("Green again", GREEN_TIMEOUT, |_, s| {
-            s.is("green") && s.guest_boot_id.as_deref() == Some(boot.as_str())
+            s.is(Status::Green) && s.guest_boot_id.as_deref() == Some(boot.as_str())
         });
         green?;
         self.say(&format!(
@@ -342,8 +345,8 @@ impl Demo<'_> {
         &mut self,
         what: &str,
         timeout: Duration,
-        mut cond: impl FnMut(&TestVm, &VmStatus) -> bool,
-    ) -> Result<VmStatus, Ended> {
+        mut cond: impl FnMut(&TestVm, &VmView) -> bool,
+    ) -> Result<VmView, Ended> {
         let deadline = Instant::now() + timeout;
         loop {
             if self.stop.load(Ordering::Relaxed) {
@@ -365,7 +368,7 @@ impl Demo<'_> {
     }
 
     /// One look: new history entries, and the status line when a second has passed.
-    fn tick(&mut self, waiting_for: Option<&str>) -> Option<VmStatus> {
+    fn tick(&mut self, waiting_for: Option<&str>) -> Option<VmView> {
         let status = self.agent.try_show(self.vm.name()).ok();
         if let Some(s) = &status {
             self.print_new_history(s);
@@ -377,7 +380,7 @@ impl Demo<'_> {
         status
     }
 
-    fn status_line(&self, s: Option<&VmStatus>, waiting_for: Option<&str>) -> String {
+    fn status_line(&self, s: Option<&VmView>, waiting_for: Option<&str>) -> String {
         let t = self.t0.elapsed().as_secs_f64();
         let Some(s) = s else {
             return format!("[{t:6.1}s] (the host agent does not answer)");
@@ -385,8 +388,8 @@ impl Demo<'_> {
         let max = s.policy.as_ref().map_or(0, |p| p.max_resets);
         format!(
             "[{t:6.1}s] domain {:<18} status {:<6} heartbeat {:<11} resets {}/{}  boot {}  guest agent {}{}",
-            s.domain_state,
-            s.status.as_deref().unwrap_or("-").to_uppercase(),
+            s.domain_state.to_string(),
+            s.status.map_or("-", Status::as_str).to_uppercase(),
             s.last_heartbeat_age_ms
                 .map_or("-".to_owned(), |a| format!("{:.1}s ago", a as f64 / 1000.0)),
             s.resets_in_window,
@@ -397,7 +400,7 @@ impl Demo<'_> {
         )
     }
 
-    fn print_new_history(&mut self, s: &VmStatus) {
+    fn print_new_history(&mut self, s: &VmView) {
         let start = match &self.last_printed {
             None => 0,
             Some(last) => s
@@ -410,7 +413,7 @@ impl Demo<'_> {
             println!(
                 "[{:6.1}s]   host agent history: {:<8} {}",
                 self.t0.elapsed().as_secs_f64(),
-                h.kind,
+                h.kind.name(),
                 h.text
             );
         }

@@ -1,4 +1,10 @@
-//! What the rig's guest-only programs (`vsock-echo`, `appmon-demo`) share.
+//! The test rig's guest-only programs: `appmon-demo` (the demo application the VM tests and
+//! `scripts/demo` monitor) and `vsock-echo` (an AF_VSOCK echo server), and what they share.
+//!
+//! A crate of their own because they are linked statically into the guest image
+//! (`scripts/build-guest-binaries`): nothing here may pull in libvirt or the host agent, which
+//! the VM tests' harness (`appmon-vm-tests`) links. The harness depends on this crate only for
+//! the ports below.
 //!
 //! ************************************************************************************************
 //! GUEST-ONLY. These functions open AF_VSOCK sockets and belong to programs that run ONLY inside
@@ -8,6 +14,12 @@
 
 use std::io;
 use std::path::Path;
+
+/// Guest port of the `vsock-echo` helper started by the rig image's /init.
+pub const VSOCK_ECHO_PORT: u32 = 5399;
+
+/// Guest port on which the demo application (`appmon-demo`) takes commands from the host.
+pub const DEMO_CONTROL_PORT: u32 = 5400;
 
 /// Exists only in the rig's guest image (scripts/build-guest-image writes it).
 pub const GUEST_MARKER: &str = "/etc/appmon/rig-guest";

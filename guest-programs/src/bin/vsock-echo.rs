@@ -16,8 +16,7 @@ use std::io::{self, Read, Write};
 use std::process::ExitCode;
 use std::thread;
 
-use appmon_vm_tests::guest::{listen, require_rig_guest};
-use appmon_vm_tests::VSOCK_ECHO_PORT;
+use appmon_guest_programs::{listen, require_rig_guest, VSOCK_ECHO_PORT};
 
 fn main() -> ExitCode {
     if let Err(e) = require_rig_guest("vsock-echo") {

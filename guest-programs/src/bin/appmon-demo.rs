@@ -36,8 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use appmon_vm_tests::guest::{cmdline_value, listen, require_rig_guest};
-use appmon_vm_tests::DEMO_CONTROL_PORT;
+use appmon_guest_programs::{cmdline_value, listen, require_rig_guest, DEMO_CONTROL_PORT};
 
 const CLI: &str = "/bin/appmon";
 
