@@ -18,16 +18,13 @@
 //!
 //!     cargo bench -p appmon-host-agent --bench reset_latency [-- SAMPLES]
 
-#[allow(dead_code)]
-#[path = "../tests/common/sim.rs"]
-mod sim;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use appmon_control::{ShowDocument, VmView};
 use appmon_host_agent::config::Config;
 use appmon_host_agent::ctl;
+use appmon_host_agent::testing as sim;
 use appmon_libvirt_backend::testing::{PrivateLibvirtd, TestDomain, TestDriver};
 use appmon_libvirt_backend::{
     DomainEvent, LibvirtHypervisor, MonitorSpec, ResetMethod, ShutOffReason, Transport,

@@ -16,10 +16,6 @@
 //!
 //!     cargo bench -p appmon-host-agent --bench scale [-- GUESTS [SECONDS]]
 
-#[allow(dead_code)]
-#[path = "../tests/common/sim.rs"]
-mod sim;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use appmon_host_agent::config::Config;
 use appmon_host_agent::ctl;
+use appmon_host_agent::testing as sim;
 use appmon_libvirt_backend::testing::{node_xml, PrivateLibvirtd, TestDomain};
 use appmon_libvirt_backend::{LibvirtHypervisor, MonitorSpec, Transport};
 use clap::Parser;

@@ -26,6 +26,7 @@
 //! - [`persist`] — the state directory (reset history and alarms across restarts).
 //! - [`control`] — the local control socket; [`ctl`] — the `appmonctl` command line.
 //! - [`daemon`] — wires them together for `appmon-host`.
+//! - `testing` (cargo feature `testing`) — a scripted guest agent for the tests and benchmarks.
 //!
 //! The tests and benchmarks run it against real libvirt (its test driver, in process or in a
 //! private libvirtd) with scripted guest peers and the real guest agent on Unix sockets.
@@ -38,3 +39,5 @@ pub mod persist;
 pub mod policy;
 pub mod session;
 pub mod supervisor;
+#[cfg(feature = "testing")]
+pub mod testing;

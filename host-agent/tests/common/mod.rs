@@ -9,7 +9,7 @@
 //! process.
 #![allow(dead_code)]
 
-pub mod sim;
+pub use appmon_host_agent::testing as sim;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,8 +1,9 @@
-//! A scripted guest agent behind a Unix socket, for tests and benchmarks: it serves the hybrid
-//! vsock `CONNECT`/`OK` handshake (or none, as a virtio-serial channel), answers the host's
-//! Hello with its own and its state, heartbeats at a set interval, answers pings, enables when
-//! it is told Gray, and records what the host says. A load generator for the benchmarks
-//! (`farm`) and a peer whose every move a test controls; not part of the host agent.
+//! Test support for this crate's tests and benchmarks and for other crates' (cargo feature
+//! `testing`; never part of a product build): a scripted guest agent behind a Unix socket. It
+//! serves the hybrid vsock `CONNECT`/`OK` handshake (or none, as a virtio-serial channel),
+//! answers the host's Hello with its own and its state, heartbeats at a set interval, answers
+//! pings, enables when it is told Gray, and records what the host says. A load generator for the
+//! benchmarks ([`farm`]) and a peer whose every move a test controls.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
