@@ -30,7 +30,9 @@ use appmon_wire::{
     WireMessage,
 };
 
-use super::{HostCmd, SessionConfig, SessionEvent};
+use super::messages::{HostCmd, SessionEvent};
+pub use super::settings::Keepalive;
+use super::settings::SessionConfig;
 use crate::policy::GuestRequest;
 
 /// The kind of transport under a link.
@@ -50,15 +52,6 @@ pub enum Opening {
     HostFirst,
     /// The guest sends its Hello first; the host answers with its own.
     GuestFirst,
-}
-
-/// The keepalive of a link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keepalive {
-    /// A `Request Ping` this often.
-    pub ping_interval: Duration,
-    /// No frame at all for this long: the channel is dead.
-    pub dead_after: Duration,
 }
 
 /// One link's parameters.

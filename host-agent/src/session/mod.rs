@@ -9,6 +9,8 @@
 //!   bounded by the write timeout), sleeps until the machine's next deadline; and the dial loop
 //!   that connects and reconnects with backoff. Tested over `tokio::io::duplex`.
 //! - [`endpoint`]: where the guest agent is reached and connecting to it.
+//! - `messages`: what a session task and the supervisor tell each other ([`SessionEvent`],
+//!   [`HostCmd`]); `settings`: what every session shares ([`SessionConfig`]).
 //!
 //! # Protocol (host side)
 //!
@@ -36,92 +38,15 @@
 //! VM: each VM has its own task, its own command queue, and the shared queue to the supervisor is
 //! only fed at the rate the token bucket allows.
 
+mod messages;
+mod settings;
+
 pub mod endpoint;
 pub mod machine;
 pub mod shell;
 
-use std::time::{Duration, Instant};
-
-use appmon_control::SessionEnd;
-use appmon_wire::{Capabilities, GuestState, Hello, HostMsg, RequestId};
-
 pub use self::endpoint::{ChannelLookup, Endpoint, GuestIo, SessionError};
-pub use self::machine::{Keepalive, Link, LinkKind, Opening};
+pub use self::machine::{Link, LinkKind, Opening};
+pub use self::messages::{HostCmd, SessionEvent, SessionMsg, VmId};
+pub use self::settings::{Keepalive, SessionConfig};
 pub use self::shell::run;
-use crate::config::SessionLimits;
-use crate::policy::GuestRequest;
-
-/// Identifies a VM inside the supervisor.
-pub type VmId = u64;
-
-/// What a session tells the supervisor.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SessionEvent {
-    /// The handshake succeeded.
-    Hello {
-        boot_id: [u8; 16],
-        agent: String,
-    },
-    State(GuestState),
-    /// A heartbeat, stamped when its frame was read.
-    Heartbeat {
-        at: Instant,
-    },
-    /// `id` is `None` when the guest sent it as an event (no reply wanted).
-    Request {
-        id: Option<RequestId>,
-        req: GuestRequest,
-    },
-    /// The connection ended (after a Hello or not); the task reconnects.
-    Closed {
-        reason: SessionEnd,
-    },
-}
-
-/// A [`SessionEvent`] with who it is from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SessionMsg {
-    pub vm: VmId,
-    /// Which session task of the VM (a new task gets a new number).
-    pub task: u64,
-    pub event: SessionEvent,
-}
-
-/// What the supervisor tells a session.
-#[derive(Debug, Clone, PartialEq)]
-pub enum HostCmd {
-    /// `Event AppStatus`.
-    Status(appmon_wire::AppStatus),
-    /// The answer to a request.
-    Reply { id: RequestId, msg: HostMsg },
-}
-
-/// Session settings shared by all VMs.
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    pub hello: Hello,
-    pub hello_timeout: Duration,
-    /// The keepalive of a dialed link.
-    pub keepalive: Keepalive,
-    pub reconnect_max: Duration,
-    pub limits: SessionLimits,
-}
-
-impl SessionConfig {
-    pub fn new(config: &crate::config::Config, host_boot_id: [u8; 16]) -> Self {
-        SessionConfig {
-            hello: Hello::new(
-                format!("appmon-host {}", env!("CARGO_PKG_VERSION")),
-                host_boot_id,
-                Capabilities::HEARTBEAT,
-            ),
-            hello_timeout: config.hello_timeout,
-            keepalive: Keepalive {
-                ping_interval: config.ping_interval,
-                dead_after: config.ping_interval * config.dead_after_pings,
-            },
-            reconnect_max: config.reconnect_max,
-            limits: config.session.clone(),
-        }
-    }
-}

@@ -19,8 +19,10 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use super::endpoint::Endpoint;
 use super::machine::{Action, BadFrame, Event, Link, LinkKind, Opening, Session};
-use super::{Endpoint, HostCmd, SessionConfig, SessionEvent, SessionMsg, VmId};
+use super::messages::{HostCmd, SessionEvent, SessionMsg, VmId};
+use super::settings::SessionConfig;
 
 /// How a link's service ended.
 #[derive(Debug, Clone, PartialEq)]
