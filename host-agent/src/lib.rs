@@ -16,17 +16,26 @@
 //! # Modules
 //!
 //! - [`policy`] — the per-VM monitoring policy, a pure state machine with a virtual clock. Its
-//!   documentation is the policy.
+//!   documentation is the policy: every rule of when to reset, what the guest is told and what
+//!   it is answered is decided there, and nowhere else.
 //! - [`managed`] — a managed application's launch/poll/restart policy (cmappmgr), a pure state
 //!   machine with a virtual clock; not wired into the supervisor yet.
-//! - [`supervisor`] — the one task that owns all VM state, timers and sessions.
-//! - [`session`] — one task per monitored VM: transports, handshake, keepalive, hostile-guest
-//!   bounds.
+//! - [`session`] — one task per monitored VM: [`session::machine`] is a session as a pure
+//!   machine (handshake, keepalive, hostile-guest bounds, why a session ends),
+//!   [`session::shell`] its thin I/O and the dial loop, [`session::endpoint`] the transports.
+//! - [`supervisor`] — the one task that owns all VM state, timers and sessions, in rooms:
+//!   its clock, each VM and its history ring, reconciliation with libvirt, the blocking libvirt
+//!   calls, and the views `appmonctl` sees.
 //! - [`config`] — `/etc/appmon/host.toml`.
 //! - [`persist`] — the state directory (reset history and alarms across restarts).
-//! - [`control`] — the local control socket; [`ctl`] — the `appmonctl` command line.
+//! - [`control`] — the local control socket; [`ctl`] — the `appmonctl` command line. Their
+//!   schema (requests, answers, views, typed history) is the `appmon-control` crate's.
 //! - [`daemon`] — wires them together for `appmon-host`.
 //! - `testing` (cargo feature `testing`) — a scripted guest agent for the tests and benchmarks.
+//!
+//! Dependencies between the modules go one way: `policy` and `managed` use none of the others; `session`
+//! uses `policy` (the guest's requests) and `config`; `supervisor` uses all of these; the
+//! control socket and `appmonctl` use only `appmon-control` and the backend's spec.
 //!
 //! The tests and benchmarks run it against real libvirt (its test driver, in process or in a
 //! private libvirtd) with scripted guest peers and the real guest agent on Unix sockets.

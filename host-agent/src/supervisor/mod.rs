@@ -4,22 +4,22 @@
 //! Everything reaches it as a typed message: libvirt events (the backend's channel), guest
 //! sessions (one bounded channel shared by all session tasks), control-socket requests, and the
 //! results of libvirt calls it started. It never blocks: libvirt calls run on the blocking pool
-//! ([`executor`]) and report back; state files are written by the writer thread; commands to a
+//! (`executor`) and report back; state files are written by the writer thread; commands to a
 //! session go through that session's own bounded queue with `try_send` (a session that cannot
 //! take one is stuck and is restarted).
 //!
 //! It decides nothing itself: the policy machine ([`crate::policy`]) decides for each VM,
-//! including the answers to the guest's requests; [`reconcile`] decides which VMs and sessions
+//! including the answers to the guest's requests; `reconcile` decides which VMs and sessions
 //! there should be from what libvirt says. This module feeds them and carries out their
 //! actions.
 //!
 //! # Modules
 //!
-//! - [`clock`]: monotonic time on the policy's scale, and wall-clock times for the history.
-//! - [`vm`]: one VM's state here, its session handle and its history ring.
-//! - [`reconcile`]: listing, lookup and session decisions (pure).
-//! - [`executor`]: the libvirt calls on the blocking pool.
-//! - [`view`]: what `appmonctl list` and `show` see of a VM.
+//! - `clock`: monotonic time on the policy's scale, and wall-clock times for the history.
+//! - `vm`: one VM's state here, its session handle and its history ring.
+//! - `reconcile`: listing, lookup and session decisions (pure).
+//! - `executor`: the libvirt calls on the blocking pool.
+//! - `view`: what `appmonctl list` and `show` see of a VM.
 //!
 //! Timers are exact per-VM deadlines ([`VmMachine::next_deadline`]) in a min-heap with lazy
 //! invalidation: a heartbeat only moves a deadline later, so it costs no heap operation; an

@@ -39,7 +39,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound for the guest agent and the demo application to bring the status to Green.
 const GREEN_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// What the demo application takes on its control port (src/bin/appmon-demo.rs).
+/// What the demo application takes on its control port (guest-programs/src/bin/appmon-demo.rs).
 const DEMO_COMMANDS: &[(&str, &str)] = &[
     ("stop", "stop heartbeating (the application hangs)"),
     ("resume", "heartbeat again"),
