@@ -306,3 +306,51 @@ async fn guest_first_link_answers_the_guests_hello_and_a_quiet_one_never_pings()
     pipe.guest_says(Frame::request(3, GuestMsg::Ping)).await;
     assert_eq!(pipe.host_says().await, Frame::reply(3, HostMsg::Pong));
 }
+
+#[tokio::test(start_paused = true)]
+async fn flooding_guest_gets_exactly_its_burst_through_then_loses_the_session() {
+    let mut pipe = serve(1 << 20, dialed());
+    pipe.host_says().await;
+    pipe.hello().await;
+
+    // The default bucket: 50 frames/s, a burst of 200, of which the Hello took one. All at
+    // the same instant of the paused clock, so nothing refills.
+    for _ in 0..250 {
+        pipe.guest_says(Frame::event(GuestMsg::MarkActive)).await;
+    }
+    let served = (&mut pipe.served).await.expect("task");
+
+    let mut heartbeats = 0;
+    while let Ok(event) = pipe.events.try_recv() {
+        heartbeats += usize::from(matches!(event, SessionEvent::Heartbeat { .. }));
+    }
+    assert_eq!(heartbeats, 199);
+    assert_eq!(
+        served,
+        Served::Ended(SessionEnd::Flood {
+            frames_per_second: 50,
+            burst: 200
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frame_past_the_size_limit_ends_the_session_as_a_bad_frame() {
+    let mut pipe = serve(1 << 20, dialed());
+    pipe.host_says().await;
+    pipe.hello().await;
+
+    // No delimiter ever: one endless frame.
+    let endless = vec![0x41u8; 2 * appmon_wire::MAX_FRAME_LEN];
+    tokio::io::AsyncWriteExt::write_all(pipe.guest.get_mut(), &endless)
+        .await
+        .expect("write");
+    let served = (&mut pipe.served).await.expect("task");
+
+    match served {
+        Served::Ended(SessionEnd::BadFrame { error }) => {
+            assert!(error.contains("exceeds"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
