@@ -73,6 +73,13 @@
 //! reports only a status received in its current session), and then whenever it changes.
 //! Nothing is pushed between the Hello and the State: the status then would not yet reflect
 //! what the guest reports.
+//!
+//! **Answers to the guest** ([`Input::Guest`] → [`Action::Reply`]): `Enable`, `Disable`,
+//! `PostAppState(NeedReset)` and `GetAppStatus` are answered with the status once the request
+//! is applied, and that reply stands for the status push of the same moment (no separate
+//! `AppStatus` event); `IsEnabled` is answered with whether monitoring is enabled,
+//! `PostAppState(Ok)` with `Ack`. Sent as events (no request id) they are applied and not
+//! answered.
 
 use std::collections::VecDeque;
 use std::time::Duration;
