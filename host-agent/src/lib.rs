@@ -33,9 +33,9 @@
 //! - [`daemon`] — wires them together for `appmon-host`.
 //! - `testing` (cargo feature `testing`) — a scripted guest agent for the tests and benchmarks.
 //!
-//! Dependencies between the modules go one way: `policy` and `managed` use none of the others; `session`
-//! uses `policy` (the guest's requests) and `config`; `supervisor` uses all of these; the
-//! control socket and `appmonctl` use only `appmon-control` and the backend's spec.
+//! Dependencies between the modules go one way: `policy` and `managed` use none of the others;
+//! `session` uses `policy` (the guest's requests) and `config`; `supervisor` uses all of these;
+//! the control socket and `appmonctl` use only `appmon-control` and the backend's spec.
 //!
 //! The tests and benchmarks run it against real libvirt (its test driver, in process or in a
 //! private libvirtd) with scripted guest peers and the real guest agent on Unix sockets.
