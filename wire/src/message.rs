@@ -398,6 +398,111 @@ pub struct CounterDesc {
     pub pace_ms: u32,
 }
 
+impl CounterSchema {
+    /// The schema of `generation`, cut into as many parts as it takes for each to fit one frame
+    /// ([`crate::MAX_FRAME_LEN`]), the last with `complete` set. Entities stay in order; an
+    /// entity too large for what is left of a part continues in the next one under the same
+    /// name, so a receiver appends the counters of an entity it already has. Always at least one
+    /// part, even for no entities at all.
+    pub fn parts(generation: u32, entities: Vec<EntityDesc>) -> Vec<CounterSchema> {
+        let mut parts = Vec::new();
+        let mut current: Vec<EntityDesc> = Vec::new();
+        let mut size = SCHEMA_OVERHEAD;
+        for entity in entities {
+            let head = text_len(entity.name.as_str()) + VARINT_MAX;
+            if size + head > SCHEMA_PART_BUDGET && !current.is_empty() {
+                parts.push(std::mem::take(&mut current));
+                size = SCHEMA_OVERHEAD;
+            }
+            size += head;
+            current.push(EntityDesc {
+                name: entity.name.clone(),
+                counters: Vec::new(),
+            });
+            for counter in entity.counters {
+                let len = counter.encoded_len();
+                let holds_something =
+                    current.len() > 1 || current.last().is_some_and(|e| !e.counters.is_empty());
+                if size + len > SCHEMA_PART_BUDGET && holds_something {
+                    // Close this part; the entity goes on in the next one.
+                    if current.last().is_some_and(|e| e.counters.is_empty()) {
+                        current.pop();
+                    }
+                    parts.push(std::mem::take(&mut current));
+                    current.push(EntityDesc {
+                        name: entity.name.clone(),
+                        counters: Vec::new(),
+                    });
+                    size = SCHEMA_OVERHEAD + head;
+                }
+                size += len;
+                if let Some(open) = current.last_mut() {
+                    open.counters.push(counter);
+                }
+            }
+        }
+        parts.push(current);
+        let last = parts.len() - 1;
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, entities)| CounterSchema {
+                generation,
+                entities,
+                complete: i == last,
+            })
+            .collect()
+    }
+
+    /// How many counters this part names.
+    pub fn counter_count(&self) -> usize {
+        self.entities.iter().map(|e| e.counters.len()).sum()
+    }
+}
+
+impl CounterDesc {
+    /// The bytes postcard writes for this description (an upper bound for the varints).
+    fn encoded_len(&self) -> usize {
+        let range = |r: Option<f64>| if r.is_some() { 9 } else { 1 };
+        2 * VARINT_MAX
+            + text_len(self.name.as_str())
+            + text_len(self.description.as_str())
+            + text_len(self.units.as_str())
+            + text_len(self.kind.as_str())
+            + range(self.range_lower)
+            + range(self.range_upper)
+    }
+}
+
+/// The most bytes a postcard varint of a `u32` takes.
+const VARINT_MAX: usize = 5;
+/// A schema part's own fields, the frame's tag and kind, with room to spare.
+const SCHEMA_OVERHEAD: usize = 32;
+/// What the postcard bytes of one schema part may add up to: COBS adds a byte per 254.
+const SCHEMA_PART_BUDGET: usize = crate::MAX_FRAME_LEN / 255 * 254 - 64;
+/// The most (id, value) pairs one [`CounterValues`] frame carries: each takes at most 14 bytes
+/// packed (a 5-byte id, a marker and an 8-byte float), so this many fit one frame.
+pub const MAX_VALUES_PER_FRAME: usize = 4096;
+
+fn text_len(text: &str) -> usize {
+    VARINT_MAX + text.len()
+}
+
+impl CounterValues {
+    /// `values` of one sample in as many frames as it takes ([`MAX_VALUES_PER_FRAME`] each);
+    /// none for no values.
+    pub fn parts(generation: u32, unix_ms: u64, values: &[(u32, f64)]) -> Vec<CounterValues> {
+        values
+            .chunks(MAX_VALUES_PER_FRAME)
+            .map(|chunk| CounterValues {
+                generation,
+                unix_ms,
+                values: chunk.to_vec(),
+            })
+            .collect()
+    }
+}
+
 /// A set of counter values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CounterValues {
