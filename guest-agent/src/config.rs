@@ -21,6 +21,10 @@
 //! [[processes.allow]]
 //! command = "/usr/sbin/mydb"
 //! args = ["--config", "/etc/mydb/*.conf"]
+//! [counters]                                    # see crate::counters::CountersConfig
+//! enabled = true
+//! pace_ms = 5000                                # the standard counters' pace
+//! ccad_conf = "/etc/ccad.conf"                  # custom counters
 //! ```
 
 use std::fmt;
@@ -99,6 +103,8 @@ pub struct Config {
     pub log_level: LogLevel,
     /// What the host may launch in this guest (`[processes]`, see [`crate::processes::allowlist`]).
     pub processes: ProcessesConfig,
+    /// The `[counters]` table: standard and custom counters.
+    pub counters: crate::counters::CountersConfig,
 }
 
 impl Default for Config {
@@ -114,6 +120,7 @@ impl Default for Config {
             reenable_heartbeat_window: Duration::from_secs(30),
             log_level: LogLevel::Info,
             processes: ProcessesConfig::default(),
+            counters: crate::counters::CountersConfig::default(),
         }
     }
 }
@@ -297,6 +304,11 @@ socket_mode = 0o600
 socket_group = "appmon"
 reenable_heartbeat_window = 10
 log_level = "debug"
+
+[counters]
+enabled = false
+pace_ms = 1000
+ccad_conf = "/etc/appmon/ccad.conf"
 "#,
         )
         .expect("valid");
@@ -313,6 +325,11 @@ log_level = "debug"
                 reenable_heartbeat_window: Duration::from_secs(10),
                 log_level: LogLevel::Debug,
                 processes: ProcessesConfig::default(),
+                counters: crate::counters::CountersConfig {
+                    enabled: false,
+                    pace_ms: 1000,
+                    ccad_conf: PathBuf::from("/etc/appmon/ccad.conf"),
+                },
             }
         );
     }
@@ -358,6 +375,8 @@ log_level = "debug"
             ),
             ("log_level = \"loud\"", "log_level"),
             ("virtio_serial = \"\"", "virtio_serial"),
+            ("[counters]\npace_ms = 10", "pace_ms"),
+            ("[counters]\npace = 1000", "pace"),
         ] {
             let (_, got, _) = parse_error(text);
             assert_eq!(got.as_deref(), Some(key), "{text}");

@@ -148,6 +148,8 @@ pub struct Daemon {
     host_listeners: HashMap<Transport, Listener>,
     api: Option<Listener>,
     log: Option<LogHandle>,
+    /// The counters subsystem, when `[counters] enabled`.
+    counters: Option<crate::counters::Counters>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -174,6 +176,9 @@ impl Daemon {
         settings.hello_timeout = tuning.hello_timeout;
         settings.request_timeout = tuning.request_timeout;
         settings.capabilities = settings.capabilities | Capabilities::PROCESSES;
+        if config.counters.enabled {
+            settings.capabilities = settings.capabilities | Capabilities::COUNTERS;
+        }
         let (inputs, rx) = mpsc::channel(INPUT_QUEUE);
         let mut daemon = Daemon {
             config: config.clone(),
@@ -188,6 +193,7 @@ impl Daemon {
             host_listeners: HashMap::new(),
             api: None,
             log,
+            counters: None,
         };
         // The API socket last: once applications can connect, the agent is fully up.
         let started = daemon
@@ -196,6 +202,11 @@ impl Daemon {
         if let Err(e) = started {
             daemon.stop_listeners();
             return Err(e);
+        }
+        if config.counters.enabled {
+            let counters =
+                crate::counters::Counters::start(config.counters.clone(), inputs.clone());
+            daemon.counters = Some(counters);
         }
         info!(
             agent = %crate::agent_name(),
@@ -227,7 +238,13 @@ impl Daemon {
             };
             match input {
                 Some(Input::Shutdown) | None => break,
-                Some(Input::Reload) => self.reload(),
+                Some(Input::Reload) => {
+                    self.reload();
+                    // ccad.conf is read again even when guest.toml is absent or broken.
+                    if let Some(counters) = &self.counters {
+                        counters.reload(&self.config.counters);
+                    }
+                }
                 Some(Input::LinkUp {
                     link,
                     kind,
@@ -303,8 +320,15 @@ impl Daemon {
                     self.feed(event);
                 }
             }
-            Action::SessionEstablished { session, .. } => {
+            Action::SessionEstablished {
+                session,
+                version,
+                capabilities,
+            } => {
                 debug!(session, "host session established");
+                if let Some(counters) = &self.counters {
+                    counters.session_established(version, capabilities);
+                }
             }
         }
     }
@@ -317,10 +341,14 @@ impl Daemon {
             Ok(()) => {}
             // A heartbeat behind a full queue adds nothing to the ones queued before it: an
             // application that beats faster than the host reads must not cost the session.
+            // Nor must a sample of counter values: the next one supersedes it.
             Err(mpsc::error::TrySendError::Full(LinkCmd::Send(Frame {
                 tag: Tag::Event,
-                msg: GuestMsg::MarkActive,
-            }))) => debug!(link, "heartbeat dropped: the host link's queue is full"),
+                msg: GuestMsg::MarkActive | GuestMsg::CounterValues(_),
+            }))) => debug!(
+                link,
+                "heartbeat or counter values dropped: the host link's queue is full"
+            ),
             Err(_) => {
                 // Its queue is full (the host does not read) or its task is gone: dropping
                 // the only sender ends the task, which reports the link down.
@@ -495,6 +523,7 @@ impl Daemon {
 
     async fn shut_down(&mut self) {
         info!("stopping");
+        self.counters = None;
         self.stop_listeners();
         let mut open: Vec<LinkId> = Vec::new();
         for (link, entry) in self.links.drain() {

@@ -18,6 +18,8 @@
 //!   and the shell that starts, signals and reaps them.
 //! - [`transport`]: the host listeners (vsock, Unix socket) and the virtio-serial port, and the
 //!   per-link task that runs the frame codec.
+//! - [`counters`]: the CCA counters: standard ones from /proc and /sys, custom ones from
+//!   ccad.conf and its named pipes, streamed to the host.
 //! - [`local`]: the local API socket server.
 //! - [`api`]: the local API's JSON-lines messages.
 //! - [`client`]: a blocking client for applications.
@@ -30,6 +32,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod counters;
 pub mod daemon;
 pub mod local;
 pub mod logging;

@@ -29,7 +29,7 @@ async fn handshake_sends_hello_then_the_full_state() {
     assert_eq!(hello.boot_id, BOOT_ID);
     assert_eq!(
         hello.capabilities,
-        Capabilities::HEARTBEAT | Capabilities::PROCESSES
+        Capabilities::HEARTBEAT | Capabilities::PROCESSES | Capabilities::COUNTERS
     );
     assert_eq!(hello.protocol, PROTOCOL_VERSION);
     assert!(
