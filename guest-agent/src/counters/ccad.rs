@@ -798,6 +798,8 @@ fn check_unique(
     places: &Places,
 ) -> Result<(), CcadError> {
     let duplicate = |what: &'static str, name: &str, at: usize, first: usize| {
+        // Name them in the order they stand in the file.
+        let (first, at) = (first.min(at), first.max(at));
         let (pos, first) = (locate(text, at), locate(text, first));
         CcadError::Duplicate {
             path: path.to_owned(),

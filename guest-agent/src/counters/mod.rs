@@ -241,6 +241,7 @@ async fn run(
             }
             Some(set) = set_rx.recv() => {
                 let values = shell.custom_indices(set);
+                debug!(values = values.len(), "a custom counter set ended");
                 shell.sampler.custom_set(&values, Instant::now(), unix_ms())
             }
             () = sleep_until(deadline) => shell.sampler.tick(Instant::now()),

@@ -141,6 +141,11 @@ impl PipeParser {
         self.stats
     }
 
+    /// Bytes of the partial line held.
+    pub fn pending_line_len(&self) -> usize {
+        self.line.len()
+    }
+
     /// The last ignored line (escaped, cut short) since the last call.
     pub fn take_last_ignored(&mut self) -> Option<String> {
         self.last_ignored.take()

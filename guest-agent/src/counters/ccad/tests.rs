@@ -346,3 +346,12 @@ fn a_missing_file_is_no_custom_counters_and_a_non_utf8_one_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn a_duplicate_is_named_in_file_order_even_across_a_group() {
+    let text = "counters A {\n  group G {\n    counter hits\n  }\n  counter hits\n}\n";
+    assert_eq!(
+        error(text),
+        "/etc/ccad.conf:5:11: counter `hits` is defined twice: first at line 3, column 13"
+    );
+}
