@@ -26,6 +26,8 @@
 //! - [`supervisor`] — the one task that owns all VM state, timers and sessions, in rooms:
 //!   its clock, each VM and its history ring, reconciliation with libvirt, the blocking libvirt
 //!   calls, and the views `appmonctl` sees.
+//! - [`counters`] — one VM's counters: the schema its guest sent and a bounded history per
+//!   counter (pure; not wired into the supervisor yet).
 //! - [`config`] — `/etc/appmon/host.toml`.
 //! - [`persist`] — the state directory (reset history and alarms across restarts).
 //! - [`control`] — the local control socket; [`ctl`] — the `appmonctl` command line. Their
@@ -33,14 +35,16 @@
 //! - [`daemon`] — wires them together for `appmon-host`.
 //! - `testing` (cargo feature `testing`) — a scripted guest agent for the tests and benchmarks.
 //!
-//! Dependencies between the modules go one way: `policy` and `managed` use none of the others;
-//! `session` uses `policy` (the guest's requests) and `config`; `supervisor` uses all of these;
-//! the control socket and `appmonctl` use only `appmon-control` and the backend's spec.
+//! Dependencies between the modules go one way: `policy`, `managed` and `counters` use none of
+//! the others; `session` uses `policy` (the guest's requests) and `config`; `supervisor` uses
+//! all of these (but `counters` and `managed`, not wired yet); the control socket and
+//! `appmonctl` use only `appmon-control` and the backend's spec.
 //!
 //! The tests and benchmarks run it against real libvirt (its test driver, in process or in a
 //! private libvirtd) with scripted guest peers and the real guest agent on Unix sockets.
 pub mod config;
 pub mod control;
+pub mod counters;
 pub mod ctl;
 pub mod daemon;
 pub mod managed;
