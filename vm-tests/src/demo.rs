@@ -1,7 +1,8 @@
 //! The host's side of the demo application's control port (`appmon-demo` in the guest, vsock
 //! port [`DEMO_CONTROL_PORT`]): one command line, one answer line (`ok ...` or `error ...`).
 //! The commands are listed in `guest-programs/src/bin/appmon-demo.rs`: `stop`, `resume`,
-//! `needreset`, `ok`, `disable`, `enable`, `status`, `appstatus`, `exit`, `reboot`.
+//! `needreset`, `ok`, `disable`, `enable`, `status`, `appstatus`, `exit`, `reboot`,
+//! `burn N`.
 //!
 //! Host side: hybrid vsock through the guest's vhost-device-vsock Unix socket, never AF_VSOCK.
 

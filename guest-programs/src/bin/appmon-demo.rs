@@ -24,6 +24,7 @@
 //! | `appstatus` | `appmon getAppStatus`: green, red or gray, as the guest sees it |
 //! | `exit`    | exits (the image's /init starts it again)                     |
 //! | `reboot`  | reboots the guest (`reboot -f`)                               |
+//! | `burn N`  | keeps one CPU busy for N seconds (at most 600), answering at once |
 //!
 //! The kernel command line sets how it starts: `appmon.demo=heartbeat` (default),
 //! `appmon.demo=idle` (never enables), `appmon.demo=stop-after:N` (stops after N heartbeats),
@@ -285,12 +286,31 @@ fn run_command(command: &str, state: &Shared) -> String {
         }
         "exit" => Ok("exiting".to_string()),
         "reboot" => Ok("rebooting".to_string()),
-        other => Err(format!("unknown command {other:?}")),
+        other => match other.strip_prefix("burn ").map(|n| n.trim().parse::<u64>()) {
+            Some(Ok(secs)) if secs <= 600 => {
+                thread::spawn(move || burn(Duration::from_secs(secs)));
+                Ok(format!("burning a CPU for {secs} s"))
+            }
+            Some(_) => Err("burn takes a number of seconds up to 600".to_string()),
+            None => Err(format!("unknown command {other:?}")),
+        },
     };
     match result {
         Ok(text) => format!("ok {text}"),
         Err(text) => format!("error {text}"),
     }
+}
+
+/// Spins for `how_long`: the load the guest's CPU counters should show.
+fn burn(how_long: Duration) {
+    let end = std::time::Instant::now() + how_long;
+    let mut x = 0u64;
+    while std::time::Instant::now() < end {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+    std::hint::black_box(x);
 }
 
 #[cfg(test)]

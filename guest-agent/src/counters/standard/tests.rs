@@ -380,3 +380,25 @@ fn reading_this_machine_gives_cpu_memory_and_open_files() {
     assert!(value(&t, "File System", "Regular Files").is_some_and(|v| v > 0.0));
     assert!(t.contains_key("CPU#0"));
 }
+
+#[test]
+fn the_readme_table_lists_every_standard_counter_with_its_units_and_meaning() {
+    let readme = include_str!("../../../README.md");
+    let rows: Vec<Vec<&str>> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .filter(|cells: &Vec<&str>| cells.len() == 5)
+        .collect();
+    assert_eq!(rows.len(), DEFS.len(), "one row per counter");
+    for def in DEFS {
+        assert!(
+            rows.iter()
+                .any(|r| r[1] == def.name && r[2] == def.units && r[3] == def.description),
+            "no README row for {} ({}, {})",
+            def.name,
+            def.units,
+            def.description
+        );
+    }
+}
