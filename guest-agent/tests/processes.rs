@@ -428,14 +428,15 @@ async fn the_table_holds_at_most_the_configured_number_of_processes() {
     let mut host = connected(&agent).await;
     launch(&mut host, 1, sh("a", "sleep 1000")).await;
     launch(&mut host, 2, sh("b", "exit 0")).await;
-    let full = ask(&mut host, 3, HostMsg::LaunchProcess(sh("c", "true"))).await;
-    assert_eq!(error_code(&full), ErrorCode::RateLimited);
-    assert!(error_text(&full).contains("processes.max = 2"), "{full:?}");
-    // The ended one holds its slot until released.
+    // Its end first (an event that could otherwise arrive before the next reply).
     assert_eq!(
         process_event(&mut host).await.state,
         ProcessState::Exited { code: 0 }
     );
+    // The ended one holds its slot until released.
+    let full = ask(&mut host, 3, HostMsg::LaunchProcess(sh("c", "true"))).await;
+    assert_eq!(error_code(&full), ErrorCode::RateLimited);
+    assert!(error_text(&full).contains("processes.max = 2"), "{full:?}");
     assert_eq!(
         ask(&mut host, 4, HostMsg::ReleaseProcess { id: "b".into() }).await,
         GuestMsg::Ack
