@@ -21,7 +21,7 @@
 //! - [`virsh`]: bounded `virsh -c qemu:///system` invocations.
 //! - [`wait`]: bounded polling helpers, and [`hold_for`] for "nothing happens for this long".
 //! - [`sweep`]: removal of domains, processes (vhost-device-vsock, appmon-host) and directories
-//!   left by test processes that died.
+//!   left by test processes that died; the `appmon-test-sweep` program runs it for the scripts.
 //!
 //! The host side never opens AF_VSOCK: this machine's own /dev/vsock belongs to the
 //! infrastructure. Only the guest-only programs `vsock-echo` and `appmon-demo` do, inside the

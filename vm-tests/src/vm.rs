@@ -70,11 +70,7 @@ pub(crate) fn next_instance() -> u32 {
 pub(crate) fn sweep_once(rig: &Rig) {
     SWEEP.call_once(|| {
         let report = sweep_stale(rig);
-        if !report.domains.is_empty()
-            || !report.backends.is_empty()
-            || !report.host_agents.is_empty()
-            || !report.dirs.is_empty()
-        {
+        if !report.is_empty() {
             eprintln!(
                 "vm-tests: removed leftovers of dead test processes: domains {:?}, vhost-device-vsock pids {:?}, appmon-host pids {:?}, dirs {:?}",
                 report.domains, report.backends, report.host_agents, report.dirs
