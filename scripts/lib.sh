@@ -21,6 +21,10 @@ VHOST_DEVICE_VSOCK_VERSION=0.3.0
 GUEST_IMAGE=${APPMON_GUEST_IMAGE:-$RIG/images/appmon-guest.cpio.gz}
 SCRIPT_NAME=${SCRIPT_NAME:-$(basename "$0")}
 
+# usage: prints the running script's --help, which is its header comment: the comment lines after
+# the #! line up to the first line that is not a comment, without their leading "# ".
+usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; }
+
 log() { printf '[%s] %s\n' "$SCRIPT_NAME" "$*" >&2; }
 die() {
   printf '[%s] ERROR: %s\n' "$SCRIPT_NAME" "$*" >&2
@@ -145,6 +149,7 @@ cargo_executables() {
 # command line names the test's directory) and their directories. --dry-run only lists; --running
 # lists the domains of test processes that still run. Returns its exit code: 0 nothing found,
 # 1 found (and removed unless --dry-run), 3 something could not be looked at or removed.
+# shellcheck disable=SC2120 # no argument: remove
 test_sweep() {
   local exe
   exe=$(cargo_executables -p appmon-vm-tests --bin appmon-test-sweep | tail -n1)
