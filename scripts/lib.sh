@@ -21,6 +21,10 @@ VHOST_DEVICE_VSOCK_VERSION=0.3.0
 GUEST_IMAGE=${APPMON_GUEST_IMAGE:-$RIG/images/appmon-guest.cpio.gz}
 SCRIPT_NAME=${SCRIPT_NAME:-$(basename "$0")}
 
+# usage: prints the running script's --help, which is its header comment: the comment lines after
+# the #! line up to the first line that is not a comment, without their leading "# ".
+usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; }
+
 log() { printf '[%s] %s\n' "$SCRIPT_NAME" "$*" >&2; }
 die() {
   printf '[%s] ERROR: %s\n' "$SCRIPT_NAME" "$*" >&2
@@ -127,81 +131,38 @@ proc_alive() {
 # proc_gone PID: the opposite of proc_alive (a zombie counts as gone: it no longer runs).
 proc_gone() { ! proc_alive "$1"; }
 
-# runs_for PID PROGRAM FILE: true when PID runs PROGRAM (its argv[0] ends with it) with FILE among
-# its arguments: a recorded pid that still belongs to what recorded it, not a reused number.
-runs_for() {
-  local pid=$1 program=$2 file=$3 args
-  proc_alive "$pid" || return 1
-  args=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-  [[ $(head -n1 <<<"$args") == *"$program" ]] && grep -qxF "$file" <<<"$args"
+# cargo_executables CARGO-BUILD-ARGS...: builds with `cargo build --locked ARGS` in the repository
+# and prints the path of each executable it produced, one a line (honours CARGO_TARGET_DIR like any
+# cargo build). Fails, naming the command, when the build fails.
+cargo_executables() {
+  local json
+  command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup)"
+  if ! json=$(cd "$REPO_ROOT" && cargo build --locked "$@" --message-format=json-render-diagnostics); then
+    die "building failed (cargo build --locked $*; see the compiler output above)"
+  fi
+  grep -o '"executable":"[^"]*"' <<<"$json" | sed 's/^"executable":"//; s/"$//'
 }
 
-# sweep_test_leftovers remove|--dry-run: finds what VM test processes that are gone left behind:
-# their domains (appmon-t-<test>-<pid>-<n>), their vhost-device-vsock and appmon-host processes
-# (by the pid recorded in their directory, only if its command line names that directory's socket
-# or host.toml) and their directories under $RIG/run/t. Removes them with "remove"; only lists
-# them with --dry-run. Returns 0 when nothing was found. The same rules as
-# vm-tests/src/sweep.rs, which runs before each test process's first VM or host agent.
-sweep_test_leftovers() {
-  local dry=$1 found=0 d pid dir name vpid state spec program
-  if virsh_answers; then
-    while IFS= read -r d; do
-      [[ $d =~ ^appmon-t-.+-([0-9]+)-[0-9]+$ ]] || continue
-      pid=${BASH_REMATCH[1]}
-      proc_alive "$pid" && continue
-      found=1
-      if [ "$dry" = --dry-run ]; then
-        log "leftover domain $d (its test process $pid is gone)"
-        continue
-      fi
-      log "removing leftover domain $d (its test process $pid is gone)"
-      state=$(virsh -c "$LIBVIRT_URI" domstate "$d" 2>/dev/null || true)
-      if [ "$(echo "$state" | head -n1)" != "shut off" ]; then
-        virsh -c "$LIBVIRT_URI" destroy "$d" >/dev/null 2>&1 || log "cannot destroy domain $d"
-      fi
-      virsh -c "$LIBVIRT_URI" undefine "$d" >/dev/null 2>&1 || log "cannot undefine domain $d"
-      rm -f "/var/log/libvirt/qemu/$d.log"
-    done < <(virsh -c "$LIBVIRT_URI" list --all --name 2>/dev/null)
-  fi
-  for dir in "$RIG"/run/t/*; do
-    [ -d "$dir" ] || continue
-    name=${dir##*/}
-    [[ $name =~ ^([0-9]+)-[0-9]+$ ]] || continue
-    pid=${BASH_REMATCH[1]}
-    proc_alive "$pid" && continue
-    found=1
-    for spec in vhost-device-vsock:vhu.sock appmon-host:host.toml; do
-      program=${spec%%:*}
-      vpid=$(read_pidfile "$dir/$program.pid")
-      if [ -n "$vpid" ] && runs_for "$vpid" "$program" "$dir/${spec#*:}"; then
-        if [ "$dry" = --dry-run ]; then
-          log "leftover $program pid $vpid (of $dir)"
-        else
-          log "killing leftover $program pid $vpid (of $dir)"
-          kill -KILL "$vpid" 2>/dev/null || true
-          wait_until 10 "$program pid $vpid to exit" proc_gone "$vpid" || true
-        fi
-      fi
-    done
-    if [ "$dry" = --dry-run ]; then
-      log "leftover test directory $dir"
-    else
-      rm -rf "$dir"
-    fi
-  done
-  [ "$found" -eq 0 ]
+# test_sweep [--dry-run | --running]: runs appmon-test-sweep (vm-tests/src/bin/appmon-test-sweep.rs),
+# the VM test harness's own removal of what dead test processes left behind: their appmon-t-*
+# domains, their vhost-device-vsock and appmon-host processes (by recorded pid, only while the
+# command line names the test's directory) and their directories. --dry-run only lists; --running
+# lists the domains of test processes that still run. Returns its exit code: 0 nothing found,
+# 1 found (and removed unless --dry-run), 3 something could not be looked at or removed.
+# shellcheck disable=SC2120 # no argument: remove
+test_sweep() {
+  local exe
+  exe=$(cargo_executables -p appmon-vm-tests --bin appmon-test-sweep | tail -n1)
+  [ -x "$exe" ] || die "cargo built no appmon-test-sweep"
+  "$exe" "$@"
 }
 
 # build_host_binaries: builds the host agent's binaries (appmon-host, appmonctl) and exports their
 # paths as APPMON_HOST_BIN and APPMONCTL_BIN, which the VM tests and the demo use. Honours
 # CARGO_TARGET_DIR like any cargo build.
 build_host_binaries() {
-  local json exe
-  command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup)"
-  if ! json=$(cd "$REPO_ROOT" && cargo build --locked -p appmon-host-agent --bins \
-    --message-format=json-render-diagnostics); then
-    die "building the host agent failed (cargo build --locked -p appmon-host-agent --bins; see the compiler output above)"
-  fi
+  local exes exe
+  exes=$(cargo_executables -p appmon-host-agent --bins)
   APPMON_HOST_BIN=""
   APPMONCTL_BIN=""
   while IFS= read -r exe; do
@@ -209,7 +170,7 @@ build_host_binaries() {
       appmon-host) APPMON_HOST_BIN=$exe ;;
       appmonctl) APPMONCTL_BIN=$exe ;;
     esac
-  done < <(grep -o '"executable":"[^"]*"' <<<"$json" | sed 's/^"executable":"//; s/"$//')
+  done <<<"$exes"
   [ -x "$APPMON_HOST_BIN" ] || die "cargo build -p appmon-host-agent --bins produced no appmon-host"
   [ -x "$APPMONCTL_BIN" ] || die "cargo build -p appmon-host-agent --bins produced no appmonctl"
   export APPMON_HOST_BIN APPMONCTL_BIN

@@ -6,9 +6,21 @@
 //!
 //! Both agents start idle on Unix sockets in a temporary directory (qemu-ga with
 //! `--method=unix-listen`; appmon-guest with only its Unix host listener and its local API
-//! socket: never AF_VSOCK on a development machine), settle for a few seconds, and then their
-//! VmRSS and VmHWM are read from /proc/<pid>/status. Both are stopped by pid, also on failure.
-//! qemu-ga comes from Debian: `apt-get install qemu-guest-agent`.
+//! socket: never AF_VSOCK on a development machine), settle for a few seconds, and then each is
+//! measured three ways, side by side, because one figure alone favours one of them:
+//!
+//! - VmRSS (and its peak VmHWM, its anonymous part RssAnon) from /proc/<pid>/status: every
+//!   resident page the process maps, shared library pages counted in full. Our binary is static,
+//!   qemu-ga is linked against libc and glib, whose pages other processes map too: VmRSS charges
+//!   qemu-ga for all of them.
+//! - Pss from /proc/<pid>/smaps_rollup: each page divided by the number of processes that map
+//!   it. Depends on what else runs on the machine at the time.
+//! - Private (Private_Clean + Private_Dirty from smaps_rollup, the USS): the pages only this
+//!   process maps, what the system gets back when it exits. Library pages count only where no
+//!   other process maps them.
+//!
+//! Both are stopped by pid, also on failure. qemu-ga comes from Debian: `apt-get install
+//! qemu-guest-agent`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,18 +56,46 @@ impl Drop for Running {
     }
 }
 
-/// VmRSS and VmHWM of a process, in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+/// A process's memory, in KiB.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    vm_rss: u64,
+    vm_hwm: u64,
+    rss_anon: u64,
+    pss: u64,
+    /// Private_Clean + Private_Dirty: the unique set size.
+    private: u64,
+}
+
+/// The `<name> <value> kB` field of a /proc file.
+fn kib_field(text: &str, file: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {file}"))
+}
+
+fn memory_kib(pid: u32) -> Memory {
+    let read = |file: &str| std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let status_file = format!("/proc/{pid}/status");
+    let rollup_file = format!("/proc/{pid}/smaps_rollup");
+    let (status, rollup) = (read(&status_file), read(&rollup_file));
+    let status_kib = |name| kib_field(&status, &status_file, name);
+    let rollup_kib = |name| kib_field(&rollup, &rollup_file, name);
+    Memory {
+        vm_rss: status_kib("VmRSS:"),
+        vm_hwm: status_kib("VmHWM:"),
+        rss_anon: status_kib("RssAnon:"),
+        pss: rollup_kib("Pss:"),
+        private: rollup_kib("Private_Clean:") + rollup_kib("Private_Dirty:"),
+    }
+}
+
+fn print_row(name: &str, m: Memory, note: &str) {
+    println!(
+        "{name:<14}{:>8}{:>8}{:>9}{:>8}{:>9}   {note}",
+        m.vm_rss, m.vm_hwm, m.rss_anon, m.pss, m.private
+    );
 }
 
 fn wait_for_socket(path: &Path, who: &mut Running) {
@@ -110,7 +150,7 @@ fn main() {
     };
     wait_for_socket(&dir.path().join("app.sock"), &mut agent);
 
-    let mut qga = match find_qemu_ga() {
+    let qga = match find_qemu_ga() {
         Some(bin) => {
             let sock = dir.path().join("qga.sock");
             let mut running = Running {
@@ -141,21 +181,23 @@ fn main() {
     };
 
     std::thread::sleep(SETTLE);
-    let (rss, hwm) = memory_kib(agent.child.id());
+    let ours = memory_kib(agent.child.id());
+    let theirs = qga.as_ref().map(|q| memory_kib(q.child.id()));
     println!("idle memory after {SETTLE:?} (KiB)");
-    println!("{:<16}{:>8}{:>8}", "", "VmRSS", "VmHWM");
     println!(
-        "{:<16}{rss:>8}{hwm:>8}   {}",
-        "appmon-guest",
-        agent_bin.display()
+        "{:<14}{:>8}{:>8}{:>9}{:>8}{:>9}",
+        "", "VmRSS", "VmHWM", "RssAnon", "Pss", "Private"
     );
-    if let Some(qga) = qga.as_mut() {
-        let (q_rss, q_hwm) = memory_kib(qga.child.id());
-        println!("{:<16}{q_rss:>8}{q_hwm:>8}", "qemu-ga");
+    print_row("appmon-guest", ours, &agent_bin.display().to_string());
+    if let Some(theirs) = theirs {
+        print_row("qemu-ga", theirs, "");
+        let ratio = |a: u64, b: u64| a as f64 / b as f64;
         println!(
-            "appmon-guest / qemu-ga VmRSS: {:.2} ({} KiB less)",
-            rss as f64 / q_rss as f64,
-            i64::try_from(q_rss).unwrap_or(0) - i64::try_from(rss).unwrap_or(0)
+            "appmon-guest / qemu-ga: VmRSS {:.2}, RssAnon {:.2}, Pss {:.2}, Private {:.2}",
+            ratio(ours.vm_rss, theirs.vm_rss),
+            ratio(ours.rss_anon, theirs.rss_anon),
+            ratio(ours.pss, theirs.pss),
+            ratio(ours.private, theirs.private),
         );
     }
     drop(qga);

@@ -105,8 +105,21 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(err, "appmon: {}", error_chain(&e));
-            e.exit_code()
+            exit_code(&e)
         }
+    }
+}
+
+/// The exit code for a call that did not succeed.
+pub fn exit_code(e: &ClientError) -> u8 {
+    match e {
+        ClientError::Unreachable { .. }
+        | ClientError::Io { .. }
+        | ClientError::Closed { .. }
+        | ClientError::Protocol { .. }
+        | ClientError::Unexpected { .. } => exit::UNREACHABLE,
+        ClientError::Refused { .. } => exit::REFUSED,
+        ClientError::Host { .. } => exit::HOST_ERROR,
     }
 }
 

@@ -34,7 +34,7 @@ use crate::config::DEFAULT_API_SOCKET;
 /// timeout (10 s) even when the host does not, so this is only a bound on a stuck agent.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A call that did not succeed. [`ClientError::exit_code`] maps each to the CLI's exit code.
+/// A call that did not succeed. The `appmon` command maps each to its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("the appmon agent is not reachable at {path}")]
@@ -63,22 +63,6 @@ pub enum ClientError {
     Refused { message: String },
     #[error("the host refused: {message}")]
     Host { message: String },
-}
-
-impl ClientError {
-    /// The `appmon` exit code for this error (see [`crate::cli`]).
-    pub fn exit_code(&self) -> u8 {
-        use crate::cli::exit;
-        match self {
-            ClientError::Unreachable { .. }
-            | ClientError::Io { .. }
-            | ClientError::Closed { .. }
-            | ClientError::Protocol { .. }
-            | ClientError::Unexpected { .. } => exit::UNREACHABLE,
-            ClientError::Refused { .. } => exit::REFUSED,
-            ClientError::Host { .. } => exit::HOST_ERROR,
-        }
-    }
 }
 
 /// What became of enable, disable or postAppState.

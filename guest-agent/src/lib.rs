@@ -16,6 +16,8 @@
 //!   the local API and the clock, and carries out its actions; reload and shutdown.
 //! - [`processes`]: processes the host launches (cmappserver): the allowlist, the process table,
 //!   and the shell that starts, signals and reaps them.
+//! - [`inbox`]: what the tasks around the owner send it ([`inbox::Input`]) and what it sends a
+//!   link task back ([`inbox::LinkCmd`]).
 //! - [`transport`]: the host listeners (vsock, Unix socket) and the virtio-serial port, and the
 //!   per-link task that runs the frame codec.
 //! - [`counters`]: the CCA counters: standard ones from /proc and /sys, custom ones from
@@ -23,10 +25,32 @@
 //! - [`local`]: the local API socket server.
 //! - [`api`]: the local API's JSON-lines messages.
 //! - [`client`]: a blocking client for applications.
-//! - [`cli`]: the `appmon` command.
+//! - [`cli`]: the `appmon` command, and its exit codes.
 //! - [`config`]: the configuration file, `/etc/appmon/guest.toml`.
 //! - [`logging`]: tracing to stderr.
 //! - [`users`]: user names resolved from `/etc/passwd` and `/etc/group`.
+//! - `testing` (cargo feature `testing`): the daemon on a thread of its own, for tests here and
+//!   in the host agent.
+//!
+//! # Which module uses which
+//!
+//! Every use points one way; `tests/modules.rs` reads the `crate::` paths of each module and
+//! checks them against this list, which has no cycle:
+//!
+//! - `api`, `users`: nothing of this crate
+//! - `machine` → `api`
+//! - `inbox` → `api`, `machine`
+//! - `transport` → `inbox`, `machine`
+//! - `counters` → `inbox`, `machine`
+//! - `processes` → `machine`, `users`
+//! - `config` → `counters`, `processes`
+//! - `logging` → `config`
+//! - `local` → `api`, `inbox`, `transport`
+//! - `daemon` → `api`, `config`, `counters`, `inbox`, `local`, `logging`, `machine`, `processes`,
+//!   `transport`
+//! - `testing` → `config`, `daemon`
+//! - `client` → `api`, `config`
+//! - `cli` → `api`, `client`, `config`
 
 pub mod api;
 pub mod cli;
@@ -34,10 +58,13 @@ pub mod client;
 pub mod config;
 pub mod counters;
 pub mod daemon;
+pub mod inbox;
 pub mod local;
 pub mod logging;
 pub mod machine;
 pub mod processes;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transport;
 pub mod users;
 

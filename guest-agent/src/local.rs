@@ -17,7 +17,7 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tracing::{debug, warn};
 
 use crate::api::{ApiRequest, ApiResponse, MAX_REQUEST_LINE};
-use crate::daemon::Input;
+use crate::inbox::Input;
 use crate::transport::{self, TransportError};
 
 /// Application connections served at once; more are answered "busy" and closed.

@@ -29,7 +29,7 @@ use tokio_util::codec::Framed;
 use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 use tracing::{debug, info, warn};
 
-use crate::daemon::Input;
+use crate::inbox::{Input, LinkCmd, Transport};
 use crate::machine::{BadFrame, Event, LinkId, LinkKind};
 
 /// Frames queued for one link before the daemon gives up on it as not reading.
@@ -70,24 +70,6 @@ pub enum TransportError {
         #[source]
         source: io::Error,
     },
-}
-
-/// Which configured transport a link came from, so a reload can close the links of a
-/// transport it removes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Vsock,
-    Unix,
-    Serial,
-}
-
-/// What the daemon tells a link task.
-#[derive(Debug)]
-pub enum LinkCmd {
-    Send(Frame<GuestMsg>),
-    /// Write a bare delimiter (see [`crate::machine::Action::Resync`]).
-    Resync,
-    Close(String),
 }
 
 static NEXT_LINK: AtomicU64 = AtomicU64::new(1);

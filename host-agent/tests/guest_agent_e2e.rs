@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime};
 use appmon_control::{Decision, ResetCause, ResetMethod, Status};
 use appmon_guest_agent::client::{AppState, AppStatus, Client, Delivery};
 use appmon_guest_agent::config::Config as GuestConfig;
-use appmon_guest_agent::daemon::{Background, Tuning};
+use appmon_guest_agent::daemon::Tuning;
+use appmon_guest_agent::testing::Background;
 use appmon_libvirt_backend::{
     DomainEvent, MonitorSpec, ShutOffReason, Transport, DEFAULT_CHANNEL_NAME,
 };

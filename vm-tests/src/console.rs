@@ -1,9 +1,47 @@
 //! The guest's serial console (ttyS0), which QEMU appends to a file in the test's directory. The
 //! file survives domain restarts, so waits after a reset look only at text past a [`ConsoleMark`].
+//! The guest's /init prints the [`markers`].
 
 use std::fs;
 use std::io;
 use std::path::Path;
+
+/// The console markers the guest's scripts print at the start of a line: /init
+/// (`scripts/guest/init`, whose header says what each means and carries) and the power button
+/// (`scripts/guest/power-button`). Named here once for the harness; a test checks that the
+/// scripts print exactly these.
+pub mod markers {
+    /// /init started: `APPMON-INIT boot_id=<id> uptime=<s>`.
+    pub const INIT: &str = "APPMON-INIT";
+    /// The kernel command line, as the guest programs see it.
+    pub const CMDLINE: &str = "APPMON-CMDLINE";
+    /// A kernel module did not load.
+    pub const INIT_ERROR: &str = "APPMON-INIT-ERROR";
+    pub const MODULES_LOADED: &str = "APPMON-MODULES-LOADED";
+    /// A program left out by `appmon.skip=`.
+    pub const SKIP: &str = "APPMON-SKIP";
+    /// A program was (re)started: `APPMON-START <name> uptime=<s>`.
+    pub const START: &str = "APPMON-START";
+    /// A program ended: `APPMON-EXIT <name> rc=<code> uptime=<s>`.
+    pub const EXIT: &str = "APPMON-EXIT";
+    /// Modules loaded, programs started: `APPMON-GUEST-READY boot_id=<id> uptime=<s>`.
+    pub const GUEST_READY: &str = "APPMON-GUEST-READY";
+    /// The ACPI power button was pressed; the guest powers off.
+    pub const POWER_BUTTON: &str = "APPMON-POWER-BUTTON";
+
+    /// Every marker above.
+    pub const ALL: [&str; 9] = [
+        INIT,
+        CMDLINE,
+        INIT_ERROR,
+        MODULES_LOADED,
+        SKIP,
+        START,
+        EXIT,
+        GUEST_READY,
+        POWER_BUTTON,
+    ];
+}
 
 /// A position in the console log. Text before it belongs to earlier boots.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,15 +104,64 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
+    const GUEST_SCRIPTS: [(&str, &str); 2] = [
+        (
+            "scripts/guest/init",
+            include_str!("../../scripts/guest/init"),
+        ),
+        (
+            "scripts/guest/power-button",
+            include_str!("../../scripts/guest/power-button"),
+        ),
+    ];
+
+    /// The `APPMON-…` word each `echo "APPMON-…` in the scripts' code starts its line with.
+    fn printed_markers() -> BTreeSet<String> {
+        GUEST_SCRIPTS
+            .iter()
+            .flat_map(|(_, text)| text.lines())
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split("echo \"").skip(1))
+            .filter(|printed| printed.starts_with("APPMON-"))
+            .map(|printed| {
+                printed
+                    .split([' ', '"'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_guest_scripts_print_exactly_the_named_markers() {
+        let named: BTreeSet<String> = markers::ALL.iter().map(|m| m.to_string()).collect();
+        assert_eq!(printed_markers(), named);
+    }
+
+    #[test]
+    fn the_init_header_lists_exactly_the_named_markers() {
+        let (_, init) = GUEST_SCRIPTS[0];
+        let listed: BTreeSet<String> = init
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("#   APPMON-"))
+            .map(|rest| format!("APPMON-{}", rest.split(' ').next().unwrap_or_default()))
+            .collect();
+        let named: BTreeSet<String> = markers::ALL.iter().map(|m| m.to_string()).collect();
+        assert_eq!(listed, named);
+    }
 
     const LOG: &str = "noise\r\nAPPMON-INIT boot_id=aaa uptime=1.5\nAPPMON-INITX no\n\
                        [vsock-echo] APPMON-GUEST-READY not a marker\nAPPMON-GUEST-READY boot_id=aaa uptime=2.0\n";
 
     #[test]
     fn marker_lines_match_only_whole_markers_at_line_start() {
-        let lines: Vec<_> = marker_lines(LOG, "APPMON-INIT").collect();
+        let lines: Vec<_> = marker_lines(LOG, markers::INIT).collect();
         assert_eq!(lines, ["APPMON-INIT boot_id=aaa uptime=1.5"]);
-        assert_eq!(marker_lines(LOG, "APPMON-GUEST-READY").count(), 1);
+        assert_eq!(marker_lines(LOG, markers::GUEST_READY).count(), 1);
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! Protocol (Firecracker's, also vhost-device-vsock's): connect to the Unix socket, write
 //! `CONNECT <guest port>\n`, read `OK <port>\n`, then the socket is a byte stream to the guest.
-//! The `OK` line is read one byte at a time: a buffered reader dropped afterwards would swallow
-//! the first bytes the guest sends right behind it. Nothing is sent before the `OK` either:
-//! vhost-device-vsock 0.3.0 reads the `CONNECT` line through its own buffered reader and would
-//! lose bytes that arrive with it.
+//! The `OK` line is read one byte at a time by wire's [`OkLineReader`] (the same reader the host
+//! agent's async client uses): a buffered reader dropped afterwards would swallow the first bytes
+//! the guest sends right behind it. Nothing is sent before the `OK` either: vhost-device-vsock
+//! 0.3.0 reads the `CONNECT` line through its own buffered reader and would lose bytes that arrive
+//! with it. This module adds only the blocking I/O: the socket, and a deadline for each read.
 //!
 //! The host side only ever uses AF_UNIX here; never AF_VSOCK (this machine's /dev/vsock belongs to
 //! the infrastructure).
@@ -15,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use appmon_wire::hybrid::MAX_OK_LINE;
+use appmon_wire::hybrid::{connect_request, OkLine, OkLineError, OkLineReader};
 
 /// Default bound for connect + handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,8 +37,12 @@ pub enum HybridConnectError {
         #[source]
         source: io::Error,
     },
-    #[error("no OK reply for CONNECT {port} on {path} (is the guest listening on that port?)")]
-    Closed { path: PathBuf, port: u32 },
+    #[error("no OK reply for CONNECT {port} on {path} after {got:?} (is the guest listening on that port?)")]
+    Closed {
+        path: PathBuf,
+        port: u32,
+        got: String,
+    },
     #[error("reading the reply to CONNECT {port} on {path} failed")]
     Read {
         path: PathBuf,
@@ -45,11 +50,12 @@ pub enum HybridConnectError {
         #[source]
         source: io::Error,
     },
-    #[error("bad reply to CONNECT {port} on {path}: {reply:?}")]
+    #[error("bad reply to CONNECT {port} on {path}")]
     BadReply {
         path: PathBuf,
         port: u32,
-        reply: String,
+        #[source]
+        source: OkLineError,
     },
 }
 
@@ -82,36 +88,29 @@ pub fn hybrid_connect_timeout(
     })?;
     let deadline = Instant::now() + timeout;
     stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .write_all(connect_request(port).as_bytes())
         .map_err(|source| HybridConnectError::Send {
             path: path.clone(),
             port,
             source,
         })?;
-    let line = read_ok_line(&mut stream, deadline).map_err(|e| match e {
-        OkLineError::Eof => HybridConnectError::Closed {
+    read_ok_line(&mut stream, deadline).map_err(|e| match e {
+        ReadError::Closed { got } => HybridConnectError::Closed {
             path: path.clone(),
             port,
+            got,
         },
-        OkLineError::Io(source) => HybridConnectError::Read {
+        ReadError::Io(source) => HybridConnectError::Read {
             path: path.clone(),
             port,
             source,
         },
-        OkLineError::TooLong(partial) => HybridConnectError::BadReply {
+        ReadError::Line(source) => HybridConnectError::BadReply {
             path: path.clone(),
             port,
-            reply: String::from_utf8_lossy(&partial).into_owned(),
+            source,
         },
     })?;
-    let text = line.strip_suffix(b"\n").unwrap_or(&line);
-    if appmon_wire::hybrid::parse_ok_line(text).is_err() {
-        return Err(HybridConnectError::BadReply {
-            path,
-            port,
-            reply: String::from_utf8_lossy(&line).into_owned(),
-        });
-    }
     set_timeouts(&stream, None).map_err(|source| HybridConnectError::Read {
         path: path.clone(),
         port,
@@ -121,41 +120,40 @@ pub fn hybrid_connect_timeout(
 }
 
 #[derive(Debug)]
-enum OkLineError {
-    Eof,
+enum ReadError {
+    Closed { got: String },
     Io(io::Error),
-    TooLong(Vec<u8>),
+    Line(OkLineError),
 }
 
-/// Reads up to and including `\n`, one byte per read so nothing behind the line is consumed.
-/// Each read waits at most until `deadline`.
-fn read_ok_line(stream: &mut UnixStream, deadline: Instant) -> Result<Vec<u8>, OkLineError> {
-    let mut line = Vec::with_capacity(MAX_OK_LINE);
+/// Feeds the reader one byte per read, so nothing behind the line is consumed; returns the
+/// host-side port. Each read waits at most until `deadline`.
+fn read_ok_line(stream: &mut UnixStream, deadline: Instant) -> Result<u32, ReadError> {
+    let mut reader = OkLineReader::new();
     let mut byte = [0u8; 1];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(OkLineError::Io(io::Error::new(
+            return Err(ReadError::Io(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no complete OK line before the deadline",
             )));
         }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(OkLineError::Io)?;
+        stream.set_read_timeout(Some(left)).map_err(ReadError::Io)?;
         match stream.read(&mut byte) {
-            Ok(0) => return Err(OkLineError::Eof),
+            Ok(0) => {
+                return Err(ReadError::Closed {
+                    got: reader.received(),
+                })
+            }
             Ok(_) => {
-                line.push(byte[0]);
-                if byte[0] == b'\n' {
-                    return Ok(line);
-                }
-                if line.len() >= MAX_OK_LINE {
-                    return Err(OkLineError::TooLong(line));
+                reader = match reader.feed(byte[0]).map_err(ReadError::Line)? {
+                    OkLine::NeedMore(reader) => reader,
+                    OkLine::Port(port) => return Ok(port),
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(OkLineError::Io(e)),
+            Err(e) => return Err(ReadError::Io(e)),
         }
     }
 }
@@ -216,7 +214,7 @@ mod tests {
         let (_dir, path, backend) = fake_backend(b"ERR nope\n");
         let err = hybrid_connect(&path, 7).unwrap_err();
         assert!(
-            matches!(&err, HybridConnectError::BadReply { reply, .. } if reply == "ERR nope\n"),
+            matches!(&err, HybridConnectError::BadReply { source: OkLineError::NotOk { line }, .. } if line == "ERR nope"),
             "{err}"
         );
         backend.join().expect("backend thread");
@@ -226,7 +224,16 @@ mod tests {
     fn endless_reply_is_cut_off() {
         let (_dir, path, backend) = fake_backend(b"OK 111111111111111111111111111111\n");
         let err = hybrid_connect(&path, 7).unwrap_err();
-        assert!(matches!(err, HybridConnectError::BadReply { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                HybridConnectError::BadReply {
+                    source: OkLineError::TooLong { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
         backend.join().expect("backend thread");
     }
 

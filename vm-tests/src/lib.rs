@@ -17,11 +17,12 @@
 //! - [`hybrid`]: host → guest connections through vhost-device-vsock's hybrid-vsock Unix socket
 //!   (`CONNECT <port>\n` / `OK <port>\n`).
 //! - [`initrd`]: a test's own guest files, appended to the rig's image as an extra cpio archive.
-//! - [`console`]: reading the guest's serial console log: markers, tails, marks.
+//! - [`console`]: reading the guest's serial console log: the [`markers`] the guest's /init
+//!   (`scripts/guest/init`) prints, tails, marks.
 //! - [`virsh`]: bounded `virsh -c qemu:///system` invocations.
 //! - [`wait`]: bounded polling helpers, and [`hold_for`] for "nothing happens for this long".
 //! - [`sweep`]: removal of domains, processes (vhost-device-vsock, appmon-host) and directories
-//!   left by test processes that died.
+//!   left by test processes that died; the `appmon-test-sweep` program runs it for the scripts.
 //!
 //! The host side never opens AF_VSOCK: this machine's own /dev/vsock belongs to the
 //! infrastructure. Only the guest-only programs `vsock-echo` and `appmon-demo` do, inside the
@@ -43,7 +44,7 @@ pub mod virsh;
 pub mod vm;
 pub mod wait;
 
-pub use console::ConsoleMark;
+pub use console::{markers, ConsoleMark};
 pub use demo::{DemoError, DEMO_COMMAND_TIMEOUT};
 pub use domain_xml::{OnReboot, WatchdogAction};
 pub use host_agent::{
@@ -65,9 +66,3 @@ pub use appmon_guest_programs::{DEMO_CONTROL_PORT, VSOCK_ECHO_PORT};
 
 /// Guest port the guest agent listens on (DESIGN.md, Transport).
 pub const GUEST_AGENT_PORT: u32 = 5315;
-
-/// Console marker /init prints once modules are loaded and the guest programs are started.
-pub const GUEST_READY_MARKER: &str = "APPMON-GUEST-READY";
-
-/// Console marker /init prints first, with the boot id.
-pub const INIT_MARKER: &str = "APPMON-INIT";

@@ -1,5 +1,8 @@
 //! Cleanup of what earlier test processes left behind when they died without unwinding (SIGKILL,
-//! a nextest timeout, Ctrl-C): their domains, vhost-device-vsock processes and directories.
+//! a nextest timeout, Ctrl-C): their domains, vhost-device-vsock and appmon-host processes and
+//! directories. The harness sweeps before each test process's first guest or host agent; the
+//! scripts (`scripts/test`'s "VM test cleanup", `scripts/rig-down`) run the same code as the
+//! `appmon-test-sweep` program.
 //!
 //! Only the harness's own things are touched: domains named `appmon-t-<test>-<pid>-<counter>`
 //! and directories `<rig>/run/t/<pid>-<counter>` whose owning pid is dead, and a
@@ -12,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::rig::Rig;
-use crate::virsh::{list_all_domains, virsh, DomainState};
+use crate::virsh::{list_all_domains, virsh, DomainState, VirshError};
 use crate::wait::wait_until;
 use crate::DOMAIN_PREFIX;
 
@@ -30,6 +33,76 @@ pub const HOST_AGENT_CONFIG: &str = "host.toml";
 /// Directory where libvirt keeps each domain's QEMU log.
 pub const QEMU_LOG_DIR: &str = "/var/log/libvirt/qemu";
 
+/// The processes a test directory may record: (program, its pid file, the file of the directory
+/// its command line must name).
+const RECORDED: [(&str, &str, &str); 2] = [
+    (BACKEND, BACKEND_PID_FILE, VHOST_USER_SOCKET),
+    (HOST_AGENT, HOST_AGENT_PID_FILE, HOST_AGENT_CONFIG),
+];
+const BACKEND: &str = "vhost-device-vsock";
+const HOST_AGENT: &str = "appmon-host";
+
+/// What test processes that are gone left behind, found and not yet touched.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Harness domains whose test process is gone.
+    pub domains: Vec<String>,
+    /// Test directories whose test process is gone.
+    pub dirs: Vec<LeftDir>,
+    /// What could not be looked at (libvirtd not answering, say).
+    pub errors: Vec<String>,
+}
+
+/// A test directory whose test process is gone, and what it recorded that still runs for it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LeftDir {
+    pub path: PathBuf,
+    /// (program, pid) of each recorded process that still runs for this directory.
+    pub processes: Vec<(&'static str, u32)>,
+}
+
+impl Leftovers {
+    /// Whether nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty() && self.dirs.is_empty()
+    }
+
+    /// One line per thing found, for people.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for d in &self.domains {
+            let owner = owner_pid(d).map_or_else(String::new, |p| p.to_string());
+            lines.push(format!("domain {d} (its test process {owner} is gone)"));
+        }
+        for dir in &self.dirs {
+            for (program, pid) in &dir.processes {
+                lines.push(format!("{program} pid {pid} (of {})", dir.path.display()));
+            }
+            lines.push(format!("test directory {}", dir.path.display()));
+        }
+        lines
+    }
+
+    /// Removes all of it: destroys and undefines the domains, kills the recorded processes
+    /// (again only while they still run for their directory), removes the directories.
+    pub fn remove(self) -> SweepReport {
+        let mut report = SweepReport {
+            errors: self.errors,
+            ..SweepReport::default()
+        };
+        for d in self.domains {
+            match remove_domain(&d) {
+                Ok(()) => report.domains.push(d),
+                Err(e) => report.errors.push(e),
+            }
+        }
+        for dir in self.dirs {
+            sweep_dir(&dir.path, &mut report);
+        }
+        report
+    }
+}
+
 /// What a sweep removed, and what it could not.
 #[derive(Debug, Default)]
 pub struct SweepReport {
@@ -38,6 +111,16 @@ pub struct SweepReport {
     pub host_agents: Vec<u32>,
     pub dirs: Vec<PathBuf>,
     pub errors: Vec<String>,
+}
+
+impl SweepReport {
+    /// Whether nothing was removed.
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+            && self.backends.is_empty()
+            && self.host_agents.is_empty()
+            && self.dirs.is_empty()
+    }
 }
 
 /// The pid in a harness domain name `appmon-t-<test>-<pid>-<counter>`; `None` for any other name.
@@ -77,57 +160,75 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
-/// Removes everything left by harness processes that are gone. Never touches other domains.
-pub fn sweep_stale(rig: &Rig) -> SweepReport {
-    let mut report = SweepReport::default();
+/// Finds what harness processes that are gone left behind; touches nothing. Only harness
+/// domains and directories count (see the module documentation).
+pub fn find_leftovers(rig: &Rig) -> Leftovers {
+    let mut found = Leftovers::default();
     match list_all_domains() {
         Ok(domains) => {
-            for d in domains {
-                let Some(pid) = owner_pid(&d) else { continue };
-                if pid_alive(pid) {
-                    continue;
-                }
-                match remove_domain(&d) {
-                    Ok(()) => report.domains.push(d),
-                    Err(e) => report.errors.push(e),
-                }
-            }
+            found.domains = domains
+                .into_iter()
+                .filter(|d| owner_pid(d).is_some_and(|pid| !pid_alive(pid)))
+                .collect();
         }
-        Err(e) => report.errors.push(format!("cannot list domains: {e}")),
+        Err(e) => found.errors.push(format!("cannot list domains: {e}")),
     }
-    let entries = match fs::read_dir(rig.tests_dir()) {
-        Ok(entries) => entries,
-        Err(_) => return report,
+    found.dirs = leftover_dirs(&rig.tests_dir());
+    found
+}
+
+/// The test directories under `tests_dir` whose test process is gone, each with the recorded
+/// processes that still run for it.
+pub fn leftover_dirs(tests_dir: &Path) -> Vec<LeftDir> {
+    let Ok(entries) = fs::read_dir(tests_dir) else {
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(dir_owner_pid) else {
-            continue;
-        };
-        if pid_alive(pid) {
-            continue;
-        }
-        sweep_dir(&entry.path(), &mut report);
-    }
-    report
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            name.to_str()
+                .and_then(dir_owner_pid)
+                .is_some_and(|pid| !pid_alive(pid))
+        })
+        .map(|entry| entry.path())
+        .collect();
+    dirs.sort();
+    dirs.into_iter()
+        .map(|path| LeftDir {
+            processes: RECORDED
+                .iter()
+                .filter_map(|(program, pid_file, own_file)| {
+                    running_for(&path, pid_file, program, own_file).map(|pid| (*program, pid))
+                })
+                .collect(),
+            path,
+        })
+        .collect()
+}
+
+/// Removes everything left by harness processes that are gone. Never touches other domains.
+pub fn sweep_stale(rig: &Rig) -> SweepReport {
+    find_leftovers(rig).remove()
+}
+
+/// The harness domains whose test process still runs: someone's test run in progress.
+pub fn running_test_domains() -> Result<Vec<String>, VirshError> {
+    Ok(list_all_domains()?
+        .into_iter()
+        .filter(|d| owner_pid(d).is_some_and(pid_alive))
+        .collect())
 }
 
 /// Stops the backend and host agent recorded in `dir` and removes `dir`.
 pub(crate) fn sweep_dir(dir: &Path, report: &mut SweepReport) {
-    match stop_recorded(
-        dir,
-        BACKEND_PID_FILE,
-        "vhost-device-vsock",
-        VHOST_USER_SOCKET,
-    ) {
-        Ok(Some(pid)) => report.backends.push(pid),
-        Ok(None) => {}
-        Err(e) => report.errors.push(e),
-    }
-    match stop_recorded(dir, HOST_AGENT_PID_FILE, "appmon-host", HOST_AGENT_CONFIG) {
-        Ok(Some(pid)) => report.host_agents.push(pid),
-        Ok(None) => {}
-        Err(e) => report.errors.push(e),
+    for (program, pid_file, own_file) in RECORDED {
+        match stop_recorded(dir, pid_file, program, own_file) {
+            Ok(Some(pid)) if program == HOST_AGENT => report.host_agents.push(pid),
+            Ok(Some(pid)) => report.backends.push(pid),
+            Ok(None) => {}
+            Err(e) => report.errors.push(e),
+        }
     }
     match fs::remove_dir_all(dir) {
         Ok(()) => report.dirs.push(dir.to_path_buf()),
@@ -137,23 +238,25 @@ pub(crate) fn sweep_dir(dir: &Path, report: &mut SweepReport) {
     }
 }
 
-/// Kills the `program` whose pid `pid_file` in `dir` records, if it still runs for that
+/// The pid that `pid_file` in `dir` records, if that process still runs `program` for this
 /// directory: its command line must name `<dir>/<own_file>` (so a reused pid is left alone).
+fn running_for(dir: &Path, pid_file: &str, program: &str, own_file: &str) -> Option<u32> {
+    let text = fs::read_to_string(dir.join(pid_file)).ok()?;
+    let pid = text.trim().parse::<u32>().ok()?;
+    (pid_alive(pid) && runs_for(pid, program, &dir.join(own_file))).then_some(pid)
+}
+
+/// Kills the `program` whose pid `pid_file` in `dir` records, if it still runs for that
+/// directory (see [`running_for`]).
 fn stop_recorded(
     dir: &Path,
     pid_file: &str,
     program: &str,
     own_file: &str,
 ) -> Result<Option<u32>, String> {
-    let Ok(text) = fs::read_to_string(dir.join(pid_file)) else {
+    let Some(pid) = running_for(dir, pid_file, program, own_file) else {
         return Ok(None);
     };
-    let Ok(pid) = text.trim().parse::<u32>() else {
-        return Ok(None);
-    };
-    if !pid_alive(pid) || !runs_for(pid, program, &dir.join(own_file)) {
-        return Ok(None);
-    }
     let status = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -235,6 +338,90 @@ mod tests {
         assert_eq!(dir_owner_pid("1234-5"), Some(1234));
         assert_eq!(dir_owner_pid("1234"), None);
         assert_eq!(dir_owner_pid("x-5"), None);
+    }
+
+    /// A process whose argv[0] is `program` and whose arguments name `file`, as the harness
+    /// starts vhost-device-vsock and appmon-host (`tail -f` keeps it running). Killed and reaped
+    /// on drop, also when the test fails.
+    struct StandIn(std::process::Child);
+
+    impl StandIn {
+        fn id(&self) -> u32 {
+            self.0.id()
+        }
+    }
+
+    impl Drop for StandIn {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn process_running_for(program: &str, file: &Path) -> StandIn {
+        fs::write(file, b"").expect("write the file it names");
+        StandIn(
+            Command::new("bash")
+                .arg("-c")
+                .arg(format!("exec -a {program} tail -f {}", file.display()))
+                .spawn()
+                .expect("start a stand-in process"),
+        )
+    }
+
+    #[test]
+    fn only_recorded_processes_running_for_a_dead_tests_directory_are_stopped() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let tests_dir = tmp.path().join("run/t");
+        // u32::MAX is never a live pid; this process is alive.
+        let dead = tests_dir.join(format!("{}-0", u32::MAX));
+        let live = tests_dir.join(format!("{}-0", std::process::id()));
+        let elsewhere = tmp.path().join("elsewhere");
+        for d in [&dead, &live, &elsewhere] {
+            fs::create_dir_all(d).expect("mkdir");
+        }
+        let mut backend = process_running_for(BACKEND, &dead.join(VHOST_USER_SOCKET));
+        // A recorded pid that now runs appmon-host for another directory: not this one's.
+        let mut stranger = process_running_for(HOST_AGENT, &elsewhere.join(HOST_AGENT_CONFIG));
+        fs::write(dead.join(BACKEND_PID_FILE), backend.id().to_string()).expect("pid file");
+        fs::write(dead.join(HOST_AGENT_PID_FILE), stranger.id().to_string()).expect("pid file");
+        fs::write(live.join(BACKEND_PID_FILE), backend.id().to_string()).expect("pid file");
+        wait_until(Duration::from_secs(5), "the stand-ins to exec", || {
+            runs_for(backend.id(), BACKEND, &dead.join(VHOST_USER_SOCKET))
+                && runs_for(
+                    stranger.id(),
+                    HOST_AGENT,
+                    &elsewhere.join(HOST_AGENT_CONFIG),
+                )
+        })
+        .expect("stand-ins run");
+
+        let found = leftover_dirs(&tests_dir);
+        assert_eq!(
+            found,
+            [LeftDir {
+                path: dead.clone(),
+                processes: vec![(BACKEND, backend.id())],
+            }]
+        );
+
+        let report = Leftovers {
+            dirs: found,
+            ..Leftovers::default()
+        }
+        .remove();
+        assert_eq!(report.backends, [backend.id()]);
+        assert!(report.host_agents.is_empty(), "{report:?}");
+        assert!(report.errors.is_empty(), "{report:?}");
+        assert!(!dead.exists() && live.exists());
+        assert!(
+            backend.0.try_wait().expect("wait").is_some(),
+            "backend killed"
+        );
+        assert!(
+            stranger.0.try_wait().expect("wait").is_none(),
+            "stranger left alone"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::sync::{Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::console::markers::{GUEST_READY, INIT};
 use crate::console::{self, ConsoleMark};
 use crate::domain_xml::{DomainSpec, OnReboot, WatchdogAction};
 use crate::hybrid::{hybrid_connect, HybridConnectError};
@@ -34,7 +35,7 @@ use crate::sweep::{
 };
 use crate::virsh::{virsh, DomainState, VirshError};
 use crate::wait::{hold_for, wait_for, wait_until};
-use crate::{DOMAIN_PREFIX, GUEST_READY_MARKER, INIT_MARKER};
+use crate::DOMAIN_PREFIX;
 
 /// Kernel arguments every test guest gets; [`VmConfig::cmdline_arg`] appends to them.
 /// `panic=-1` reboots at once on a panic instead of hanging the test until its timeout.
@@ -70,11 +71,7 @@ pub(crate) fn next_instance() -> u32 {
 pub(crate) fn sweep_once(rig: &Rig) {
     SWEEP.call_once(|| {
         let report = sweep_stale(rig);
-        if !report.domains.is_empty()
-            || !report.backends.is_empty()
-            || !report.host_agents.is_empty()
-            || !report.dirs.is_empty()
-        {
+        if !report.is_empty() {
             eprintln!(
                 "vm-tests: removed leftovers of dead test processes: domains {:?}, vhost-device-vsock pids {:?}, appmon-host pids {:?}, dirs {:?}",
                 report.domains, report.backends, report.host_agents, report.dirs
@@ -313,9 +310,9 @@ impl TestVm {
         let t0 = Instant::now();
         self.start();
         let virsh_start = t0.elapsed();
-        self.wait_for_marker(mark, INIT_MARKER, timeout);
+        self.wait_for_marker(mark, INIT, timeout);
         let init = t0.elapsed();
-        self.wait_for_marker(mark, GUEST_READY_MARKER, timeout.saturating_sub(init));
+        self.wait_for_marker(mark, GUEST_READY, timeout.saturating_sub(init));
         let ready = t0.elapsed();
         let times = BootTimes {
             virsh_start,
@@ -323,7 +320,7 @@ impl TestVm {
             ready,
         };
         eprintln!(
-            "{}: boot: virsh start returned after {:.2}s, {INIT_MARKER} after {:.2}s, {GUEST_READY_MARKER} after {:.2}s",
+            "{}: boot: virsh start returned after {:.2}s, {INIT} after {:.2}s, {GUEST_READY} after {:.2}s",
             self.name,
             virsh_start.as_secs_f64(),
             init.as_secs_f64(),
@@ -336,7 +333,7 @@ impl TestVm {
     /// long that took.
     pub fn wait_ready_since(&self, mark: ConsoleMark, timeout: Duration) -> Duration {
         let t0 = Instant::now();
-        self.wait_for_marker(mark, GUEST_READY_MARKER, timeout);
+        self.wait_for_marker(mark, GUEST_READY, timeout);
         t0.elapsed()
     }
 
@@ -445,7 +442,7 @@ impl TestVm {
         )
     }
 
-    /// How many marker lines the console holds in all (e.g. boots: `INIT_MARKER`).
+    /// How many marker lines the console holds in all (e.g. boots: `markers::INIT`).
     pub fn marker_count(&self, marker: &str) -> usize {
         console::marker_lines(&self.console(), marker).count()
     }
@@ -453,7 +450,7 @@ impl TestVm {
     /// The boot ids of all boots so far, in order.
     pub fn boot_ids(&self) -> Vec<String> {
         let text = self.console();
-        console::marker_lines(&text, INIT_MARKER)
+        console::marker_lines(&text, INIT)
             .filter_map(|l| console::field(l, "boot_id"))
             .map(str::to_owned)
             .collect()

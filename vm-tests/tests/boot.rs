@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use appmon_vm_tests::{
-    ConsoleMark, DomainState, TestVm, VmConfig, DEFAULT_BOOT_TIMEOUT, VSOCK_ECHO_PORT,
+    markers, ConsoleMark, DomainState, TestVm, VmConfig, DEFAULT_BOOT_TIMEOUT, VSOCK_ECHO_PORT,
 };
 
 #[test]
@@ -25,7 +25,7 @@ fn guest_boots_to_ready_marker() {
     assert!(times.init <= times.ready);
     let ids = vm.boot_ids();
     assert_eq!(ids.len(), 1, "one boot, one boot id: {ids:?}");
-    let cmdline = vm.wait_for_marker(ConsoleMark::default(), "APPMON-CMDLINE", Duration::ZERO);
+    let cmdline = vm.wait_for_marker(ConsoleMark::default(), markers::CMDLINE, Duration::ZERO);
     assert!(
         cmdline.contains(" appmon.demo=\"beat 5\""),
         "guest programs see appmon.* options in /proc/cmdline: {cmdline}"
@@ -37,8 +37,10 @@ fn guest_boots_to_ready_marker() {
         Duration::from_secs(10),
     );
     println!(
-        "boot time: APPMON-INIT after {:.2}s, APPMON-GUEST-READY after {:.2}s (virsh start {:.2}s)",
+        "boot time: {} after {:.2}s, {} after {:.2}s (virsh start {:.2}s)",
+        markers::INIT,
         times.init.as_secs_f64(),
+        markers::GUEST_READY,
         times.ready.as_secs_f64(),
         times.virsh_start.as_secs_f64()
     );

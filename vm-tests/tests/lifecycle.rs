@@ -6,7 +6,9 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use appmon_vm_tests::{DomainState, TestVm, VmConfig, DEFAULT_BOOT_TIMEOUT, VSOCK_ECHO_PORT};
+use appmon_vm_tests::{
+    markers, DomainState, TestVm, VmConfig, DEFAULT_BOOT_TIMEOUT, VSOCK_ECHO_PORT,
+};
 
 fn echo_once(vm: &TestVm, what: &str) {
     let mut conn = vm.connect(VSOCK_ECHO_PORT, Duration::from_secs(30));
@@ -42,7 +44,7 @@ fn guest_comes_back_after_reset_and_after_acpi_shutdown_and_start() {
     vm.shutdown();
     let took = vm.wait_for_state(DomainState::ShutOff, Duration::from_secs(60));
     println!("ACPI shutdown: shut off after {:.2}s", took.as_secs_f64());
-    vm.wait_for_console_line(mark, "APPMON-POWER-BUTTON", Duration::from_secs(5));
+    vm.wait_for_console_line(mark, markers::POWER_BUTTON, Duration::from_secs(5));
 
     vm.start_measured(DEFAULT_BOOT_TIMEOUT);
     echo_once(&vm, "after shutdown and start");

@@ -84,7 +84,8 @@
 //! - [`frame`]: [`Frame`], [`Tag`] and the tokio codec [`FrameCodec`].
 //! - [`cobs`]: the byte stuffing under the frames.
 //! - [`handshake`]: the `Hello` negotiation and boot ids.
-//! - [`hybrid`]: the `CONNECT`/`OK` handshake of hybrid vsock.
+//! - [`hybrid`]: the `CONNECT`/`OK` handshake of hybrid vsock: the `OK`-line reader without I/O
+//!   that every client feeds byte by byte, and the async client on top of it.
 //! - [`report`]: how appmon's programs report errors (shared by every binary).
 
 pub mod cobs;

@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::daemon::Input;
+use crate::inbox::Input;
 use crate::machine::Event;
 use ccad::CcadConfig;
 use pipe::{PipeParser, PipeSet};

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use appmon_guest_agent::client::Client;
 use appmon_guest_agent::config::Config;
-use appmon_guest_agent::daemon::{Background, DaemonHandle, Tuning};
+use appmon_guest_agent::daemon::{DaemonHandle, Tuning};
+use appmon_guest_agent::testing::Background;
 use appmon_wire::{Capabilities, Frame, GuestMsg, GuestState, Hello, HostCodec, HostMsg};
 use futures::{SinkExt, StreamExt};
 use tokio::net::UnixStream;

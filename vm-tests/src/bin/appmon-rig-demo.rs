@@ -26,8 +26,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use appmon_vm_tests::{
-    enable_args, test_host_config, Defaults, HistoryEntry, HostAgent, ResetMethod, Status, TestVm,
-    VmConfig, VmView, DEFAULT_BOOT_TIMEOUT, GUEST_READY_MARKER,
+    enable_args, markers, test_host_config, Defaults, HistoryEntry, HostAgent, ResetMethod, Status,
+    TestVm, VmConfig, VmView, DEFAULT_BOOT_TIMEOUT,
 };
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -212,7 +212,7 @@ impl Demo<'_> {
         self.say("booting the guest (virsh start)");
         self.vm.start();
         let ready = self.until("the guest to boot", DEFAULT_BOOT_TIMEOUT, |vm, _| {
-            vm.marker_count(GUEST_READY_MARKER) >= 1
+            vm.marker_count(markers::GUEST_READY) >= 1
         });
         ready?;
         self.say(
@@ -274,7 +274,8 @@ impl Demo<'_> {
             self.say(&format!("the host agent decided: {}", d.text));
         }
         let rebooted = self.until("the guest to boot again", DEFAULT_BOOT_TIMEOUT, |vm, _| {
-            vm.boot_ids().len() > boots_before && vm.marker_count(GUEST_READY_MARKER) > boots_before
+            vm.boot_ids().len() > boots_before
+                && vm.marker_count(markers::GUEST_READY) > boots_before
         });
         rebooted?;
         let boot = self.vm.boot_ids().last().cloned().unwrap_or_default();
