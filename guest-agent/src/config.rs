@@ -25,6 +25,10 @@
 //! enabled = true
 //! pace_ms = 5000                                # the standard counters' pace
 //! ccad_conf = "/etc/ccad.conf"                  # custom counters
+//! [[monitor]]                                   # application monitors: crate::monitors::config
+//! name = "web"
+//! kind = "process"
+//! process = "httpd"
 //! ```
 
 use std::fmt;
@@ -34,6 +38,7 @@ use std::time::Duration;
 use appmon_wire::report::{locate, TextPosition};
 use serde::{Deserialize, Deserializer};
 
+use crate::monitors::config::MonitorConfig;
 use crate::processes::allowlist::ProcessesConfig;
 
 /// Where the daemon reads its configuration unless `--config` says otherwise.
@@ -105,6 +110,9 @@ pub struct Config {
     pub processes: ProcessesConfig,
     /// The `[counters]` table: standard and custom counters.
     pub counters: crate::counters::CountersConfig,
+    /// Application monitors, the `[[monitor]]` tables ([`crate::monitors::config`]).
+    #[serde(rename = "monitor")]
+    pub monitors: Vec<MonitorConfig>,
 }
 
 impl Default for Config {
@@ -121,6 +129,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             processes: ProcessesConfig::default(),
             counters: crate::counters::CountersConfig::default(),
+            monitors: Vec::new(),
         }
     }
 }
@@ -150,13 +159,16 @@ impl LogLevel {
 }
 
 impl Config {
-    /// Reads and checks the file at `path`.
+    /// Reads and checks the file at `path`, and what it names: the monitors' commands must
+    /// exist and their owners be known.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        crate::monitors::config::resolve(&mut config.monitors, &text, path)?;
+        Ok(config)
     }
 
     /// Reads the file at `path` if it exists; a missing file is the default configuration.
@@ -180,6 +192,7 @@ impl Config {
                 message: e.message().trim_end().to_owned(),
             }
         })?;
+        crate::monitors::config::validate(&config.monitors, text, path)?;
         if !config.vsock && config.virtio_serial.is_none() && config.host_unix_socket.is_none() {
             return Err(ConfigError::NoHostTransport {
                 path: path.to_owned(),
@@ -223,7 +236,7 @@ fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     }
 }
 
-fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let secs = i64::deserialize(d)?;
     match u64::try_from(secs) {
         Ok(s) if s <= 24 * 3600 => Ok(Duration::from_secs(s)),
@@ -330,6 +343,7 @@ ccad_conf = "/etc/appmon/ccad.conf"
                     pace_ms: 1000,
                     ccad_conf: PathBuf::from("/etc/appmon/ccad.conf"),
                 },
+                monitors: Vec::new(),
             }
         );
     }

@@ -25,6 +25,10 @@
 //! - [`client`]: a blocking client for applications.
 //! - [`cli`]: the `appmon` command.
 //! - [`config`]: the configuration file, `/etc/appmon/guest.toml`.
+//! - [`monitors`]: application monitors (PowerHA's process and custom monitors): their own
+//!   pure machine and the task that runs it; they reach the host through the daemon.
+//! - [`exec`]: runs a command once with bounded time and output (the monitors' checks and
+//!   commands).
 //! - [`logging`]: tracing to stderr.
 //! - [`users`]: user names resolved from `/etc/passwd` and `/etc/group`.
 
@@ -34,9 +38,11 @@ pub mod client;
 pub mod config;
 pub mod counters;
 pub mod daemon;
+pub mod exec;
 pub mod local;
 pub mod logging;
 pub mod machine;
+pub mod monitors;
 pub mod processes;
 pub mod transport;
 pub mod users;
