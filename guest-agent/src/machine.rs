@@ -1983,3 +1983,134 @@ mod tests {
         assert_eq!(state_of(&sent(&out, HOST)).processes, vec![job]);
     }
 }
+
+#[cfg(test)]
+mod monitor_tests {
+    //! The session machine's part in the application monitors: the heartbeat rule and the
+    //! protocol gate for what subsystems send.
+    use super::*;
+    use appmon_wire::{MonitorEvent, MonitorEventKind};
+
+    const HOST: LinkId = 1;
+
+    fn machine_with_session(protocol: u16) -> (Machine, Instant) {
+        let now = Instant::now();
+        let mut m = Machine::new(Settings::new("appmon-guest test", [9; 16]));
+        m.handle(
+            Event::LinkUp {
+                link: HOST,
+                kind: LinkKind::Stream,
+                transport: "unix".into(),
+            },
+            now,
+        );
+        let mut hello = Hello::new("appmon-host test", [1; 16], Capabilities::HEARTBEAT);
+        hello.protocol = protocol;
+        hello.min_protocol = 1;
+        m.handle(
+            Event::Frame {
+                link: HOST,
+                frame: Frame::event(HostMsg::Hello(hello)),
+            },
+            now,
+        );
+        assert!(m.has_session());
+        (m, now)
+    }
+
+    fn app(m: &mut Machine, request: ApiRequest, now: Instant) -> (Vec<Action>, ApiResponse) {
+        let out = m.handle(Event::App { ticket: 7, request }, now);
+        let answer = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Answer { response, .. } => Some(response.clone()),
+                _ => None,
+            })
+            .expect("answered");
+        (out, answer)
+    }
+
+    fn frames(out: &[Action]) -> Vec<GuestMsg> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send { frame, .. } => Some(frame.msg.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn withheld_heartbeats_are_refused_and_not_forwarded_until_released() {
+        let (mut m, now) = machine_with_session(2);
+        m.handle(
+            Event::App {
+                ticket: 1,
+                request: ApiRequest::Enable,
+            },
+            now,
+        );
+        m.handle(Event::WithholdHeartbeats(Some("db".into())), now);
+
+        let (out, answer) = app(&mut m, ApiRequest::MarkActive, now);
+
+        assert!(frames(&out).is_empty(), "{out:?}");
+        assert!(
+            matches!(&answer, ApiResponse::Refused { message } if message.contains("monitor db gave up")),
+            "{answer:?}"
+        );
+        assert_eq!(m.app().heartbeats, 0);
+        assert_eq!(m.app().last_heartbeat, None);
+        assert_eq!(m.status(now).heartbeats_withheld_by.as_deref(), Some("db"));
+
+        m.handle(Event::WithholdHeartbeats(None), now);
+        let (out, _) = app(&mut m, ApiRequest::MarkActive, now);
+        assert_eq!(frames(&out), vec![GuestMsg::MarkActive]);
+    }
+
+    #[test]
+    fn gray_reenable_vouches_for_no_heartbeat_while_they_are_withheld() {
+        let (mut m, now) = machine_with_session(2);
+        m.handle(
+            Event::App {
+                ticket: 1,
+                request: ApiRequest::Enable,
+            },
+            now,
+        );
+        app(&mut m, ApiRequest::MarkActive, now);
+        m.handle(Event::WithholdHeartbeats(Some("db".into())), now);
+
+        let out = m.handle(
+            Event::Frame {
+                link: HOST,
+                frame: Frame::event(HostMsg::AppStatus(AppStatus::Gray)),
+            },
+            now,
+        );
+
+        assert_eq!(frames(&out), vec![GuestMsg::Enable]);
+    }
+
+    #[test]
+    fn monitor_messages_are_not_sent_to_a_protocol_1_host() {
+        let event = GuestMsg::Monitor(MonitorEvent {
+            monitor: "db".into(),
+            kind: MonitorEventKind::Recovered,
+        });
+        let (mut old, now) = machine_with_session(1);
+        let (mut new, _) = machine_with_session(2);
+
+        let to_old = old.handle(Event::Outbound(event.clone()), now);
+        let to_new = new.handle(Event::Outbound(event.clone()), now);
+
+        assert!(to_old.is_empty(), "{to_old:?}");
+        assert_eq!(frames(&to_new), vec![event]);
+    }
+
+    #[test]
+    fn without_monitors_the_list_is_empty() {
+        let (mut m, now) = machine_with_session(2);
+        let (_, answer) = app(&mut m, ApiRequest::Monitors, now);
+        assert_eq!(answer, ApiResponse::Monitors { monitors: vec![] });
+    }
+}

@@ -730,3 +730,655 @@ fn report(spec: &MonitorSpec, kind: MonitorEventKind) -> Action {
         kind,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn spec(name: &str, app: &str, kind: MonitorKind, mode: MonitorMode) -> MonitorSpec {
+        MonitorSpec {
+            name: name.into(),
+            application: app.into(),
+            kind,
+            mode,
+            stabilization: 10 * S,
+            interval: 5 * S,
+            check_timeout: 3 * S,
+            restart_count: 2,
+            restart_interval: 100 * S,
+            failure_action: FailureAction::NeedReset,
+            starts: true,
+            cleans_up: false,
+            command_timeout: 20 * S,
+        }
+    }
+
+    fn process(name: &str, mode: MonitorMode) -> MonitorSpec {
+        spec(name, "app", MonitorKind::Process, mode)
+    }
+
+    /// The machine and a virtual clock.
+    struct Rig {
+        m: Monitors,
+        t0: Instant,
+        now: Instant,
+    }
+
+    impl Rig {
+        fn new(specs: Vec<MonitorSpec>) -> Rig {
+            let now = Instant::now();
+            Rig {
+                m: Monitors::new(specs),
+                t0: now,
+                now,
+            }
+        }
+
+        fn at(&mut self, secs: f64) -> &mut Rig {
+            self.now = self.t0 + Duration::from_secs_f64(secs);
+            self
+        }
+
+        fn feed(&mut self, event: Event) -> Vec<Action> {
+            self.m.handle(event, self.now)
+        }
+
+        fn begin(&mut self) -> Vec<Action> {
+            self.feed(Event::Begin { adopt: false })
+        }
+
+        fn tick(&mut self) -> Vec<Action> {
+            self.feed(Event::Tick)
+        }
+
+        fn answer(&mut self, check: &(MonitorId, CheckId), verdict: Verdict) -> Vec<Action> {
+            self.feed(Event::Checked {
+                monitor: check.0,
+                id: check.1,
+                verdict,
+            })
+        }
+
+        fn ran(&mut self, run: RunId, ok: bool) -> Vec<Action> {
+            self.feed(Event::Ran {
+                run,
+                ok,
+                detail: String::new(),
+            })
+        }
+
+        fn phase(&self, monitor: MonitorId) -> MonitorPhase {
+            self.m.statuses(self.now)[monitor].phase
+        }
+
+        /// Brings the application up with its start command, to the first long-running check.
+        fn started_and_checking(&mut self) -> (MonitorId, CheckId) {
+            let out = self.begin();
+            let startup = checks(&out);
+            let out = if startup.is_empty() {
+                out
+            } else {
+                self.answer(&startup[0], fail("not running"))
+            };
+            let run = runs(&out)[0].0;
+            self.ran(run, true);
+            let out = self.at(10.0).tick();
+            checks(&out)[0]
+        }
+    }
+
+    fn fail(reason: &str) -> Verdict {
+        Verdict::Fail(reason.into())
+    }
+
+    fn checks(out: &[Action]) -> Vec<(MonitorId, CheckId)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Check { monitor, id, .. } => Some((*monitor, *id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn runs(out: &[Action]) -> Vec<(RunId, Op)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Run { run, op, .. } => Some((*run, *op)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(out: &[Action]) -> Vec<MonitorEventKind> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Report(e) => Some(e.kind.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_application_found_running_at_startup_is_not_started_again() {
+        let mut rig = Rig::new(vec![process("p", MonitorMode::Both)]);
+
+        let out = rig.begin();
+        let startup = checks(&out);
+        let out = rig.at(0.2).answer(&startup[0], Verdict::Pass);
+
+        assert!(runs(&out).is_empty(), "{out:?}");
+        assert_eq!(events(&out), vec![MonitorEventKind::StartupOk]);
+        assert_eq!(rig.phase(0), MonitorPhase::Stabilizing);
+        // Long-running checks begin one stabilization interval after the agent's start.
+        assert_eq!(rig.m.next_deadline(), Some(rig.t0 + 10 * S));
+        assert!(checks(&rig.at(9.9).tick()).is_empty());
+        assert_eq!(checks(&rig.at(10.0).tick()).len(), 1);
+    }
+
+    #[test]
+    fn the_startup_check_is_bounded_by_the_stabilization_interval() {
+        let mut rig = Rig::new(vec![process("p", MonitorMode::Startup)]);
+
+        let out = rig.begin();
+
+        assert!(matches!(
+            out[0],
+            Action::Check {
+                purpose: Purpose::Startup,
+                timeout,
+                ..
+            } if timeout == 10 * S
+        ));
+    }
+
+    #[test]
+    fn a_failed_startup_check_runs_the_start_command_once() {
+        let mut rig = Rig::new(vec![process("p", MonitorMode::Startup)]);
+        let startup = checks(&rig.begin());
+
+        let out = rig.answer(&startup[0], fail("0 of 1 instances of `p` running"));
+        let run = runs(&out);
+        let done = rig.at(1.0).ran(run[0].0, true);
+
+        assert_eq!(run.len(), 1);
+        assert_eq!(run[0].1, Op::Start);
+        assert_eq!(events(&done), vec![MonitorEventKind::Started { ok: true }]);
+        assert_eq!(rig.phase(0), MonitorPhase::Idle, "startup-only rests");
+        assert_eq!(rig.m.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_startup_check_that_never_answers_counts_as_not_running_at_the_deadline() {
+        let mut rig = Rig::new(vec![process("p", MonitorMode::Both)]);
+        rig.begin();
+
+        let out = rig.at(15.0).tick();
+
+        assert_eq!(runs(&out).len(), 1, "{out:?}");
+        assert!(
+            matches!(&events(&out)[0], MonitorEventKind::StartupFailed { reason } if reason.as_str().contains("stabilization"))
+        );
+    }
+
+    #[test]
+    fn one_startup_monitor_finding_the_application_running_is_enough_not_to_start_it() {
+        let mut rig = Rig::new(vec![
+            process("proc", MonitorMode::Startup),
+            spec("ping", "app", MonitorKind::Custom, MonitorMode::Both),
+        ]);
+        let startup = checks(&rig.begin());
+        assert_eq!(startup.len(), 2);
+
+        let first = rig.answer(&startup[1], fail("no answer"));
+        let second = rig.answer(&startup[0], Verdict::Pass);
+
+        assert!(runs(&first).is_empty() && runs(&second).is_empty());
+    }
+
+    #[test]
+    fn a_long_running_monitor_without_startup_monitors_starts_the_application_at_once() {
+        let mut rig = Rig::new(vec![process("p", MonitorMode::LongRunning)]);
+
+        let out = rig.begin();
+
+        assert_eq!(runs(&out).len(), 1);
+        assert!(checks(&out).is_empty(), "no startup check: {out:?}");
+    }
+
+    #[test]
+    fn long_running_checks_follow_the_monitor_interval() {
+        let mut rig = Rig::new(vec![process("p", MonitorMode::LongRunning)]);
+        let first = rig.started_and_checking();
+
+        rig.at(10.5).answer(&first, Verdict::Pass);
+
+        assert_eq!(rig.phase(0), MonitorPhase::Healthy);
+        assert_eq!(
+            rig.m.next_deadline(),
+            Some(rig.t0 + Duration::from_secs_f64(15.5))
+        );
+        assert_eq!(checks(&rig.at(15.5).tick()).len(), 1);
+    }
+
+    #[test]
+    fn a_process_end_reported_between_checks_restarts_at_once() {
+        let mut rig = Rig::new(vec![process("p", MonitorMode::LongRunning)]);
+        let check = rig.started_and_checking();
+        rig.at(10.1).answer(&check, Verdict::Pass);
+
+        // The watch reports with the passed check's id, long before the next interval.
+        let out = rig.at(11.0).answer(&check, fail("process 42 (p) ended"));
+
+        assert_eq!(runs(&out), vec![(runs(&out)[0].0, Op::Restart)]);
+        assert!(matches!(&events(&out)[0], MonitorEventKind::Failed { .. }));
+    }
+
+    #[test]
+    fn cleanup_runs_before_the_restart() {
+        let mut spec = process("p", MonitorMode::LongRunning);
+        spec.cleans_up = true;
+        let mut rig = Rig::new(vec![spec]);
+        let check = rig.started_and_checking();
+
+        let out = rig.answer(&check, fail("gone"));
+        let cleanup = runs(&out);
+        let out = rig.ran(cleanup[0].0, false);
+
+        assert_eq!(cleanup[0].1, Op::Cleanup);
+        assert_eq!(
+            runs(&out)[0].1,
+            Op::Restart,
+            "a failed cleanup still restarts"
+        );
+    }
+
+    #[test]
+    fn results_of_checks_from_before_a_restart_are_dropped() {
+        let mut rig = Rig::new(vec![process("p", MonitorMode::LongRunning)]);
+        let check = rig.started_and_checking();
+        let out = rig.answer(&check, fail("gone"));
+        let restart = runs(&out)[0].0;
+        rig.ran(restart, true);
+
+        let late = rig.answer(&check, fail("gone again, but this is old news"));
+
+        assert!(late.is_empty(), "{late:?}");
+        assert_eq!(rig.phase(0), MonitorPhase::Stabilizing);
+    }
+
+    #[test]
+    fn after_the_restart_count_the_failure_action_is_taken_once() {
+        let mut rig = Rig::new(vec![process("p", MonitorMode::LongRunning)]);
+        let mut check = rig.started_and_checking();
+        let mut t = 10.0;
+        for attempt in 1..=2 {
+            let out = rig.at(t).answer(&check, fail("gone"));
+            let run = runs(&out)[0].0;
+            let done = rig.ran(run, true);
+            assert_eq!(
+                events(&done),
+                vec![MonitorEventKind::Restarted { attempt, ok: true }]
+            );
+            t += 10.0;
+            check = checks(&rig.at(t).tick())[0];
+        }
+
+        let out = rig.answer(&check, fail("gone"));
+
+        assert!(runs(&out).is_empty());
+        assert_eq!(
+            events(&out)[1],
+            MonitorEventKind::ActionTaken {
+                action: FailureAction::NeedReset
+            }
+        );
+        assert!(out.contains(&Action::NeedReset { monitor: 0 }));
+        assert_eq!(rig.phase(0), MonitorPhase::GaveUp);
+        // Still failing: no second action.
+        let next = checks(&rig.at(t + 5.0).tick())[0];
+        let again = rig.answer(&next, fail("gone"));
+        assert!(events(&again).is_empty() && !again.contains(&Action::NeedReset { monitor: 0 }));
+    }
+
+    #[test]
+    fn restarts_older_than_the_restart_interval_no_longer_count() {
+        let mut s = process("p", MonitorMode::LongRunning);
+        s.restart_count = 1;
+        s.restart_interval = 30 * S;
+        let mut rig = Rig::new(vec![s]);
+        let check = rig.started_and_checking();
+        let out = rig.at(10.0).answer(&check, fail("gone"));
+        rig.ran(runs(&out)[0].0, true);
+        assert_eq!(rig.m.statuses(rig.now)[0].restarts, 1);
+
+        let check = checks(&rig.at(41.0).tick())[0];
+        let out = rig.answer(&check, fail("gone"));
+
+        assert_eq!(
+            runs(&out).len(),
+            1,
+            "the first restart left the window at 40 s"
+        );
+        assert_eq!(rig.m.statuses(rig.now)[0].restarts, 1);
+    }
+
+    #[test]
+    fn stop_heartbeats_withholds_them_until_the_check_passes_again() {
+        let mut s = process("p", MonitorMode::LongRunning);
+        s.restart_count = 0;
+        s.failure_action = FailureAction::StopHeartbeats;
+        let mut rig = Rig::new(vec![s]);
+        let check = rig.started_and_checking();
+
+        let gave_up = rig.answer(&check, fail("gone"));
+        let next = checks(&rig.at(15.0).tick())[0];
+        let passed = rig.answer(&next, Verdict::Pass);
+
+        assert!(gave_up.contains(&Action::Heartbeats {
+            withheld_by: Some("p".into())
+        }));
+        assert!(passed.contains(&Action::Heartbeats { withheld_by: None }));
+        assert_eq!(events(&passed), vec![MonitorEventKind::Recovered]);
+        assert_eq!(rig.phase(0), MonitorPhase::Healthy);
+    }
+
+    #[test]
+    fn a_check_that_does_not_answer_fails_after_its_bound_and_the_grace() {
+        let mut s = spec("c", "app", MonitorKind::Custom, MonitorMode::LongRunning);
+        s.restart_count = 0;
+        s.failure_action = FailureAction::Notify;
+        let mut rig = Rig::new(vec![s]);
+        rig.started_and_checking();
+
+        assert!(events(&rig.at(17.9).tick()).is_empty());
+        let out = rig.at(18.0).tick();
+
+        assert!(
+            matches!(&events(&out)[0], MonitorEventKind::Failed { reason } if reason.as_str().contains("did not answer"))
+        );
+        assert_eq!(rig.phase(0), MonitorPhase::GaveUp);
+    }
+
+    #[test]
+    fn while_one_monitor_restarts_the_application_the_others_wait() {
+        let mut rig = Rig::new(vec![
+            process("proc", MonitorMode::LongRunning),
+            spec("ping", "app", MonitorKind::Custom, MonitorMode::LongRunning),
+        ]);
+        let out = rig.begin();
+        assert_eq!(runs(&out).len(), 1, "one start for the application");
+        rig.ran(runs(&out)[0].0, true);
+        let both = checks(&rig.at(10.0).tick());
+        assert_eq!(both.len(), 2);
+
+        let out = rig.answer(&both[0], fail("gone"));
+        let late = rig.answer(&both[1], fail("db does not answer"));
+        let after = rig.at(30.0).tick();
+
+        assert_eq!(runs(&out).len(), 1);
+        assert!(
+            late.is_empty(),
+            "the other monitor's old check is dropped: {late:?}"
+        );
+        assert!(
+            checks(&after).is_empty(),
+            "nobody checks during the restart: {after:?}"
+        );
+        assert_eq!(rig.phase(1), MonitorPhase::Stabilizing);
+    }
+
+    #[test]
+    fn adopting_runs_no_startup_check_and_no_start() {
+        let mut rig = Rig::new(vec![process("p", MonitorMode::Both)]);
+
+        let out = rig.feed(Event::Begin { adopt: true });
+
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(checks(&rig.at(10.0).tick()).len(), 1);
+    }
+
+    #[test]
+    fn statuses_name_monitor_application_and_counts() {
+        let mut rig = Rig::new(vec![spec(
+            "db-proc",
+            "db",
+            MonitorKind::Process,
+            MonitorMode::Both,
+        )]);
+        rig.begin();
+
+        let s = &rig.m.statuses(rig.now)[0];
+
+        assert_eq!((s.name.as_str(), s.application.as_str()), ("db-proc", "db"));
+        assert_eq!((s.restarts, s.restart_count), (0, 2));
+        assert_eq!(s.phase, MonitorPhase::Stabilizing);
+    }
+
+    // ---- properties ------------------------------------------------------------------------
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Time passes (ms) and the clock ticks.
+        Wait(u64),
+        /// The oldest check still open answers (or the latest, with `newest`).
+        Answer { newest: bool, pass: bool },
+        /// A process monitor's watch reports its processes' end, for the id of a past check.
+        Watch { which: usize },
+        /// The oldest command finishes.
+        Ran { ok: bool },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u64..20_000).prop_map(Step::Wait),
+            (any::<bool>(), any::<bool>()).prop_map(|(newest, pass)| Step::Answer { newest, pass }),
+            (0usize..8).prop_map(|which| Step::Watch { which }),
+            any::<bool>().prop_map(|ok| Step::Ran { ok }),
+        ]
+    }
+
+    fn specs() -> impl Strategy<Value = Vec<MonitorSpec>> {
+        let one = (
+            0usize..2,
+            prop_oneof![
+                Just(MonitorMode::Startup),
+                Just(MonitorMode::LongRunning),
+                Just(MonitorMode::Both)
+            ],
+            any::<bool>(),
+            (0u32..4, 1u64..60, 0u64..20, 1u64..10),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(app, mode, custom, (count, window, stab, interval), starts, cleans)| {
+                    let kind = if custom {
+                        MonitorKind::Custom
+                    } else {
+                        MonitorKind::Process
+                    };
+                    MonitorSpec {
+                        name: String::new(),
+                        application: format!("app{app}"),
+                        kind,
+                        mode,
+                        stabilization: Duration::from_secs(stab),
+                        interval: Duration::from_secs(interval),
+                        check_timeout: 3 * S,
+                        restart_count: count,
+                        restart_interval: Duration::from_secs(window),
+                        failure_action: FailureAction::NeedReset,
+                        starts,
+                        cleans_up: cleans,
+                        command_timeout: 5 * S,
+                    }
+                },
+            );
+        proptest::collection::vec(one, 1..4).prop_map(|mut v| {
+            for (i, s) in v.iter_mut().enumerate() {
+                s.name = format!("m{i}");
+            }
+            v
+        })
+    }
+
+    /// What a run of steps produced: every action with its time, and the checks asked for while
+    /// a command of the same application ran.
+    struct Drive {
+        m: Monitors,
+        log: Vec<(Instant, Action)>,
+        checks_during_commands: Vec<String>,
+    }
+
+    /// Runs `steps` against a machine, answering its checks and commands as they say.
+    fn drive(specs: Vec<MonitorSpec>, steps: &[Step]) -> Drive {
+        let mut now = Instant::now();
+        let mut d = Drive {
+            m: Monitors::new(specs),
+            log: Vec::new(),
+            checks_during_commands: Vec::new(),
+        };
+        let mut open_checks: Vec<(MonitorId, CheckId)> = Vec::new();
+        let mut past_checks: Vec<(MonitorId, CheckId)> = Vec::new();
+        // Commands under way: (run, app, until the machine stops waiting).
+        let mut open_runs: Vec<(RunId, AppId, Instant)> = Vec::new();
+        let mut event = Event::Begin { adopt: false };
+        let mut steps = steps.iter();
+        loop {
+            if let Event::Ran { run, .. } = &event {
+                open_runs.retain(|r| r.0 != *run);
+            }
+            open_runs.retain(|r| now < r.2);
+            for action in d.m.handle(event, now) {
+                match &action {
+                    Action::Check { monitor, id, .. } => {
+                        let app = d.m.mons[*monitor].app;
+                        if open_runs.iter().any(|r| r.1 == app) {
+                            d.checks_during_commands
+                                .push(format!("{action:?} at {now:?}"));
+                        }
+                        open_checks.push((*monitor, *id));
+                        past_checks.push((*monitor, *id));
+                    }
+                    Action::Run {
+                        run, app, timeout, ..
+                    } => {
+                        open_runs.retain(|r| r.1 != *app);
+                        open_runs.push((*run, *app, now + *timeout + ANSWER_GRACE));
+                    }
+                    _ => {}
+                }
+                d.log.push((now, action));
+            }
+            let Some(step) = steps.next() else {
+                return d;
+            };
+            event = match step {
+                Step::Wait(ms) => {
+                    now += Duration::from_millis(*ms);
+                    Event::Tick
+                }
+                Step::Answer { newest, pass } => {
+                    if open_checks.is_empty() {
+                        Event::Tick
+                    } else {
+                        let (monitor, id) = if *newest {
+                            open_checks.pop().expect("one")
+                        } else {
+                            open_checks.remove(0)
+                        };
+                        let verdict = if *pass { Verdict::Pass } else { fail("no") };
+                        Event::Checked {
+                            monitor,
+                            id,
+                            verdict,
+                        }
+                    }
+                }
+                Step::Watch { which } => match past_checks.get(which % past_checks.len().max(1)) {
+                    Some(&(monitor, id)) => Event::Checked {
+                        monitor,
+                        id,
+                        verdict: fail("process ended"),
+                    },
+                    None => Event::Tick,
+                },
+                Step::Ran { ok } => match open_runs.first() {
+                    Some(&(run, _, _)) => Event::Ran {
+                        run,
+                        ok: *ok,
+                        detail: String::new(),
+                    },
+                    None => Event::Tick,
+                },
+            };
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Never two instances started at startup: each application's start command runs at
+        /// most once, and never after one of its startup monitors found it running.
+        #[test]
+        fn an_application_is_started_at_most_once_and_never_when_found_running(
+            specs in specs(),
+            steps in proptest::collection::vec(step(), 0..80),
+        ) {
+            let Drive { m, log, .. } = drive(specs.clone(), &steps);
+            for (app, name) in m.applications().enumerate() {
+                let starts = log.iter().filter(|(_, a)| matches!(a, Action::Run { app: x, op: Op::Start, .. } if *x == app)).count();
+                prop_assert!(starts <= 1, "{name} started {starts} times: {log:?}");
+                let found_running = log.iter().position(|(_, a)| matches!(a, Action::Report(e)
+                    if e.kind == MonitorEventKind::StartupOk
+                    && specs.iter().any(|s| s.name == e.monitor.as_str() && s.application == name)));
+                if let Some(at) = found_running {
+                    prop_assert!(!log.iter().any(|(_, a)| matches!(a, Action::Run { app: x, op: Op::Start, .. } if *x == app)),
+                        "{name} found running at action {at} and started anyway: {log:?}");
+                }
+            }
+        }
+
+        /// No window of a restart interval ever holds more restarts by a monitor than its
+        /// restart count, whatever the checks say and whenever.
+        #[test]
+        fn never_more_restarts_than_the_count_within_the_restart_interval(
+            specs in specs(),
+            steps in proptest::collection::vec(step(), 0..120),
+        ) {
+            let Drive { log, .. } = drive(specs.clone(), &steps);
+            for (id, spec) in specs.iter().enumerate() {
+                let times: Vec<Instant> = log.iter().filter_map(|(t, a)| match a {
+                    Action::Run { monitor, op: Op::Restart, .. } if *monitor == id => Some(*t),
+                    _ => None,
+                }).collect();
+                for (i, t) in times.iter().enumerate() {
+                    let within = times[..=i].iter().filter(|r| t.saturating_duration_since(**r) < spec.restart_interval).count();
+                    prop_assert!(within <= spec.restart_count as usize,
+                        "{}: {within} restarts within {:?} (count {}): {times:?}", spec.name, spec.restart_interval, spec.restart_count);
+                }
+            }
+        }
+
+        /// While an application's command runs, none of its monitors checks; the heartbeat
+        /// rule is only ever sent when it changes.
+        #[test]
+        fn no_check_while_a_command_of_the_application_runs(
+            specs in specs(),
+            steps in proptest::collection::vec(step(), 0..80),
+        ) {
+            let Drive { log, checks_during_commands, .. } = drive(specs, &steps);
+            prop_assert!(checks_during_commands.is_empty(), "{checks_during_commands:?}");
+            let mut withheld = None;
+            for (_, a) in &log {
+                if let Action::Heartbeats { withheld_by } = a {
+                    prop_assert_ne!(&withheld, withheld_by, "a repeated heartbeat action");
+                    withheld = withheld_by.clone();
+                }
+            }
+        }
+    }
+}
