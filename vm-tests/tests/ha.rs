@@ -1017,9 +1017,9 @@ fn monitor_vm_config() -> VmConfig {
         .guest_script("/etc/appmon/init.d/monitor-scenario", MONITOR_SCENARIO)
 }
 
-/// The `appmon monitors --json` the scenario printed last before `mark`'s end, by monitor.
+/// The `appmon monitors --json` the scenario printed first after `mark`.
 fn printed_monitors(vm: &TestVm, mark: ConsoleMark) -> Vec<appmon_wire::MonitorStatus> {
-    let line = vm.wait_for_console_line(mark, "MONTEST monitors ", Duration::ZERO);
+    let line = vm.wait_for_console_line(mark, "MONTEST monitors ", NOTICE_TIMEOUT);
     let json = line
         .split_once("MONTEST monitors ")
         .map(|(_, j)| j)
