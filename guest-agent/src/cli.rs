@@ -320,6 +320,47 @@ mod tests {
     }
 
     #[test]
+    fn monitors_are_listed_one_line_each_with_phase_restarts_and_last_failure() {
+        use appmon_wire::{FailureAction, MonitorKind, MonitorMode, MonitorPhase, MonitorStatus};
+        let monitors = [MonitorStatus {
+            name: "db-proc".into(),
+            application: "db".into(),
+            kind: MonitorKind::Process,
+            mode: MonitorMode::Both,
+            phase: MonitorPhase::GaveUp,
+            restarts: 2,
+            restart_count: 2,
+            failure_action: FailureAction::NeedReset,
+            last_failure: Some("0 of 1 instance of `postgres` running\n\u{1b}[2J".into()),
+        }];
+
+        let text = render_monitors(&monitors);
+
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let words: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            &words[..8],
+            [
+                "db-proc",
+                "db",
+                "process",
+                "both",
+                "gave",
+                "up",
+                "2/2",
+                "need-reset"
+            ]
+        );
+        assert!(
+            lines[1].ends_with(r"running\n\u{1b}[2J"),
+            "the guest's words are escaped: {}",
+            lines[1]
+        );
+        assert_eq!(render_monitors(&[]), "no application monitors configured\n");
+    }
+
+    #[test]
     fn help_documents_the_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("Exit codes:"), "{help}");
