@@ -1040,10 +1040,12 @@ fn first_boot(text: &str) -> &str {
 fn application_monitors_restart_then_need_reset_and_the_host_resets() {
     // vSphere's defaults: only the monitor's needReset can reset this guest within two minutes
     // (the agent restart of step 2 silences the demo application's heartbeats for a moment).
-    let policy = MonitorPolicy::default()
-        .failure_interval(Duration::from_secs(30))
-        .min_uptime(Duration::from_secs(120));
-    let agent_config = HostAgentConfig::default();
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(30),
+        min_uptime: Duration::from_secs(120),
+        ..test_policy()
+    };
+    let agent_config = test_host_config();
     let (vm, agent) = boot_monitored(monitor_vm_config(), &policy, agent_config.clone());
     let boots = vm.boot_ids();
     let boot = ConsoleMark::default();
@@ -1169,7 +1171,9 @@ fn application_monitors_restart_then_need_reset_and_the_host_resets() {
 
     let s = green_again_after_reset(&agent, &agent_config, &vm, mark, &boots);
     assert!(
-        s.find("reset done (the application asked for a reset (needReset))")
+        s.find(|h| h
+            .reset_done()
+            .is_some_and(|(_, c)| c == ResetCause::NeedReset))
             .is_some(),
         "{}",
         s.history_text()

@@ -684,7 +684,7 @@ restart_count = 0
 
         assert!(
             err.to_string()
-                .contains(":5:9: key `owner`: monitor `p`: no user `no-such-user-here`"),
+                .contains(":5:9: key `owner`: monitor `p`: owner: user \"no-such-user-here\" does not exist in /etc/passwd"),
             "{err}"
         );
     }
