@@ -6,7 +6,8 @@
 //!
 //! Requests: `{"op":"enable"}`, `{"op":"disable"}`, `{"op":"markActive"}`,
 //! `{"op":"isEnabled"}`, `{"op":"getAppStatus"}`,
-//! `{"op":"postAppState","state":"appStateNeedReset"}` (or `appStateOk`), `{"op":"status"}`.
+//! `{"op":"postAppState","state":"appStateNeedReset"}` (or `appStateOk`), `{"op":"status"}`,
+//! `{"op":"monitors"}`.
 //!
 //! Responses carry a `reply` field naming their shape; see [`ApiResponse`].
 
@@ -33,6 +34,8 @@ pub enum ApiRequest {
     PostAppState { state: PostedState },
     /// The agent's own state, for operators (`appmon status`).
     Status,
+    /// Every application monitor's state (`appmon monitors`).
+    Monitors,
 }
 
 impl ApiRequest {
@@ -46,6 +49,7 @@ impl ApiRequest {
             ApiRequest::GetAppStatus => "getAppStatus",
             ApiRequest::PostAppState { .. } => "postAppState",
             ApiRequest::Status => "status",
+            ApiRequest::Monitors => "monitors",
         }
     }
 }
@@ -119,6 +123,10 @@ pub enum ApiResponse {
     AppStatus { status: Color },
     /// status.
     Status(Box<AgentStatus>),
+    /// monitors: each monitor's state, as the host gets it (appmon-wire's `MonitorStatus`).
+    Monitors {
+        monitors: Vec<appmon_wire::MonitorStatus>,
+    },
     /// The agent refused the request (markActive before enable, a malformed request).
     Refused { message: String },
     /// The host answered the request with an error.
@@ -161,6 +169,10 @@ pub struct AgentStatus {
     pub reenables: u64,
     /// Milliseconds since the last such re-enable.
     pub last_reenable_age_ms: Option<u64>,
+    /// The application monitors that withhold the application's heartbeats (failure action
+    /// stop-heartbeats), comma-separated; absent when none do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeats_withheld_by: Option<String>,
 }
 
 /// The host session, for operators.
@@ -190,6 +202,7 @@ mod tests {
             (r#"{"op":"markActive"}"#, ApiRequest::MarkActive),
             (r#"{"op":"isEnabled"}"#, ApiRequest::IsEnabled),
             (r#"{"op":"getAppStatus"}"#, ApiRequest::GetAppStatus),
+            (r#"{"op":"monitors"}"#, ApiRequest::Monitors),
             (
                 r#"{"op":"postAppState","state":"appStateNeedReset"}"#,
                 ApiRequest::PostAppState {

@@ -86,6 +86,13 @@ pub enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// List the application monitors: phase, restarts, failure action, last failure.
+    #[command(name = "monitors")]
+    Monitors {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `postAppState`'s argument.
@@ -170,6 +177,15 @@ fn execute(
                 let _ = write!(out, "{}", render_status(&status));
             }
         }
+        Verb::Monitors { json } => {
+            let monitors = client.monitors()?;
+            if *json {
+                let text = serde_json::to_string_pretty(&monitors).unwrap_or_default();
+                let _ = writeln!(out, "{text}");
+            } else {
+                let _ = write!(out, "{}", render_monitors(&monitors));
+            }
+        }
     }
     Ok(exit::OK)
 }
@@ -207,6 +223,55 @@ pub fn render_status(s: &AgentStatus) -> String {
     line("host sessions", s.sessions.to_string());
     line("re-enables", s.reenables.to_string());
     line("last re-enable", age(s.last_reenable_age_ms));
+    if let Some(by) = &s.heartbeats_withheld_by {
+        line("heartbeats", format!("withheld by monitor {by}"));
+    }
+    text
+}
+
+/// `appmon monitors` for people: one line per monitor.
+pub fn render_monitors(monitors: &[appmon_wire::MonitorStatus]) -> String {
+    use appmon_wire::{FailureAction, MonitorKind, MonitorMode, MonitorPhase};
+    if monitors.is_empty() {
+        return "no application monitors configured\n".to_owned();
+    }
+    let mut text = format!(
+        "{:<20} {:<16} {:<8} {:<13} {:<12} {:<9} {:<16} {}\n",
+        "MONITOR", "APPLICATION", "KIND", "MODE", "PHASE", "RESTARTS", "ON FAILURE", "LAST FAILURE"
+    );
+    for m in monitors {
+        let kind = match m.kind {
+            MonitorKind::Process => "process",
+            MonitorKind::Custom => "custom",
+        };
+        let mode = match m.mode {
+            MonitorMode::Startup => "startup",
+            MonitorMode::LongRunning => "long-running",
+            MonitorMode::Both => "both",
+        };
+        let phase = match m.phase {
+            MonitorPhase::Stabilizing => "stabilizing",
+            MonitorPhase::Healthy => "healthy",
+            MonitorPhase::Failed => "failed",
+            MonitorPhase::GaveUp => "gave up",
+            MonitorPhase::Idle => "idle",
+        };
+        let action = match m.failure_action {
+            FailureAction::Notify => "notify",
+            FailureAction::StopHeartbeats => "stop-heartbeats",
+            FailureAction::NeedReset => "need-reset",
+        };
+        let restarts = format!("{}/{}", m.restarts, m.restart_count);
+        let last = m
+            .last_failure
+            .as_ref()
+            .map_or("-".to_owned(), |t| t.to_string());
+        text.push_str(&format!(
+            "{:<20} {:<16} {kind:<8} {mode:<13} {phase:<12} {restarts:<9} {action:<16} {last}\n",
+            m.name.to_string(),
+            m.application.to_string(),
+        ));
+    }
     text
 }
 
@@ -233,6 +298,7 @@ mod tests {
             "isEnabled",
             "getAppStatus",
             "status",
+            "monitors",
         ] {
             parse(&[verb]).unwrap_or_else(|e| panic!("{verb}: {e}"));
         }
@@ -264,6 +330,47 @@ mod tests {
             let e = parse(args).expect_err("usage error");
             assert_eq!(e.exit_code(), i32::from(exit::USAGE), "{args:?}");
         }
+    }
+
+    #[test]
+    fn monitors_are_listed_one_line_each_with_phase_restarts_and_last_failure() {
+        use appmon_wire::{FailureAction, MonitorKind, MonitorMode, MonitorPhase, MonitorStatus};
+        let monitors = [MonitorStatus {
+            name: "db-proc".into(),
+            application: "db".into(),
+            kind: MonitorKind::Process,
+            mode: MonitorMode::Both,
+            phase: MonitorPhase::GaveUp,
+            restarts: 2,
+            restart_count: 2,
+            failure_action: FailureAction::NeedReset,
+            last_failure: Some("0 of 1 instance of `postgres` running\n\u{1b}[2J".into()),
+        }];
+
+        let text = render_monitors(&monitors);
+
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let words: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            &words[..8],
+            [
+                "db-proc",
+                "db",
+                "process",
+                "both",
+                "gave",
+                "up",
+                "2/2",
+                "need-reset"
+            ]
+        );
+        assert!(
+            lines[1].ends_with(r"running\n\u{1b}[2J"),
+            "the guest's words are escaped: {}",
+            lines[1]
+        );
+        assert_eq!(render_monitors(&[]), "no application monitors configured\n");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use appmon_wire::{AppState, AppStatus};
+pub use appmon_wire::{AppState, AppStatus, MonitorStatus};
 
 pub use crate::api::{AgentStatus, Delivery};
 use crate::api::{ApiRequest, ApiResponse, PostedState};
@@ -189,6 +189,14 @@ impl Client {
         match self.call(ApiRequest::Status)? {
             ApiResponse::Status(status) => Ok(*status),
             other => Err(unexpected("status", other)),
+        }
+    }
+
+    /// Every application monitor's state (`appmon monitors`); empty when none are configured.
+    pub fn monitors(&mut self) -> Result<Vec<MonitorStatus>, ClientError> {
+        match self.call(ApiRequest::Monitors)? {
+            ApiResponse::Monitors { monitors } => Ok(monitors),
+            other => Err(unexpected("monitors", other)),
         }
     }
 

@@ -25,15 +25,19 @@
 //! enabled = true
 //! pace_ms = 5000                                # the standard counters' pace
 //! ccad_conf = "/etc/ccad.conf"                  # custom counters
+//! [[monitor]]                                   # application monitors: crate::monitors::config
+//! name = "web"
+//! kind = "process"
+//! process = "httpd"
 //! ```
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use appmon_wire::report::{locate, TextPosition};
 use serde::{Deserialize, Deserializer};
 
+use crate::monitors::config::MonitorConfig;
 use crate::processes::allowlist::ProcessesConfig;
 
 /// Where the daemon reads its configuration unless `--config` says otherwise.
@@ -43,35 +47,8 @@ pub const DEFAULT_API_SOCKET: &str = "/run/appmon/appmon.sock";
 /// Where `virtio_serial = "<name>"` ports live (udev's names for virtio-serial ports).
 pub const VIRTIO_PORTS_DIR: &str = "/dev/virtio-ports";
 
-/// A configuration file that could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read configuration file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {}{message}", key_prefix(key))]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        key: Option<String>,
-        message: String,
-    },
-    #[error(
-        "{path}: no host transport is on: set vsock = true, virtio_serial or host_unix_socket"
-    )]
-    NoHostTransport { path: PathBuf },
-}
-
-fn key_prefix(key: &Option<String>) -> String {
-    match key {
-        Some(key) => format!("key `{key}`: "),
-        None => String::new(),
-    }
-}
+pub use crate::config_base::ConfigError;
+use crate::config_base::{parse_error, seconds};
 
 /// The guest agent's configuration, as read from TOML.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -105,6 +82,9 @@ pub struct Config {
     pub processes: ProcessesConfig,
     /// The `[counters]` table: standard and custom counters.
     pub counters: crate::counters::CountersConfig,
+    /// Application monitors, the `[[monitor]]` tables ([`crate::monitors::config`]).
+    #[serde(rename = "monitor")]
+    pub monitors: Vec<MonitorConfig>,
 }
 
 impl Default for Config {
@@ -121,6 +101,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             processes: ProcessesConfig::default(),
             counters: crate::counters::CountersConfig::default(),
+            monitors: Vec::new(),
         }
     }
 }
@@ -150,13 +131,16 @@ impl LogLevel {
 }
 
 impl Config {
-    /// Reads and checks the file at `path`.
+    /// Reads and checks the file at `path`, and what it names: the monitors' commands must
+    /// exist and their owners be known.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        crate::monitors::config::resolve(&mut config.monitors, &text, path)?;
+        Ok(config)
     }
 
     /// Reads the file at `path` if it exists; a missing file is the default configuration.
@@ -171,15 +155,10 @@ impl Config {
     /// Parses `text`; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let TextPosition { line, column, key } = locate(text, e.span().map_or(0, |s| s.start));
-            ConfigError::Parse {
-                path: path.to_owned(),
-                line,
-                column,
-                key,
-                message: e.message().trim_end().to_owned(),
-            }
+            let offset = e.span().map_or(0, |s| s.start);
+            parse_error(text, path, offset, e.message().trim_end().to_owned())
         })?;
+        crate::monitors::config::validate(&config.monitors, text, path)?;
         if !config.vsock && config.virtio_serial.is_none() && config.host_unix_socket.is_none() {
             return Err(ConfigError::NoHostTransport {
                 path: path.to_owned(),
@@ -219,16 +198,6 @@ fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         Ok(m) if m <= 0o777 => Ok(m),
         _ => Err(serde::de::Error::custom(format_args!(
             "{mode} is not a permission mode; write it in octal, like 0o660"
-        ))),
-    }
-}
-
-fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let secs = i64::deserialize(d)?;
-    match u64::try_from(secs) {
-        Ok(s) if s <= 24 * 3600 => Ok(Duration::from_secs(s)),
-        _ => Err(serde::de::Error::custom(format_args!(
-            "{secs} is not a number of seconds between 0 and 86400"
         ))),
     }
 }
@@ -330,6 +299,7 @@ ccad_conf = "/etc/appmon/ccad.conf"
                     pace_ms: 1000,
                     ccad_conf: PathBuf::from("/etc/appmon/ccad.conf"),
                 },
+                monitors: Vec::new(),
             }
         );
     }

@@ -23,6 +23,7 @@ use crate::inbox::{Input, LinkCmd, Transport};
 use crate::local::{self, LocalError};
 use crate::logging::LogHandle;
 use crate::machine::{Action, Event, LinkId, Machine, Settings, Ticket};
+use crate::monitors;
 use crate::processes::ProcessManager;
 use crate::transport::{self, TransportError};
 
@@ -125,6 +126,8 @@ pub struct Daemon {
     log: Option<LogHandle>,
     /// The counters subsystem, when `[counters] enabled`.
     counters: Option<crate::counters::Counters>,
+    /// The application monitors' task, when any are configured.
+    monitors: Option<monitors::Handle>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -154,6 +157,9 @@ impl Daemon {
         if config.counters.enabled {
             settings.capabilities = settings.capabilities | Capabilities::COUNTERS;
         }
+        if !config.monitors.is_empty() {
+            settings.capabilities = settings.capabilities | Capabilities::MONITORS;
+        }
         let (inputs, rx) = mpsc::channel(INPUT_QUEUE);
         let mut daemon = Daemon {
             config: config.clone(),
@@ -169,6 +175,7 @@ impl Daemon {
             api: None,
             log,
             counters: None,
+            monitors: None,
         };
         // The API socket last: once applications can connect, the agent is fully up.
         let started = daemon
@@ -183,6 +190,7 @@ impl Daemon {
                 crate::counters::Counters::start(config.counters.clone(), inputs.clone());
             daemon.counters = Some(counters);
         }
+        daemon.start_monitors(&config, false);
         info!(
             agent = %crate::agent_name(),
             boot_id = %appmon_wire::format_boot_id(&boot_id),
@@ -259,6 +267,14 @@ impl Daemon {
                     }
                     self.feed(event);
                 }
+                Some(Input::App {
+                    request: crate::api::ApiRequest::Monitors,
+                    reply,
+                }) if self.monitors.is_some() => {
+                    if let Some(monitors) = &self.monitors {
+                        monitors.list(reply);
+                    }
+                }
                 Some(Input::App { request, reply }) => {
                     let ticket = self.next_ticket;
                     self.next_ticket += 1;
@@ -303,6 +319,9 @@ impl Daemon {
                 debug!(session, "host session established");
                 if let Some(counters) = &self.counters {
                     counters.session_established(version, capabilities);
+                }
+                if let Some(monitors) = &self.monitors {
+                    monitors.session_established();
                 }
             }
         }
@@ -370,7 +389,19 @@ impl Daemon {
         if !old.same_host_transports(&new) {
             self.restart_host_transports(&old, &new);
         }
+        if old.monitors != new.monitors {
+            match &self.monitors {
+                Some(monitors) if !new.monitors.is_empty() => monitors.reload(new.monitors.clone()),
+                _ => self.start_monitors(&new, true),
+            }
+        }
         self.config = new;
+    }
+
+    /// Starts (or, without any configured, stops) the application monitors' task.
+    fn start_monitors(&mut self, config: &Config, adopt: bool) {
+        self.monitors = (!config.monitors.is_empty())
+            .then(|| monitors::spawn(config.monitors.clone(), self.inputs.clone(), adopt));
     }
 
     /// Restarts the host transports whose settings changed; the others, and a session on
@@ -499,6 +530,8 @@ impl Daemon {
     async fn shut_down(&mut self) {
         info!("stopping");
         self.counters = None;
+        // Checks and commands under way are killed; the applications run on.
+        self.monitors = None;
         self.stop_listeners();
         let mut open: Vec<LinkId> = Vec::new();
         for (link, entry) in self.links.drain() {

@@ -27,6 +27,11 @@
 //! - [`client`]: a blocking client for applications.
 //! - [`cli`]: the `appmon` command, and its exit codes.
 //! - [`config`]: the configuration file, `/etc/appmon/guest.toml`.
+//! - [`config_base`]: what every table of that file shares (its error, the seconds rule).
+//! - [`monitors`]: application monitors (PowerHA's process and custom monitors): their own
+//!   pure machine and the task that runs it; they reach the host through the daemon.
+//! - [`exec`]: runs a command once with bounded time and output (the monitors' checks and
+//!   commands).
 //! - [`logging`]: tracing to stderr.
 //! - [`users`]: user names resolved from `/etc/passwd` and `/etc/group`.
 //! - `testing` (cargo feature `testing`): the daemon on a thread of its own, for tests here and
@@ -37,17 +42,18 @@
 //! Every use points one way; `tests/modules.rs` reads the `crate::` paths of each module and
 //! checks them against this list, which has no cycle:
 //!
-//! - `api`, `users`: nothing of this crate
+//! - `api`, `users`, `exec`, `config_base`: nothing of this crate
 //! - `machine` → `api`
 //! - `inbox` → `api`, `machine`
 //! - `transport` → `inbox`, `machine`
 //! - `counters` → `inbox`, `machine`
 //! - `processes` → `machine`, `users`
-//! - `config` → `counters`, `processes`
+//! - `monitors` → `api`, `config_base`, `exec`, `inbox`, `machine`, `users`
+//! - `config` → `config_base`, `counters`, `monitors`, `processes`
 //! - `logging` → `config`
 //! - `local` → `api`, `inbox`, `transport`
-//! - `daemon` → `api`, `config`, `counters`, `inbox`, `local`, `logging`, `machine`, `processes`,
-//!   `transport`
+//! - `daemon` → `api`, `config`, `counters`, `inbox`, `local`, `logging`, `machine`, `monitors`,
+//!   `processes`, `transport`
 //! - `testing` → `config`, `daemon`
 //! - `client` → `api`, `config`
 //! - `cli` → `api`, `client`, `config`
@@ -56,12 +62,15 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod config_base;
 pub mod counters;
 pub mod daemon;
+pub mod exec;
 pub mod inbox;
 pub mod local;
 pub mod logging;
 pub mod machine;
+pub mod monitors;
 pub mod processes;
 #[cfg(feature = "testing")]
 pub mod testing;

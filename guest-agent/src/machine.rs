@@ -34,7 +34,18 @@
 //! - [`Action::SessionEstablished`] follows the State of every new session, the moment for each
 //!   subsystem to re-send its state (counter schema, monitor states);
 //! - the process table, which travels inside the State, is kept here as the process manager last
-//!   reported it ([`Event::ProcessTable`]).
+//!   reported it ([`Event::ProcessTable`]);
+//! - a message a subsystem sends that the session's negotiated protocol does not have
+//!   ([`GuestMsg::since_protocol`]) is dropped, not sent to a peer that cannot read it.
+//!
+//! # Heartbeats withheld
+//!
+//! One rule lets an application monitor stop the heartbeats (its failure action
+//! `stop-heartbeats`, [`Event::WithholdHeartbeats`]): while it holds, the application's
+//! markActive is refused and changes nothing (not forwarded, not counted, not the last
+//! heartbeat), and after Gray the agent's re-enable vouches for no heartbeat; the host, hearing
+//! none, resets the VM after its failure interval. The monitor lets go when its check passes
+//! again.
 
 use std::time::{Duration, Instant};
 
@@ -116,6 +127,9 @@ pub enum Event {
     },
     /// The launched processes, as the next State reports them.
     ProcessTable(Vec<ProcessStatus>),
+    /// Application monitors withhold the application's heartbeats (`Some`: which ones, for
+    /// messages), or no longer do (`None`). See "Heartbeats withheld".
+    WithholdHeartbeats(Option<String>),
     /// Time passed: check deadlines.
     Tick,
 }
@@ -278,6 +292,8 @@ pub struct Machine {
     reenables: u64,
     last_reenable: Option<Instant>,
     processes: Vec<ProcessStatus>,
+    /// The monitors that withhold heartbeats, if any.
+    withheld_by: Option<String>,
 }
 
 impl Machine {
@@ -292,6 +308,7 @@ impl Machine {
             reenables: 0,
             last_reenable: None,
             processes: Vec::new(),
+            withheld_by: None,
         }
     }
 
@@ -348,8 +365,16 @@ impl Machine {
             Event::Frame { link, frame } => self.on_frame(link, frame, now, &mut out),
             Event::BadFrame { link, error } => self.on_bad_frame(link, error, &mut out),
             Event::App { ticket, request } => self.on_app(ticket, request, now, &mut out),
-            Event::Outbound(msg) => match self.established_link() {
-                Some(link) => out.push(send(link, Frame::event(msg))),
+            Event::Outbound(msg) => match self.established() {
+                Some((link, version)) if version >= msg.since_protocol() => {
+                    out.push(send(link, Frame::event(msg)))
+                }
+                Some((_, version)) => {
+                    debug!(
+                        kind = msg.kind_name(),
+                        version, "not in this session's protocol: not sent"
+                    )
+                }
                 None => debug!(kind = msg.kind_name(), "no host session: not sent"),
             },
             Event::ReplyToHost { session, id, msg } => {
@@ -359,6 +384,15 @@ impl Machine {
                 }
             }
             Event::ProcessTable(processes) => self.processes = processes,
+            Event::WithholdHeartbeats(by) => {
+                match &by {
+                    Some(by) => {
+                        warn!(monitors = %by, "application monitors withhold the heartbeats: the host will reset this VM after its failure interval")
+                    }
+                    None => info!("heartbeats are no longer withheld"),
+                }
+                self.withheld_by = by;
+            }
             Event::Tick => self.on_tick(now, &mut out),
         }
         out
@@ -404,6 +438,7 @@ impl Machine {
             sessions: self.sessions,
             reenables: self.reenables,
             last_reenable_age_ms: self.last_reenable.map(|t| age_ms(now, t)),
+            heartbeats_withheld_by: self.withheld_by.clone(),
         }
     }
 
@@ -780,10 +815,11 @@ impl Machine {
         // the application, but only vouches for a heartbeat the application really sent lately.
         self.request(link, GuestMsg::Enable, Waiter::Reenable, now, out);
         let window = self.settings.reenable_heartbeat_window;
-        let fresh = self
-            .app
-            .last_heartbeat
-            .is_some_and(|t| now.saturating_duration_since(t) < window);
+        let fresh = self.withheld_by.is_none()
+            && self
+                .app
+                .last_heartbeat
+                .is_some_and(|t| now.saturating_duration_since(t) < window);
         if fresh {
             out.push(send(link, Frame::event(GuestMsg::MarkActive)));
         }
@@ -881,6 +917,15 @@ impl Machine {
                     });
                     return;
                 }
+                if let Some(by) = &self.withheld_by {
+                    out.push(Action::Answer {
+                        ticket,
+                        response: ApiResponse::Refused {
+                            message: format!("heartbeats are withheld: application monitor {by} gave up (failure action stop-heartbeats)"),
+                        },
+                    });
+                    return;
+                }
                 self.app.last_heartbeat = Some(now);
                 self.app.heartbeats += 1;
                 let host = match self.established_link() {
@@ -933,6 +978,13 @@ impl Machine {
                 ticket,
                 response: ApiResponse::Status(Box::new(self.status(now))),
             }),
+            // The daemon answers from its monitors where it runs some; without, there are none.
+            ApiRequest::Monitors => out.push(Action::Answer {
+                ticket,
+                response: ApiResponse::Monitors {
+                    monitors: Vec::new(),
+                },
+            }),
         }
     }
 
@@ -975,6 +1027,15 @@ impl Machine {
             });
         }
         out.push(send(link, Frame::request(id, msg)));
+    }
+
+    /// The established session's link and negotiated protocol version.
+    fn established(&self) -> Option<(LinkId, u16)> {
+        let session = self.session.as_ref()?;
+        match &session.phase {
+            Phase::Established { agreement, .. } => Some((session.link, agreement.version)),
+            Phase::AwaitingHello { .. } => None,
+        }
     }
 
     fn established_link(&self) -> Option<LinkId> {
@@ -1920,5 +1981,136 @@ mod tests {
         let out = rig.session(HOST);
 
         assert_eq!(state_of(&sent(&out, HOST)).processes, vec![job]);
+    }
+}
+
+#[cfg(test)]
+mod monitor_tests {
+    //! The session machine's part in the application monitors: the heartbeat rule and the
+    //! protocol gate for what subsystems send.
+    use super::*;
+    use appmon_wire::{MonitorEvent, MonitorEventKind};
+
+    const HOST: LinkId = 1;
+
+    fn machine_with_session(protocol: u16) -> (Machine, Instant) {
+        let now = Instant::now();
+        let mut m = Machine::new(Settings::new("appmon-guest test", [9; 16]));
+        m.handle(
+            Event::LinkUp {
+                link: HOST,
+                kind: LinkKind::Stream,
+                transport: "unix".into(),
+            },
+            now,
+        );
+        let mut hello = Hello::new("appmon-host test", [1; 16], Capabilities::HEARTBEAT);
+        hello.protocol = protocol;
+        hello.min_protocol = 1;
+        m.handle(
+            Event::Frame {
+                link: HOST,
+                frame: Frame::event(HostMsg::Hello(hello)),
+            },
+            now,
+        );
+        assert!(m.has_session());
+        (m, now)
+    }
+
+    fn app(m: &mut Machine, request: ApiRequest, now: Instant) -> (Vec<Action>, ApiResponse) {
+        let out = m.handle(Event::App { ticket: 7, request }, now);
+        let answer = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Answer { response, .. } => Some(response.clone()),
+                _ => None,
+            })
+            .expect("answered");
+        (out, answer)
+    }
+
+    fn frames(out: &[Action]) -> Vec<GuestMsg> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send { frame, .. } => Some(frame.msg.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn withheld_heartbeats_are_refused_and_not_forwarded_until_released() {
+        let (mut m, now) = machine_with_session(2);
+        m.handle(
+            Event::App {
+                ticket: 1,
+                request: ApiRequest::Enable,
+            },
+            now,
+        );
+        m.handle(Event::WithholdHeartbeats(Some("db".into())), now);
+
+        let (out, answer) = app(&mut m, ApiRequest::MarkActive, now);
+
+        assert!(frames(&out).is_empty(), "{out:?}");
+        assert!(
+            matches!(&answer, ApiResponse::Refused { message } if message.contains("monitor db gave up")),
+            "{answer:?}"
+        );
+        assert_eq!(m.app().heartbeats, 0);
+        assert_eq!(m.app().last_heartbeat, None);
+        assert_eq!(m.status(now).heartbeats_withheld_by.as_deref(), Some("db"));
+
+        m.handle(Event::WithholdHeartbeats(None), now);
+        let (out, _) = app(&mut m, ApiRequest::MarkActive, now);
+        assert_eq!(frames(&out), vec![GuestMsg::MarkActive]);
+    }
+
+    #[test]
+    fn gray_reenable_vouches_for_no_heartbeat_while_they_are_withheld() {
+        let (mut m, now) = machine_with_session(2);
+        m.handle(
+            Event::App {
+                ticket: 1,
+                request: ApiRequest::Enable,
+            },
+            now,
+        );
+        app(&mut m, ApiRequest::MarkActive, now);
+        m.handle(Event::WithholdHeartbeats(Some("db".into())), now);
+
+        let out = m.handle(
+            Event::Frame {
+                link: HOST,
+                frame: Frame::event(HostMsg::AppStatus(AppStatus::Gray)),
+            },
+            now,
+        );
+
+        assert_eq!(frames(&out), vec![GuestMsg::Enable]);
+    }
+
+    #[test]
+    fn monitor_messages_are_not_sent_to_a_protocol_1_host() {
+        let event = GuestMsg::Monitor(MonitorEvent {
+            monitor: "db".into(),
+            kind: MonitorEventKind::Recovered,
+        });
+        let (mut old, now) = machine_with_session(1);
+        let (mut new, _) = machine_with_session(2);
+
+        let to_old = old.handle(Event::Outbound(event.clone()), now);
+        let to_new = new.handle(Event::Outbound(event.clone()), now);
+
+        assert!(to_old.is_empty(), "{to_old:?}");
+        assert_eq!(frames(&to_new), vec![event]);
+    }
+
+    #[test]
+    fn without_monitors_the_list_is_empty() {
+        let (mut m, now) = machine_with_session(2);
+        let (_, answer) = app(&mut m, ApiRequest::Monitors, now);
+        assert_eq!(answer, ApiResponse::Monitors { monitors: vec![] });
     }
 }

@@ -898,3 +898,285 @@ fn guest_agent_is_reached_over_af_vsock() {
     assert!(line.contains("transport=vsock cid 2 port "), "{line}");
     println!("guest agent: {line}");
 }
+
+// --- 9 ----------------------------------------------------------------------------------------
+
+/// The guest agent's application monitors (guest.toml `[[monitor]]`) in one boot and the reset
+/// that ends it. A process monitor `monapp` (mode both) starts the test application
+/// `/etc/appmon/monapp` (a shell loop, so its process name is `monapp`), a custom monitor
+/// `hang` runs a check that hangs once `/tmp/hang` exists. `monitor-scenario`, a script in
+/// init.d, drives them in order and prints `MONTEST ...` lines; the guest agent's own log lines
+/// come as `[appmon-guest] ...`.
+const MONITOR_CONFIG: &str = r#"port = 5315
+
+[[monitor]]
+name = "monapp"
+kind = "process"
+mode = "both"
+process = "monapp"
+owner = "root"
+instances = 1
+stabilization_interval = 2
+monitor_interval = 30
+restart_count = 2
+restart_interval = 600
+failure_action = "need-reset"
+start = "/etc/appmon/monapp-start"
+cleanup = "/etc/appmon/monapp-stop"
+command_timeout = 10
+
+[[monitor]]
+name = "hang"
+kind = "custom"
+command = "/etc/appmon/hang-check"
+timeout = 2
+stabilization_interval = 1
+monitor_interval = 2
+restart_count = 0
+failure_action = "notify"
+"#;
+
+/// The monitored application: its process name is the script's name.
+const MONAPP: &str = "#!/bin/sh\necho $$ > /run/monapp.pid\nwhile :; do sleep 1; done\n";
+
+/// Its start command: one console line per start (MONAPP-START), then the application,
+/// detached from the agent's output pipe as an init script would.
+const MONAPP_START: &str = "#!/bin/sh\n\
+echo \"MONAPP-START uptime=$(cut -d' ' -f1 /proc/uptime)\" >/dev/console\n\
+/etc/appmon/monapp </dev/null >/dev/null 2>&1 &\n";
+
+const MONAPP_STOP: &str = "#!/bin/sh\nkill \"$(cat /run/monapp.pid)\" 2>/dev/null\nexit 0\n";
+
+/// Healthy until /tmp/hang exists; then it hangs, with a child of its own.
+const HANG_CHECK: &str = "#!/bin/sh\n[ -e /tmp/hang ] || exit 0\nsleep 31337 &\nwait\n";
+
+/// Drives the monitors, once per boot (its respawn loop would start it again: it ends in a
+/// long sleep). Every wait is bounded; a MONTEST-FAIL line says which one ran out.
+const MONITOR_SCENARIO: &str = r#"#!/bin/sh
+say() { echo "MONTEST $*"; }
+up() { cut -d' ' -f1 /proc/uptime; }
+phase() { appmon monitors 2>/dev/null | awk -v m="$1" '$1 == m { print $5 }'; }
+wait_phase() { # MONITOR PHASE TENTHS
+  i=0
+  while [ "$(phase "$1")" != "$2" ]; do
+    i=$((i + 1))
+    if [ "$i" -gt "$3" ]; then say "FAIL $1 never $2"; exec sleep 1000000; fi
+    sleep 0.1
+  done
+}
+json() { say "monitors $(appmon monitors --json | tr -d '\n')"; }
+
+wait_phase monapp healthy 600
+wait_phase hang healthy 600
+say "healthy uptime=$(up)"
+
+# (3) A custom check that hangs is killed at its timeout and counted as a failure.
+touch /tmp/hang
+wait_phase hang gave 200
+sleep 0.5
+say "hang-leftovers=$(ps | grep -c '[s]leep 31337')"
+rm -f /tmp/hang
+json
+
+# (2) The agent restarts; its startup check finds monapp running and does not start it again.
+say "agent-restart uptime=$(up)"
+kill "$(pidof appmon-guest)"
+sleep 2
+i=0
+until appmon monitors >/dev/null 2>&1; do
+  i=$((i + 1)); [ "$i" -gt 300 ] && { say "FAIL the agent did not come back"; exec sleep 1000000; }
+  sleep 0.1
+done
+# The application enabled monitoring with the agent that ended; it does so again.
+appmon enable >/dev/null 2>&1 || appmon enable
+wait_phase monapp healthy 600
+say "agent-restarted uptime=$(up)"
+
+# (1) monapp is killed three times: noticed at once, restarted twice, then needReset.
+for n in 1 2 3; do
+  wait_phase monapp healthy 600
+  t0=$(up)
+  kill -9 "$(cat /run/monapp.pid)"
+  i=0
+  while [ "$(phase monapp)" = healthy ]; do
+    i=$((i + 1)); [ "$i" -gt 600 ] && { say "FAIL kill $n not noticed"; exec sleep 1000000; }
+    sleep 0.05
+  done
+  say "noticed kill $n after $(awk -v a="$t0" -v b="$(up)" 'BEGIN { printf "%.2f", b - a }') s"
+done
+exec sleep 1000000
+"#;
+
+fn monitor_vm_config() -> VmConfig {
+    VmConfig::new("monitors")
+        .guest_config(MONITOR_CONFIG)
+        .guest_script("/etc/appmon/monapp", MONAPP)
+        .guest_script("/etc/appmon/monapp-start", MONAPP_START)
+        .guest_script("/etc/appmon/monapp-stop", MONAPP_STOP)
+        .guest_script("/etc/appmon/hang-check", HANG_CHECK)
+        .guest_script("/etc/appmon/init.d/monitor-scenario", MONITOR_SCENARIO)
+}
+
+/// The `appmon monitors --json` the scenario printed first after `mark`.
+fn printed_monitors(vm: &TestVm, mark: ConsoleMark) -> Vec<appmon_wire::MonitorStatus> {
+    let line = vm.wait_for_console_line(mark, "MONTEST monitors ", NOTICE_TIMEOUT);
+    let json = line
+        .split_once("MONTEST monitors ")
+        .map(|(_, j)| j)
+        .unwrap_or_default();
+    serde_json::from_str(json)
+        .unwrap_or_else(|e| vm.fail(format!("appmon monitors --json: {e}: {json}")))
+}
+
+/// The console of the first boot only.
+fn first_boot(text: &str) -> &str {
+    match text.match_indices("APPMON-INIT boot_id=").nth(1) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
+}
+
+#[test]
+fn application_monitors_restart_then_need_reset_and_the_host_resets() {
+    // vSphere's defaults: only the monitor's needReset can reset this guest within two minutes
+    // (the agent restart of step 2 silences the demo application's heartbeats for a moment).
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(30),
+        min_uptime: Duration::from_secs(120),
+        ..test_policy()
+    };
+    let agent_config = test_host_config();
+    let (vm, agent) = boot_monitored(monitor_vm_config(), &policy, agent_config.clone());
+    let boots = vm.boot_ids();
+    let boot = ConsoleMark::default();
+    let scenario = Duration::from_secs(90);
+    let fail_fast = |vm: &TestVm| {
+        if let Some(line) = vm.console().lines().find(|l| l.contains("MONTEST FAIL")) {
+            vm.fail(format!("the guest scenario failed: {line}"));
+        }
+    };
+
+    // The first start: not running at startup, so the start command ran, once.
+    vm.wait_for_console_line(boot, "MONTEST healthy", scenario);
+    vm.wait_for_console_line(boot, "monitor `monapp`: startup check: not running (0 of 1 instance of `monapp` owned by root running)", Duration::ZERO);
+    assert_eq!(vm.marker_count("MONAPP-START"), 1);
+
+    // (3) The hanging check: killed at its 2 s timeout with its child, a failure, notify.
+    let leftovers = vm.wait_for_console_line(boot, "MONTEST hang-leftovers=", scenario);
+    fail_fast(&vm);
+    assert!(leftovers.ends_with("hang-leftovers=0"), "{leftovers}");
+    let failed = vm.wait_for_console_line(boot, "monitor `hang`: check failed:", Duration::ZERO);
+    assert!(failed.contains("timed out after 2 s: killed"), "{failed}");
+    vm.wait_for_console_line(
+        boot,
+        "monitor `hang`: restarts used up: failure action Notify",
+        Duration::ZERO,
+    );
+    let listed = printed_monitors(&vm, boot);
+    let hang = listed
+        .iter()
+        .find(|m| m.name == "hang")
+        .unwrap_or_else(|| vm.fail("no `hang` listed"));
+    assert_eq!(hang.phase, appmon_wire::MonitorPhase::GaveUp, "{hang:?}");
+    assert!(
+        hang.last_failure
+            .as_ref()
+            .is_some_and(|f| f.as_str().contains("timed out")),
+        "{hang:?}"
+    );
+
+    // (2) The agent restarted: the application runs, so it is not started a second time.
+    let restart = vm.wait_for_console_line(boot, "MONTEST agent-restart ", scenario);
+    let restarted = vm.wait_for_console_line(boot, "MONTEST agent-restarted", scenario);
+    fail_fast(&vm);
+    let text = vm.console();
+    let after_restart = text
+        .split_once(restart.as_str())
+        .map_or("", |(_, rest)| rest);
+    assert!(
+        after_restart.contains(
+            "monitor `monapp`: startup check found the application running: not starting it"
+        ),
+        "no startup-ok after the agent restart:\n{}",
+        vm.console_tail(60)
+    );
+    assert_eq!(
+        vm.marker_count("MONAPP-START"),
+        1,
+        "started again after the agent restart"
+    );
+    println!("{restart} / {restarted}");
+
+    // (1) Killed three times: each noticed at once (the monitor interval is 30 s), restarted
+    // twice (with cleanup), then needReset, and the host agent resets the guest.
+    let mark = vm.console_mark();
+    let s = agent.wait_for_status(&vm, scenario, "a reset decision", |s| {
+        fail_fast(&vm);
+        !s.reset_decisions().is_empty()
+    });
+    let decision = s.reset_decisions()[0].clone();
+    assert!(
+        decision
+            .text
+            .starts_with("reset: the application asked for a reset (needReset)"),
+        "{}",
+        s.history_text()
+    );
+    // The third kill's needReset may reset the guest before the scenario prints that it noticed.
+    for n in 1..=3 {
+        let needle = format!("MONTEST noticed kill {n} after ");
+        if n == 3 && !vm.console().contains(&needle) {
+            continue;
+        }
+        let line = vm.wait_for_console_line(boot, &needle, Duration::ZERO);
+        let secs: f64 = line
+            .rsplit("after ")
+            .next()
+            .and_then(|t| t.trim_end_matches(" s").parse().ok())
+            .unwrap_or_else(|| vm.fail(format!("unreadable: {line}")));
+        assert!(
+            secs < 5.0,
+            "kill {n} noticed after {secs} s, not at once: {line}"
+        );
+        println!("{line}");
+    }
+    let text = vm.console();
+    let boot1 = first_boot(&text);
+    assert_eq!(
+        appmon_vm_tests::console::marker_lines(boot1, "MONAPP-START").count(),
+        3,
+        "one start and two restarts"
+    );
+    for needle in [
+        "monitor `monapp`: cleanup command `/etc/appmon/monapp-stop`: running",
+        "monitor `monapp`: application restarted, attempt 1 (ok: true)",
+        "monitor `monapp`: application restarted, attempt 2 (ok: true)",
+    ] {
+        assert!(
+            boot1.contains(needle),
+            "no {needle:?} on the console:\n{}",
+            vm.console_tail(80)
+        );
+    }
+    assert!(
+        !boot1.contains("attempt 3"),
+        "a third restart:\n{}",
+        vm.console_tail(80)
+    );
+    // Its last words may be cut by the reset they caused.
+    println!(
+        "guest agent logged the failure action before the reset: {}",
+        boot1.contains("monitor `monapp`: posting needReset for the application")
+    );
+
+    let s = green_again_after_reset(&agent, &agent_config, &vm, mark, &boots);
+    assert!(
+        s.find(|h| h
+            .reset_done()
+            .is_some_and(|(_, c)| c == ResetCause::NeedReset))
+            .is_some(),
+        "{}",
+        s.history_text()
+    );
+    report_channel_path(&s, vm.boot_ids().len());
+}

@@ -60,6 +60,23 @@ pub enum GuestMsg {
     Monitors(Vec<MonitorStatus>),
 }
 
+impl GuestMsg {
+    /// The oldest protocol version in which this message has its current shape: a peer sends it
+    /// only on a session whose negotiated version is at least this (crate docs, "Version
+    /// rule"). Protocol 2 added `Output` and `Monitors` and gave `Process`, `Monitor` and
+    /// `CounterSchema` the shapes they have now; protocol 1 never sent those.
+    pub fn since_protocol(&self) -> u16 {
+        match self {
+            GuestMsg::Output(_)
+            | GuestMsg::Monitors(_)
+            | GuestMsg::Process(_)
+            | GuestMsg::Monitor(_)
+            | GuestMsg::CounterSchema(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// Messages the host agent sends to a guest agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum HostMsg {
@@ -273,8 +290,9 @@ pub enum MonitorEventKind {
     Started { ok: bool },
     /// The long-running check failed.
     Failed { reason: Text<limits::Reason> },
-    /// The restart command ran (attempt counts from 1 within the restart interval).
-    Restarted { attempt: u32 },
+    /// The restart command ran (attempt counts from 1 within the restart interval); `ok` is
+    /// whether it succeeded within its bound.
+    Restarted { attempt: u32, ok: bool },
     /// Restarts are used up; the failure action was taken.
     ActionTaken { action: FailureAction },
     /// The application is healthy again after a failure.
@@ -317,6 +335,8 @@ pub enum MonitorPhase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonitorStatus {
     pub name: Text<limits::MonitorName>,
+    /// The application it watches (several monitors may watch one application).
+    pub application: Text<limits::MonitorName>,
     pub kind: MonitorKind,
     pub mode: MonitorMode,
     pub phase: MonitorPhase,

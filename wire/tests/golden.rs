@@ -113,6 +113,7 @@ fn golden_protocol_2_frames() {
     check(
         Frame::event(GuestMsg::Monitors(vec![MonitorStatus {
             name: "db".into(),
+            application: "db".into(),
             kind: MonitorKind::Process,
             mode: MonitorMode::Both,
             phase: MonitorPhase::Healthy,
@@ -121,7 +122,17 @@ fn golden_protocol_2_frames() {
             failure_action: FailureAction::NeedReset,
             last_failure: None,
         }])),
-        "070211010264620302010303020100",
+        "0a0211010264620264620302010303020100",
+    );
+    check(
+        Frame::event(GuestMsg::Monitor(MonitorEvent {
+            monitor: "db".into(),
+            kind: MonitorEventKind::Restarted {
+                attempt: 2,
+                ok: true,
+            },
+        })),
+        "09020c02646204020100",
     );
     check(
         Frame::request(

@@ -154,7 +154,8 @@ fn monitor_event() -> impl Strategy<Value = MonitorEvent> {
         text().prop_map(|reason| MonitorEventKind::StartupFailed { reason }),
         any::<bool>().prop_map(|ok| MonitorEventKind::Started { ok }),
         text().prop_map(|reason| MonitorEventKind::Failed { reason }),
-        any::<u32>().prop_map(|attempt| MonitorEventKind::Restarted { attempt }),
+        (any::<u32>(), any::<bool>())
+            .prop_map(|(attempt, ok)| MonitorEventKind::Restarted { attempt, ok }),
         failure_action().prop_map(|action| MonitorEventKind::ActionTaken { action }),
         Just(MonitorEventKind::Recovered),
     ];
@@ -163,7 +164,7 @@ fn monitor_event() -> impl Strategy<Value = MonitorEvent> {
 
 fn monitor_status() -> impl Strategy<Value = MonitorStatus> {
     (
-        text(),
+        (text(), text()),
         prop_oneof![Just(MonitorKind::Process), Just(MonitorKind::Custom)],
         prop_oneof![
             Just(MonitorMode::Startup),
@@ -182,9 +183,18 @@ fn monitor_status() -> impl Strategy<Value = MonitorStatus> {
         option::of(text()),
     )
         .prop_map(
-            |(name, kind, mode, phase, (restarts, restart_count), failure_action, last_failure)| {
+            |(
+                (name, application),
+                kind,
+                mode,
+                phase,
+                (restarts, restart_count),
+                failure_action,
+                last_failure,
+            )| {
                 MonitorStatus {
                     name,
+                    application,
                     kind,
                     mode,
                     phase,
