@@ -19,9 +19,9 @@ pub mod exit {
     /// `isEnabled` only: not enabled, or no host connected.
     pub const NOT_ENABLED: u8 = 1;
     /// Bad usage: an unknown verb, a missing or wrong argument (clap's code).
-    pub const USAGE: u8 = 2;
+    pub const USAGE: u8 = appmon_wire::report::exit::USAGE;
     /// The agent is not reachable: no socket, nobody listening, no answer in time.
-    pub const UNREACHABLE: u8 = 3;
+    pub const UNREACHABLE: u8 = appmon_wire::report::exit::UNREACHABLE;
     /// The agent refused: `markActive` before `enable`, a malformed request.
     pub const REFUSED: u8 = 4;
     /// The host answered with an error.

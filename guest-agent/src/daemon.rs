@@ -642,3 +642,16 @@ pub fn run_daemon(
         Ok(())
     })
 }
+
+/// The appmon guest agent: serves the host agent over vsock (or virtio-serial) and
+/// applications over a local socket. SIGHUP reloads the configuration; SIGTERM stops.
+#[derive(Debug, clap::Parser)]
+#[command(name = "appmon-guest", version)]
+pub struct Args {
+    /// Configuration file. Without this option, /etc/appmon/guest.toml is read if it exists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration and exit (0 good, 2 broken).
+    #[arg(long)]
+    pub check: bool,
+}

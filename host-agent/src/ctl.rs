@@ -1,8 +1,9 @@
 //! `appmonctl`: the operator's command line. It talks only to the running daemon's control
 //! socket; the daemon writes domain metadata for `enable` and `disable`.
 //!
-//! Exit codes: 0 success; 1 the daemon or libvirt failed the request; 2 bad usage; 3 unknown
-//! domain; 4 the daemon cannot be reached.
+//! Exit codes: 0 success; 1 the daemon or libvirt failed the request; 2 bad usage; 3 the daemon
+//! cannot be reached; 4 unknown domain. 2 and 3 mean what they mean for the guest's `appmon`
+//! (`appmon_wire::report::exit`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,25 +17,30 @@ use clap::{Args, Parser, Subcommand};
 use appmon_control::{ErrorKind, ListDocument, Request, Response, ShowDocument, VmView};
 
 use crate::control;
-use appmon_wire::report::error_chain;
+use appmon_wire::report::{error_chain, exit};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_UNKNOWN_DOMAIN: i32 = 3;
-pub const EXIT_NO_DAEMON: i32 = 4;
+pub const EXIT_USAGE: i32 = exit::USAGE as i32;
+pub const EXIT_NO_DAEMON: i32 = exit::UNREACHABLE as i32;
+pub const EXIT_UNKNOWN_DOMAIN: i32 = 4;
 
-/// Operate appmon's host agent.
+/// Operate appmon's host agent: list and show the monitored domains, enable and disable
+/// monitoring, clear a domain's alarm.
 #[derive(Debug, Parser)]
 #[command(
     name = "appmonctl",
     version,
-    about,
-    after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 unknown domain, 4 host agent not reachable."
+    after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 host agent not reachable, 4 unknown domain."
 )]
 pub struct Cli {
     /// The host agent's control socket.
-    #[arg(long, global = true, default_value = "/run/appmon/host.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "APPMONCTL_SOCKET",
+        default_value = "/run/appmon/host.sock"
+    )]
     pub socket: PathBuf,
     /// Print JSON instead of text (list, show).
     #[arg(long, global = true)]

@@ -1,5 +1,6 @@
 //! Wires the daemon together: state directory, control socket, supervisor.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use appmon_libvirt_backend::{BackendEvent, Hypervisor};
@@ -10,6 +11,20 @@ use crate::control::{self, ControlError};
 use crate::persist::{PersistError, StateDir};
 use crate::supervisor::{Inputs, Supervisor};
 use appmon_wire::report::error_chain;
+
+/// The appmon host agent: watches the applications in libvirt's domains and resets a domain
+/// through libvirt when its application stops heartbeating or asks for a reset. SIGHUP reloads
+/// the configuration; SIGTERM stops.
+#[derive(Debug, clap::Parser)]
+#[command(name = "appmon-host", version)]
+pub struct Args {
+    /// Configuration file. A missing default file means every setting at its default.
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Check the configuration and exit (0 good, 2 broken).
+    #[arg(long)]
+    pub check: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

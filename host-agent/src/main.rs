@@ -8,20 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appmon_host_agent::config::{Config, DEFAULT_CONFIG_PATH};
+use appmon_host_agent::daemon::Args;
 use appmon_libvirt_backend::LibvirtHypervisor;
 use appmon_wire::report::error_chain;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
-
-/// appmon host agent: resets a VM through libvirt when its application stops heartbeating.
-#[derive(Debug, Parser)]
-#[command(name = "appmon-host", version, about)]
-struct Args {
-    /// Configuration file.
-    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
-}
 
 fn load(path: &std::path::Path) -> Result<Config, String> {
     match Config::load(path) {
@@ -56,6 +48,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check {
+        println!("{}: ok", args.config.display());
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("appmon-host")

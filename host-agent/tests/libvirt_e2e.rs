@@ -198,7 +198,7 @@ async fn daemon_against_libvirts_test_driver() {
     assert_eq!(code, 0, "{err}");
     assert!(until(ms(5000), || !show(&control, "e2e-b").monitored).await);
     let (code, _, err) = ctl(&control, &["show", "no-such-domain"]);
-    assert_eq!(code, 3, "{err}");
+    assert_eq!(code, appmon_host_agent::ctl::EXIT_UNKNOWN_DOMAIN, "{err}");
 
     // SIGTERM stops it cleanly.
     let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);

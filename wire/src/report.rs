@@ -2,6 +2,15 @@
 //! error reads alike: an error with its causes on one line, and a position in a text file as
 //! `file:line:column: key ...`.
 
+/// The exit codes every appmon command line shares, so that a script reads `appmon` in a guest
+/// and `appmonctl` on a host alike. Each command adds its own codes from 4 on.
+pub mod exit {
+    /// Bad usage: an unknown command, a missing or wrong argument (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The agent is not reachable: no socket, nobody listening, no answer in time.
+    pub const UNREACHABLE: u8 = 3;
+}
+
 /// An error and its sources, joined with ": ", as a binary prints it once.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

@@ -4,22 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use appmon_guest_agent::config::{Config, DEFAULT_CONFIG_PATH};
+use appmon_guest_agent::daemon::Args;
 use appmon_guest_agent::{daemon, logging};
 use appmon_wire::report::error_chain;
 use clap::Parser;
-
-/// The appmon guest agent: serves the host agent over vsock (or virtio-serial) and
-/// applications over a local socket. SIGHUP reloads the configuration; SIGTERM stops.
-#[derive(Debug, Parser)]
-#[command(name = "appmon-guest", version)]
-struct Args {
-    /// Configuration file. Without this option, /etc/appmon/guest.toml is read if it exists.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Check the configuration and exit.
-    #[arg(long)]
-    check: bool,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
