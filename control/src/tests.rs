@@ -103,6 +103,7 @@ fn show_document_round_trips_with_its_version() {
         enabled: true,
         need_reset: false,
         last_heartbeat_age_ms: Some(120),
+        claimed_heartbeat_age_ms: None,
         resets_in_window: 0,
         gave_up: false,
         alarm: None,

@@ -48,7 +48,12 @@ pub struct VmView {
     pub status: Option<Status>,
     pub enabled: bool,
     pub need_reset: bool,
+    /// Since the last heartbeat this host agent read: its own measurement.
     pub last_heartbeat_age_ms: Option<u64>,
+    /// The age of the last heartbeat as the guest agent claims it (its `State`, aged since it
+    /// arrived): the guest's word, not a measurement, and never shown as one.
+    #[serde(default)]
+    pub claimed_heartbeat_age_ms: Option<u64>,
     pub resets_in_window: usize,
     pub gave_up: bool,
     /// The alarm's reason while the host agent has given up.

@@ -299,7 +299,11 @@ fn write_show(out: &mut dyn Write, d: &VmView) -> std::io::Result<()> {
         d.status.map_or("-", |s| s.as_str())
     )?;
     writeln!(out, "enabled:         {}", d.enabled)?;
-    writeln!(out, "last heartbeat:  {} ago", age(d.last_heartbeat_age_ms))?;
+    write!(out, "last heartbeat:  {} ago", age(d.last_heartbeat_age_ms))?;
+    match d.claimed_heartbeat_age_ms {
+        Some(claimed) => writeln!(out, " (the guest claims {} ago)", age(Some(claimed)))?,
+        None => writeln!(out)?,
+    }
     writeln!(out, "resets:          {} in window", d.resets_in_window)?;
     writeln!(
         out,

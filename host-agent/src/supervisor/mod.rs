@@ -643,10 +643,7 @@ impl Supervisor {
                 self.feed(id, Input::GuestHello { boot_id }, now);
             }
             SessionEvent::State(state) => {
-                if let Some(age) = state.last_heartbeat_age_ms {
-                    let at = now.saturating_sub(Duration::from_millis(age));
-                    vm.last_heartbeat = Some(vm.last_heartbeat.map_or(at, |l| l.max(at)));
-                }
+                vm.claimed_heartbeat = state.last_heartbeat_age_ms.map(|age| (now, age));
                 self.feed(id, Input::GuestState(state), now);
             }
             SessionEvent::Closed { reason } => {

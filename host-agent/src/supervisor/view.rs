@@ -10,7 +10,6 @@ use appmon_libvirt_backend::{
 use appmon_wire::{format_boot_id, AppStatus};
 
 use super::vm::Vm;
-use crate::policy::Monitoring;
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -36,10 +35,6 @@ pub(super) fn view(vm: &Vm, now: Duration, with_history: bool) -> VmView {
         reset_method: p.reset_method,
         channel_timeout_ms: millis(p.channel_timeout),
     });
-    let heartbeat = match m.monitoring() {
-        Monitoring::Enabled { last_heartbeat } => Some(last_heartbeat),
-        _ => vm.last_heartbeat,
-    };
     VmView {
         name: vm.domain.name.clone(),
         uuid: vm.domain.uuid.clone(),
@@ -48,7 +43,10 @@ pub(super) fn view(vm: &Vm, now: Duration, with_history: bool) -> VmView {
         status: m.status(now).map(status),
         enabled: m.enabled(),
         need_reset: m.need_reset(),
-        last_heartbeat_age_ms: heartbeat.map(|h| millis(now.saturating_sub(h))),
+        last_heartbeat_age_ms: vm.last_heartbeat.map(|h| millis(now.saturating_sub(h))),
+        claimed_heartbeat_age_ms: vm
+            .claimed_heartbeat
+            .map(|(at, age)| age.saturating_add(millis(now.saturating_sub(at)))),
         resets_in_window: m.resets_in_window(now),
         gave_up: m.alarm().is_some(),
         alarm: m.alarm().map(|a| a.reason.clone()),

@@ -63,8 +63,12 @@ pub(super) struct Vm {
     /// The guest agent said Hello on the current session.
     pub connected: bool,
     pub agent: Option<String>,
-    /// The last heartbeat seen, monitored or not (for `show`).
+    /// The last heartbeat this host agent read, monitored or not (for `show`): its own
+    /// measurement, never what the guest claims.
     pub last_heartbeat: Option<Duration>,
+    /// The guest's own account of its application's last heartbeat (its `State`): when the
+    /// claim arrived and the age it claimed. Shown marked as the guest's claim.
+    pub claimed_heartbeat: Option<(Duration, u64)>,
     pub history: History,
     /// The deadline the heap holds for this VM, if any.
     pub scheduled: Option<Duration>,
@@ -87,6 +91,7 @@ impl Vm {
             connected: false,
             agent: None,
             last_heartbeat: None,
+            claimed_heartbeat: None,
             history,
             scheduled: None,
             last_event_seq: 0,
