@@ -132,6 +132,8 @@ pub enum HistoryKind {
     Guest(GuestEvent),
     /// An operator's request through `appmonctl`.
     Operator(OperatorAction),
+    /// The host agent's connection to libvirt changed (recorded in every VM's history).
+    Hypervisor(HypervisorEvent),
 }
 
 impl HistoryKind {
@@ -142,6 +144,7 @@ impl HistoryKind {
             HistoryKind::Libvirt(_) => "libvirt",
             HistoryKind::Guest(_) => "guest",
             HistoryKind::Operator(_) => "operator",
+            HistoryKind::Hypervisor(_) => "hypervisor",
         }
     }
 }
@@ -153,6 +156,7 @@ impl fmt::Display for HistoryKind {
             HistoryKind::Libvirt(e) => e.fmt(f),
             HistoryKind::Guest(g) => g.fmt(f),
             HistoryKind::Operator(o) => o.fmt(f),
+            HistoryKind::Hypervisor(e) => e.fmt(f),
         }
     }
 }
@@ -438,6 +442,31 @@ impl fmt::Display for SessionEnd {
             }
             SessionEnd::GuestRefused { error } => {
                 write!(f, "guest refused the session: {error}")
+            }
+        }
+    }
+}
+
+/// The host agent's connection to libvirt: while it is lost nothing is judged and no reset is
+/// attempted or counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HypervisorEvent {
+    /// The connection to libvirt was lost.
+    Lost { reason: String },
+    /// The connection is back after `after_ms` without it.
+    Back { after_ms: u64 },
+}
+
+impl fmt::Display for HypervisorEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HypervisorEvent::Lost { reason } => write!(
+                f,
+                "libvirt connection lost ({reason}): nothing is judged until it is back"
+            ),
+            HypervisorEvent::Back { after_ms } => {
+                write!(f, "libvirt connection back after {after_ms} ms")
             }
         }
     }

@@ -43,10 +43,11 @@ pub use domain::{
     DomainEvent, DomainState, PausedReason, RunningReason, ShutOffReason, StartedReason,
 };
 pub use history::{
-    Decision, GuestEvent, HistoryEntry, HistoryKind, Level, OperatorAction, SessionEnd,
+    Decision, GuestEvent, HistoryEntry, HistoryKind, HypervisorEvent, Level, OperatorAction,
+    SessionEnd,
 };
 pub use reset::{ResetCause, ResetMethod};
-pub use view::{PolicyView, Status, VmView};
+pub use view::{LibvirtLost, PolicyView, Status, VmView};
 
 /// The version of the schema of this crate's JSON (see the crate documentation).
 pub const SCHEMA_VERSION: u32 = 1;

@@ -120,6 +120,7 @@ fn show_document_round_trips_with_its_version() {
             reset_method: ResetMethod::Reset,
             channel_timeout_ms: 30_000,
         }),
+        libvirt_lost: None,
         history: vec![HistoryEntry::new(
             1,
             Level::Info,

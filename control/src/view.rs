@@ -66,9 +66,21 @@ pub struct VmView {
     /// How the guest agent is reached, while a session task runs.
     pub transport: Option<String>,
     pub policy: Option<PolicyView>,
+    /// While the host agent has no connection to libvirt: since when and why. Nothing is judged
+    /// and no reset attempted meanwhile.
+    #[serde(default)]
+    pub libvirt_lost: Option<LibvirtLost>,
     /// Oldest first. Empty in `list`.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+}
+
+/// The host agent's connection to libvirt is lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibvirtLost {
+    /// Wall-clock time of the loss.
+    pub since_unix_ms: u64,
+    pub reason: String,
 }
 
 /// A VM's effective policy: its metadata's overrides on top of the host's defaults.

@@ -13,6 +13,7 @@
 //! dead_after_pings = 3
 //! hello_timeout = "10s"      # a guest that has not said Hello by then is dropped
 //! reconnect_max = "5s"       # longest backoff between connection attempts
+//! libvirt_reconnect_max = "10s" # longest wait between attempts to reach a lost libvirtd
 //! history_len = 200          # events kept per VM for `appmonctl show`
 //!
 //! [defaults]                 # vSphere's; each can be overridden in a domain's metadata
@@ -85,6 +86,8 @@ pub struct Config {
     pub hello_timeout: Duration,
     #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub reconnect_max: Duration,
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
+    pub libvirt_reconnect_max: Duration,
     pub history_len: usize,
     pub defaults: Defaults,
     pub session: SessionLimits,
@@ -129,6 +132,7 @@ impl Default for Config {
             dead_after_pings: 3,
             hello_timeout: Duration::from_secs(10),
             reconnect_max: Duration::from_secs(5),
+            libvirt_reconnect_max: Duration::from_secs(10),
             history_len: 200,
             defaults: Defaults::default(),
             session: SessionLimits::default(),
@@ -237,6 +241,12 @@ impl Config {
         if self.hello_timeout.is_zero() {
             return invalid("hello_timeout", "must be more than zero");
         }
+        if self.libvirt_reconnect_max < Duration::from_millis(500) {
+            return invalid(
+                "libvirt_reconnect_max",
+                "must be at least 500ms (the first retry comes after 500ms)",
+            );
+        }
         if self.session.max_frame < 64 {
             return invalid("session.max_frame", "must be at least 64 bytes");
         }
@@ -342,6 +352,7 @@ ping_interval = 1
 dead_after_pings = 4
 hello_timeout = "500ms"
 reconnect_max = "1m"
+libvirt_reconnect_max = "30s"
 history_len = 10
 
 [defaults]
@@ -366,6 +377,7 @@ write_timeout = "1s"
         assert_eq!(c.defaults.reset_method, ResetMethod::PowerCycle);
         assert_eq!(c.defaults.reset_window, Duration::from_secs(7200));
         assert_eq!(c.session.burst, 20);
+        assert_eq!(c.libvirt_reconnect_max, Duration::from_secs(30));
         assert!(c.manages("appmon-web1") && c.manages("db1") && !c.manages("db12"));
     }
 

@@ -242,7 +242,19 @@ fn age(ms: Option<u64>) -> String {
     }
 }
 
+/// The line `list` and `show` print while the host agent has no connection to libvirt.
+fn libvirt_lost_line(lost: &appmon_control::LibvirtLost) -> String {
+    format!(
+        "libvirt:         UNREACHABLE since {} ({}): nothing is judged or reset until it is back",
+        format_unix_ms(lost.since_unix_ms),
+        lost.reason
+    )
+}
+
 fn write_list(out: &mut dyn Write, domains: &[VmView]) -> std::io::Result<()> {
+    if let Some(lost) = domains.first().and_then(|d| d.libvirt_lost.as_ref()) {
+        writeln!(out, "{}", libvirt_lost_line(lost))?;
+    }
     writeln!(
         out,
         "{:<24} {:<9} {:<6} {:<10} {:<7} {:<9} {:<8} STATE",
@@ -277,6 +289,9 @@ fn write_list(out: &mut dyn Write, domains: &[VmView]) -> std::io::Result<()> {
 fn write_show(out: &mut dyn Write, d: &VmView) -> std::io::Result<()> {
     writeln!(out, "domain:          {} ({})", d.name, d.uuid)?;
     writeln!(out, "state:           {}", d.domain_state)?;
+    if let Some(lost) = &d.libvirt_lost {
+        writeln!(out, "{}", libvirt_lost_line(lost))?;
+    }
     writeln!(out, "monitored:       {}", d.monitored)?;
     if let Some(e) = &d.spec_error {
         writeln!(out, "metadata error:  {e}")?;

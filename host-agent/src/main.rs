@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use appmon_host_agent::config::{Config, DEFAULT_CONFIG_PATH};
 use appmon_host_agent::daemon::Args;
-use appmon_libvirt_backend::LibvirtHypervisor;
+use appmon_libvirt_backend::{ConnectOptions, LibvirtHypervisor};
 use appmon_wire::report::error_chain;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
@@ -96,7 +96,12 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     let mut wait = shutdown.clone();
     let (hv, events) = loop {
         let uri = config.uri.clone();
-        match tokio::task::spawn_blocking(move || LibvirtHypervisor::open(&uri)).await {
+        let options = ConnectOptions {
+            reconnect_max: config.libvirt_reconnect_max,
+            ..ConnectOptions::default()
+        };
+        match tokio::task::spawn_blocking(move || LibvirtHypervisor::open_with(&uri, options)).await
+        {
             Ok(Ok(opened)) => break opened,
             Ok(Err(e)) => {
                 tracing::error!(uri = %config.uri, error = %error_chain(&e), "cannot connect to libvirt; retrying in 5 s")

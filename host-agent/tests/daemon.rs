@@ -8,7 +8,8 @@ mod common;
 use std::sync::Arc;
 
 use appmon_control::{
-    Decision, DomainState, HistoryEntry, ResetCause, RunningReason, SessionEnd, Status,
+    Decision, DomainState, HistoryEntry, HistoryKind, HypervisorEvent, ResetCause, RunningReason,
+    SessionEnd, Status,
 };
 use appmon_libvirt_backend::testing::{node_xml, PrivateLibvirtd};
 use appmon_libvirt_backend::{
@@ -548,14 +549,46 @@ async fn libvirt_going_away_is_not_a_failure_and_refused_resets_are_retried() {
     libvirtd.kill();
     guest.set_heartbeat(None);
     tokio::time::sleep(ms(2000)).await;
+    let away = host.show(&vm).await;
     assert!(
-        host.show(&vm).await.reset_decisions().is_empty(),
+        away.reset_decisions().is_empty(),
         "no judgement while libvirt is away"
+    );
+    // The outage is visible: in the view (since when, why) and in the history.
+    let lost = away
+        .libvirt_lost
+        .as_ref()
+        .expect("show says libvirt is away");
+    assert!(
+        lost.since_unix_ms > 0 && !lost.reason.is_empty(),
+        "{lost:?}"
+    );
+    let (code, text, _) = host.ctl(&["show", &vm]).await;
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("libvirt:         UNREACHABLE since"),
+        "{text}"
     );
     libvirtd.launch().expect("libvirtd again");
     let view = host
         .wait_show(&vm, ms(4000), |v| v.resets_failed().len() >= 2)
         .await;
+    assert_eq!(view.libvirt_lost, None, "{view}");
+    let hypervisor: Vec<_> = view
+        .history
+        .iter()
+        .filter_map(|h| match &h.kind {
+            HistoryKind::Hypervisor(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(
+            hypervisor.as_slice(),
+            [HypervisorEvent::Lost { .. }, HypervisorEvent::Back { after_ms }] if *after_ms >= 2000
+        ),
+        "{hypervisor:?}"
+    );
 
     let failed = view.resets_failed();
     assert!(failed.len() >= 2, "{view}");

@@ -40,7 +40,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appmon_control::{
-    Decision, ErrorKind, GuestEvent, HistoryKind, Level, OperatorAction, Response, VmView,
+    Decision, ErrorKind, GuestEvent, HistoryKind, HypervisorEvent, Level, LibvirtLost,
+    OperatorAction, Response, VmView,
 };
 use appmon_libvirt_backend::{
     BackendError, BackendEvent, DomainEvent, DomainInfo, DomainRef, DomainState, Hypervisor,
@@ -96,6 +97,8 @@ pub struct Supervisor {
     heap: BinaryHeap<Reverse<(Duration, VmId)>>,
     event_seq: u64,
     connected: bool,
+    /// While the connection to libvirt is lost: when (monotonic), and what `show` says.
+    libvirt_lost: Option<(Duration, LibvirtLost)>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -135,6 +138,7 @@ impl Supervisor {
             heap: BinaryHeap::new(),
             event_seq: 0,
             connected: false,
+            libvirt_lost: None,
         }
     }
 
@@ -288,6 +292,14 @@ impl Supervisor {
     }
 
     /// Adds a history entry to VM `id` at `now`.
+    /// Records a change of the libvirt connection in every VM's history.
+    fn note_all(&mut self, now: Duration, level: Level, event: HypervisorEvent) {
+        let ids: Vec<VmId> = self.vms.keys().copied().collect();
+        for id in ids {
+            self.note(id, now, level, HistoryKind::Hypervisor(event.clone()));
+        }
+    }
+
     fn note(&mut self, id: VmId, now: Duration, level: Level, kind: HistoryKind) {
         let wall = self.clock.wall_ms(now);
         if let Some(vm) = self.vms.get_mut(&id) {
@@ -303,11 +315,23 @@ impl Supervisor {
             BackendEvent::Connected => {
                 self.connected = true;
                 tracing::info!("libvirt connected: listing domains");
+                if let Some((since, _)) = self.libvirt_lost.take() {
+                    let after_ms = view::millis(now.saturating_sub(since));
+                    self.note_all(now, Level::Info, HypervisorEvent::Back { after_ms });
+                }
                 self.executor.list(self.event_seq);
             }
             BackendEvent::Disconnected { reason } => {
                 self.connected = false;
                 tracing::warn!(%reason, "libvirt connection lost: no failure is judged until it is back");
+                if self.libvirt_lost.is_none() {
+                    let lost = LibvirtLost {
+                        since_unix_ms: self.clock.wall_ms(now),
+                        reason: reason.clone(),
+                    };
+                    self.libvirt_lost = Some((now, lost));
+                    self.note_all(now, Level::Warn, HypervisorEvent::Lost { reason });
+                }
                 let ids: Vec<VmId> = self.vms.keys().copied().collect();
                 for id in ids {
                     self.feed(id, Input::HypervisorLost, now);
@@ -690,6 +714,13 @@ impl Supervisor {
         }
     }
 
+    /// A VM as `list` and `show` see it, with what the host agent knows beside the VM.
+    fn view(&self, vm: &Vm, now: Duration, with_history: bool) -> VmView {
+        let mut view = view::view(vm, now, with_history);
+        view.libvirt_lost = self.libvirt_lost.as_ref().map(|(_, lost)| lost.clone());
+        view
+    }
+
     fn on_control(&mut self, req: ControlRequest, reply: oneshot::Sender<Response>) {
         let now = self.clock.now();
         let response = match req {
@@ -697,7 +728,7 @@ impl Supervisor {
                 let mut domains: Vec<VmView> = self
                     .vms
                     .values()
-                    .map(|vm| view::view(vm, now, false))
+                    .map(|vm| self.view(vm, now, false))
                     .collect();
                 domains.sort_by(|a, b| a.name.cmp(&b.name));
                 Response::List { domains }
@@ -705,7 +736,7 @@ impl Supervisor {
             ControlRequest::Show { domain } => {
                 match self.find(&domain).and_then(|id| self.vms.get(&id)) {
                     Some(vm) => Response::Show {
-                        domain: Box::new(view::view(vm, now, true)),
+                        domain: Box::new(self.view(vm, now, true)),
                     },
                     None => self.unknown(&domain),
                 }

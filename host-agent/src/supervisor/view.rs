@@ -11,7 +11,7 @@ use appmon_wire::{format_boot_id, AppStatus};
 
 use super::vm::Vm;
 
-fn millis(d: Duration) -> u64 {
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -56,6 +56,7 @@ pub(super) fn view(vm: &Vm, now: Duration, with_history: bool) -> VmView {
         domain_state: vm.state,
         transport: vm.session.as_ref().map(|s| s.endpoint.clone()),
         policy,
+        libvirt_lost: None,
         history: if with_history {
             vm.history.iter().cloned().collect()
         } else {
