@@ -62,6 +62,10 @@ pub struct VmRecord {
     pub name: String,
     pub resets: Vec<ResetEntry>,
     pub alarm: Option<AlarmEntry>,
+    /// The VM's event history as `show` had it, oldest first (at most `history_len` entries).
+    /// Files written before it was kept have none.
+    #[serde(default)]
+    pub history: Vec<appmon_control::HistoryEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,7 +265,19 @@ mod tests {
                 unix_ms: 1_700_000_001_000,
                 reason: "gave up".into(),
             }),
+            history: vec![appmon_control::HistoryEntry::new(
+                1_700_000_000_000,
+                appmon_control::Level::Warn,
+                appmon_control::HistoryKind::Operator(appmon_control::OperatorAction::Clear),
+            )],
         }
+    }
+
+    #[test]
+    fn a_record_written_before_histories_were_kept_still_loads() {
+        let old = r#"{"uuid":"u","name":"vm1","resets":[],"alarm":null}"#;
+        let record: VmRecord = serde_json::from_str(old).expect("old record");
+        assert!(record.history.is_empty());
     }
 
     #[test]

@@ -670,10 +670,27 @@ async fn restart_keeps_reset_history_and_resets_nothing_on_its_own() {
             }),
         "{view}"
     );
+    // The event history survived the restart: the reset before it is still shown, and the
+    // restart's own entry follows it.
+    let restored_at = view
+        .history
+        .iter()
+        .position(|h| matches!(h.decision(), Some(Decision::Restored { .. })))
+        .expect("restored entry");
+    assert_eq!(
+        view.history[..restored_at]
+            .iter()
+            .filter(|h| h.reset_decision().is_some())
+            .count(),
+        1,
+        "the reset before the restart is still in the history: {view}"
+    );
     tokio::time::sleep(ms(2500)).await;
     let view = host.show(&vm).await;
     assert!(
-        view.reset_decisions().is_empty(),
+        view.history[restored_at..]
+            .iter()
+            .all(|h| h.reset_decision().is_none()),
         "a restart resets nothing: {view}"
     );
     host.stop().await;

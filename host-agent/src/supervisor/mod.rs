@@ -99,6 +99,8 @@ pub struct Supervisor {
     connected: bool,
     /// While the connection to libvirt is lost: when (monotonic), and what `show` says.
     libvirt_lost: Option<(Duration, LibvirtLost)>,
+    /// When the histories noted since the last write go to the state directory.
+    history_flush_at: Option<Duration>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -139,6 +141,7 @@ impl Supervisor {
             event_seq: 0,
             connected: false,
             libvirt_lost: None,
+            history_flush_at: None,
         }
     }
 
@@ -159,10 +162,15 @@ impl Supervisor {
                 }
             }
             self.fire_timers();
+            self.flush_histories(false);
             let next = self
                 .heap
                 .peek()
-                .map(|Reverse((at, _))| self.clock.instant(*at));
+                .map(|Reverse((at, _))| *at)
+                .into_iter()
+                .chain(self.history_flush_at)
+                .min()
+                .map(|at| self.clock.instant(at));
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -189,6 +197,7 @@ impl Supervisor {
             }
         }
         tracing::info!("supervisor stopping");
+        self.flush_histories(true);
         for vm in self.vms.values_mut() {
             vm.session = None;
         }
@@ -285,7 +294,8 @@ impl Supervisor {
             }
         }
         if persist {
-            if let Some(vm) = self.vms.get(&id) {
+            if let Some(vm) = self.vms.get_mut(&id) {
+                vm.history_unsaved = false;
                 self.writer.save(vm.record(&self.clock));
             }
         }
@@ -304,6 +314,23 @@ impl Supervisor {
         let wall = self.clock.wall_ms(now);
         if let Some(vm) = self.vms.get_mut(&id) {
             vm.note(self.config.history_len, wall, level, kind);
+            self.history_flush_at.get_or_insert(now + vm::HISTORY_FLUSH);
+        }
+    }
+
+    /// Writes the records of the VMs whose history changed, once their flush time has come
+    /// (or now, with `all`): the history survives a restart as the resets do.
+    fn flush_histories(&mut self, all: bool) {
+        let Some(at) = self.history_flush_at else {
+            return;
+        };
+        if !all && at > self.clock.now() {
+            return;
+        }
+        self.history_flush_at = None;
+        for vm in self.vms.values_mut().filter(|vm| vm.history_unsaved) {
+            vm.history_unsaved = false;
+            self.writer.save(vm.record(&self.clock));
         }
     }
 
@@ -526,6 +553,9 @@ impl Supervisor {
         let mut history = History::default();
         if let Some(record) = self.persisted.remove(&info.domain.uuid) {
             let (resets, alarm) = reconcile::restore(&self.clock, &record);
+            for entry in record.history {
+                history.push(self.config.history_len, entry);
+            }
             history.push(
                 self.config.history_len,
                 appmon_control::HistoryEntry::new(

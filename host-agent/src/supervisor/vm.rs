@@ -53,6 +53,10 @@ impl History {
     }
 }
 
+/// How long the supervisor lets history entries gather before it writes them to the state
+/// directory: a burst of events costs one write per VM, and a crash loses at most this much.
+pub(super) const HISTORY_FLUSH: Duration = Duration::from_secs(1);
+
 pub(super) struct Vm {
     pub domain: DomainRef,
     pub state: DomainState,
@@ -76,6 +80,8 @@ pub(super) struct Vm {
     pub last_event_seq: u64,
     /// Why the guest agent could not be reached, as last recorded: recorded once per cause.
     pub unreachable: Option<String>,
+    /// The history has entries the state directory does not have yet.
+    pub history_unsaved: bool,
 }
 
 impl Vm {
@@ -96,6 +102,7 @@ impl Vm {
             scheduled: None,
             last_event_seq: 0,
             unreachable: None,
+            history_unsaved: false,
         }
     }
 
@@ -103,6 +110,7 @@ impl Vm {
     pub fn note(&mut self, cap: usize, unix_ms: u64, level: Level, kind: HistoryKind) {
         self.history
             .push(cap, HistoryEntry::new(unix_ms, level, kind));
+        self.history_unsaved = true;
     }
 
     /// Queues a command for the session, if there is one. A session that cannot take it is not
@@ -136,6 +144,7 @@ impl Vm {
                 unix_ms: clock.wall_ms(a.at),
                 reason: a.reason.clone(),
             }),
+            history: self.history.iter().cloned().collect(),
         }
     }
 }
