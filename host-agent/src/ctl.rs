@@ -308,9 +308,14 @@ fn write_show(out: &mut dyn Write, d: &VmView) -> std::io::Result<()> {
         "transport:       {}",
         d.transport.as_deref().unwrap_or("-")
     )?;
+    let judged = match (d.status, d.domain_state) {
+        (None, _) | (_, appmon_control::DomainState::Running(_)) => "",
+        (Some(_), _) if d.libvirt_lost.is_some() => " (not judged while libvirt is away)",
+        (Some(_), _) => " (not judged: the domain is not running)",
+    };
     writeln!(
         out,
-        "status:          {}",
+        "status:          {}{judged}",
         d.status.map_or("-", |s| s.as_str())
     )?;
     writeln!(out, "enabled:         {}", d.enabled)?;

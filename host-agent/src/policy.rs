@@ -374,7 +374,11 @@ impl VmMachine {
             Monitoring::Unknown => AppStatus::Gray,
             Monitoring::Disabled => AppStatus::Red,
             Monitoring::Enabled { last_heartbeat } => {
-                let overdue = now.saturating_sub(last_heartbeat) > policy.failure_interval;
+                // Silence counts only while the domain runs: a paused, migrating or saving
+                // domain (or one libvirt cannot tell about) is not judged, and not shown Red for
+                // it; its clock restarts when it runs again.
+                let overdue = self.phase == Phase::Running
+                    && now.saturating_sub(last_heartbeat) > policy.failure_interval;
                 if self.need_reset
                     || self.alarm.is_some()
                     || self.pending != Pending::Idle

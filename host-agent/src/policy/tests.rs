@@ -278,6 +278,29 @@ fn pause_gap_is_not_a_failure() {
 }
 
 #[test]
+fn a_paused_domain_is_not_shown_red_and_is_judged_again_from_its_resume() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.at(10 * S, Input::Heartbeat);
+    sim.domain_at(20 * S, DomainEvent::Suspended(PausedReason::User));
+    sim.run_to(150 * S);
+    assert_eq!(sim.status(), Some(AppStatus::Green), "paused: not judged");
+    sim.domain_at(150 * S, DomainEvent::Resumed(RunningReason::Unpaused));
+    sim.run_to(170 * S);
+    assert_eq!(
+        sim.status(),
+        Some(AppStatus::Green),
+        "within an interval of the resume"
+    );
+    sim.run_to(180 * S + 1);
+    assert_eq!(
+        sim.status(),
+        Some(AppStatus::Red),
+        "silent for an interval after the resume"
+    );
+}
+
+#[test]
 fn missed_heartbeat_during_migration_does_not_reset() {
     let mut sim = Sim::quick();
     sim.guest_enables(0, 1);
