@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::DomainEvent;
+use crate::guest::{MonitorNote, ProcessNote};
 use crate::reset::{ResetCause, ResetMethod};
 
 /// How much an entry matters (and the log level it was logged at).
@@ -66,6 +67,20 @@ impl HistoryEntry {
     pub fn libvirt(&self) -> Option<DomainEvent> {
         match self.kind {
             HistoryKind::Libvirt(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn monitor(&self) -> Option<&MonitorNote> {
+        match &self.kind {
+            HistoryKind::Monitor(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn process(&self) -> Option<&ProcessNote> {
+        match &self.kind {
+            HistoryKind::Process(p) => Some(p),
             _ => None,
         }
     }
@@ -132,6 +147,10 @@ pub enum HistoryKind {
     Guest(GuestEvent),
     /// An operator's request through `appmonctl`.
     Operator(OperatorAction),
+    /// An application monitor in the guest reported something.
+    Monitor(MonitorNote),
+    /// A process the host launched in the guest: a managed application's or an operator's.
+    Process(ProcessNote),
 }
 
 impl HistoryKind {
@@ -142,6 +161,8 @@ impl HistoryKind {
             HistoryKind::Libvirt(_) => "libvirt",
             HistoryKind::Guest(_) => "guest",
             HistoryKind::Operator(_) => "operator",
+            HistoryKind::Monitor(_) => "monitor",
+            HistoryKind::Process(_) => "process",
         }
     }
 }
@@ -153,6 +174,8 @@ impl fmt::Display for HistoryKind {
             HistoryKind::Libvirt(e) => e.fmt(f),
             HistoryKind::Guest(g) => g.fmt(f),
             HistoryKind::Operator(o) => o.fmt(f),
+            HistoryKind::Monitor(m) => m.fmt(f),
+            HistoryKind::Process(p) => p.fmt(f),
         }
     }
 }

@@ -47,6 +47,8 @@ pub mod shell;
 
 pub use self::endpoint::{ChannelLookup, Endpoint, GuestIo, SessionError};
 pub use self::machine::{Link, LinkKind, Opening};
-pub use self::messages::{HostCmd, SessionEvent, SessionMsg, VmId};
+pub use self::messages::{
+    host_request_id, is_host_request, HostCmd, SessionEvent, SessionMsg, VmId,
+};
 pub use self::settings::{Keepalive, SessionConfig};
 pub use self::shell::run;

@@ -19,6 +19,8 @@
 //! - `vm`: one VM's state here, its session handle and its history ring.
 //! - `reconcile`: listing, lookup and session decisions (pure).
 //! - `executor`: the libvirt calls on the blocking pool.
+//! - `guest`: the guest's monitors, launched processes and managed applications, and the
+//!   host's requests to the guest with the waiter of each reply.
 //! - `view`: what `appmonctl list` and `show` see of a VM.
 //!
 //! Timers are exact per-VM deadlines ([`VmMachine::next_deadline`]) in a min-heap with lazy
@@ -27,6 +29,7 @@
 
 mod clock;
 mod executor;
+mod guest;
 mod reconcile;
 mod view;
 mod vm;
@@ -197,7 +200,7 @@ impl Supervisor {
         let Some(vm) = self.vms.get_mut(&id) else {
             return;
         };
-        let Some(at) = vm.machine.next_deadline(now) else {
+        let Some(at) = vm.next_deadline(now) else {
             return;
         };
         if vm.scheduled.is_some_and(|s| s <= at && s > now) {
@@ -222,6 +225,8 @@ impl Supervisor {
             }
             vm.scheduled = None;
             self.feed(id, Input::Tick, now);
+            self.tick_apps(id, now);
+            self.schedule(id, now);
         }
     }
 
@@ -485,6 +490,7 @@ impl Supervisor {
         if fresh {
             self.feed(id, Input::DomainState(info.state), now);
         }
+        self.sync_apps(id, now);
         self.sync_session(id, now);
     }
 
@@ -610,6 +616,7 @@ impl Supervisor {
         }
         vm.connected = false;
         self.feed(id, Input::ChannelClosed, now);
+        self.guest_session_down(id, now);
         true
     }
 
@@ -630,6 +637,7 @@ impl Supervisor {
             }
             SessionEvent::Hello { boot_id, agent } => {
                 vm.connected = true;
+                vm.guest.hello(boot_id);
                 vm.agent = Some(agent.clone());
                 self.note(
                     id,
@@ -647,7 +655,9 @@ impl Supervisor {
                     let at = now.saturating_sub(Duration::from_millis(age));
                     vm.last_heartbeat = Some(vm.last_heartbeat.map_or(at, |l| l.max(at)));
                 }
+                let processes = state.processes.clone();
                 self.feed(id, Input::GuestState(state), now);
+                self.guest_session_up(id, processes, now);
             }
             SessionEvent::Closed { reason } => {
                 vm.connected = false;
@@ -658,7 +668,12 @@ impl Supervisor {
                     HistoryKind::Guest(GuestEvent::SessionEnded { reason }),
                 );
                 self.feed(id, Input::ChannelClosed, now);
+                self.guest_session_down(id, now);
             }
+            SessionEvent::Process(status) => self.guest_process(id, status, now),
+            SessionEvent::Monitors(monitors) => self.guest_monitors(id, monitors),
+            SessionEvent::Monitor(event) => self.guest_monitor(id, event, now),
+            SessionEvent::Reply { id: request, msg } => self.guest_reply(id, request, msg, now),
             SessionEvent::Request { id: request, req } => {
                 self.feed(
                     id,
@@ -728,6 +743,20 @@ impl Supervisor {
                 }
                 None => self.unknown(&domain),
             },
+            ControlRequest::Guest { domain, call } => match self.find(&domain) {
+                Some(id) => {
+                    // Answered when the guest answers.
+                    self.guest_call(id, call, reply);
+                    return;
+                }
+                None => self.unknown(&domain),
+            },
+            ControlRequest::Processes { domain } => {
+                match self.find(&domain).and_then(|id| self.guest_processes(id)) {
+                    Some(processes) => Response::Processes { processes },
+                    None => self.unknown(&domain),
+                }
+            }
             ControlRequest::SetSpec { domain: key, spec } => {
                 match self.find(&key).and_then(|id| self.vms.get(&id)) {
                     Some(vm) => {

@@ -9,6 +9,7 @@ use appmon_libvirt_backend::{
 };
 use appmon_wire::{format_boot_id, AppStatus};
 
+use super::guest::{application_view, monitor_view, process_view};
 use super::vm::Vm;
 use crate::policy::Monitoring;
 
@@ -58,6 +59,14 @@ pub(super) fn view(vm: &Vm, now: Duration, with_history: bool) -> VmView {
         domain_state: vm.state,
         transport: vm.session.as_ref().map(|s| s.endpoint.clone()),
         policy,
+        monitors: vm.guest.monitors.iter().map(monitor_view).collect(),
+        applications: vm
+            .guest
+            .apps
+            .iter()
+            .map(|a| application_view(a, now))
+            .collect(),
+        processes: vm.guest.processes.values().map(process_view).collect(),
         history: if with_history {
             vm.history.iter().cloned().collect()
         } else {

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::clock::Clock;
+use super::guest::GuestWork;
 use crate::persist::{AlarmEntry, ResetEntry, VmRecord};
 use crate::policy::VmMachine;
 use crate::session::HostCmd;
@@ -72,6 +73,8 @@ pub(super) struct Vm {
     pub last_event_seq: u64,
     /// Why the guest agent could not be reached, as last recorded: recorded once per cause.
     pub unreachable: Option<String>,
+    /// Its monitors, launched processes, managed applications and requests in flight.
+    pub guest: GuestWork,
 }
 
 impl Vm {
@@ -91,7 +94,15 @@ impl Vm {
             scheduled: None,
             last_event_seq: 0,
             unreachable: None,
+            guest: GuestWork::default(),
         }
+    }
+
+    /// The earliest of its policy's and its applications' deadlines after `now`.
+    pub fn next_deadline(&self, now: Duration) -> Option<Duration> {
+        let policy = self.machine.next_deadline(now);
+        let apps = self.guest.next_deadline(now);
+        policy.into_iter().chain(apps).min()
     }
 
     /// Adds a history entry.
