@@ -33,6 +33,9 @@ use crate::control::{self, ControlError};
 /// The exit code of a command the guest could not start, as shells use it.
 pub const EXIT_NOT_STARTED: i32 = 127;
 
+/// Polls after the process's end for its output streams to close.
+const MAX_TAIL_ROUNDS: u32 = 50;
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     pub domain: String,
@@ -272,6 +275,7 @@ pub fn run(socket: &Path, args: &RunArgs, out: &mut dyn Write, err: &mut dyn Wri
     ];
     let mut waiting_since: Option<String> = None;
     let mut ended: Option<ProcessView> = None;
+    let mut tail_rounds = 0u32;
     loop {
         for (signal, flag) in &caught {
             if !flag.swap(false, Ordering::SeqCst) || ended.is_some() {
@@ -301,7 +305,10 @@ pub fn run(socket: &Path, args: &RunArgs, out: &mut dyn Write, err: &mut dyn Wri
             }
         }
         if let Some(view) = &ended {
-            if streams.iter().all(|s| s.eof) || later.is_none() {
+            // The guest closes a stream once it has read it to its end, which may be a little
+            // after the exit; wait for that, within a bound.
+            tail_rounds += 1;
+            if streams.iter().all(|s| s.eof) || tail_rounds > MAX_TAIL_ROUNDS {
                 release(socket, &args.domain, &id, err);
                 return view.state.reason_code().unwrap_or(EXIT_FAILED);
             }

@@ -776,13 +776,11 @@ impl Supervisor {
             ),
         };
         let waiter = Waiter::Control { reply, call: kind };
-        if let Err((waiter, why)) = self.request(id, msg, waiter) {
-            if let Waiter::Control { reply, .. } = waiter {
-                let _ = reply.send(Response::Error {
-                    kind: ErrorKind::NoSession,
-                    message: why,
-                });
-            }
+        if let Err((Waiter::Control { reply, .. }, why)) = self.request(id, msg, waiter) {
+            let _ = reply.send(Response::Error {
+                kind: ErrorKind::NoSession,
+                message: why,
+            });
         }
     }
 
