@@ -1069,7 +1069,12 @@ fn application_monitors_restart_then_need_reset_and_the_host_resets() {
     let monapp = s.monitors.iter().find(|m| m.name == "monapp").cloned();
     let monapp = monapp.unwrap_or_else(|| vm.fail("no monapp"));
     assert_eq!(
-        (monapp.kind, monapp.mode, monapp.restart_count, monapp.failure_action),
+        (
+            monapp.kind,
+            monapp.mode,
+            monapp.restart_count,
+            monapp.failure_action
+        ),
         (
             MonitorKind::Process,
             MonitorMode::Both,
@@ -1129,9 +1134,7 @@ fn application_monitors_restart_then_need_reset_and_the_host_resets() {
         "{:?}",
         s.monitors
     );
-    let hang_failed = |r: &MonitorReport| {
-        matches!(r, MonitorReport::Failed { reason } if reason.contains("timed out"))
-    };
+    let hang_failed = |r: &MonitorReport| matches!(r, MonitorReport::Failed { reason } if reason.contains("timed out"));
     let notified = |r: &MonitorReport| {
         *r == MonitorReport::ActionTaken {
             action: FailureAction::Notify,
@@ -1142,7 +1145,9 @@ fn application_monitors_restart_then_need_reset_and_the_host_resets() {
         ("the notify action", &notified),
     ] {
         assert!(
-            s.find(|h| h.monitor().is_some_and(|m| m.monitor == "hang" && report(&m.report)))
+            s.find(|h| h
+                .monitor()
+                .is_some_and(|m| m.monitor == "hang" && report(&m.report)))
                 .is_some(),
             "no {what} of hang in the host's history:\n{}",
             s.history_text()
@@ -1182,9 +1187,11 @@ fn application_monitors_restart_then_need_reset_and_the_host_resets() {
     // The host kept the monitor's restarts in its history before the reset.
     for attempt in [1, 2] {
         assert!(
-            s.find(|h| h.monitor().is_some_and(|m| m.monitor == "monapp"
-                && matches!(m.report, MonitorReport::Restarted { attempt: a, .. } if a == attempt)))
-                .is_some(),
+            s.find(|h| {
+                h.monitor().is_some_and(|m| m.monitor == "monapp"
+                && matches!(m.report, MonitorReport::Restarted { attempt: a, .. } if a == attempt))
+            })
+            .is_some(),
             "no restart {attempt} of monapp in the host's history:\n{}",
             s.history_text()
         );

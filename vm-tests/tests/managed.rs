@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use appmon_control::{
-    ProcessEnd, ProcessNote, ProcessState, Request, ResetCause, Response, LaunchRequest,
+    LaunchRequest, ProcessEnd, ProcessNote, ProcessState, Request, ResetCause, Response,
 };
 use appmon_vm_tests::{
     enable_args, test_host_config, test_policy, unix_ms_now, Defaults, HostAgent, ResetMethod,
@@ -55,7 +55,7 @@ const APPLICATIONS: &str = r#"
 "#;
 
 /// Launches timed for the latency numbers.
-const SAMPLES: usize = 20;
+const SAMPLES: usize = 50;
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
@@ -133,19 +133,39 @@ fn managed_applications_run_refuse_survive_a_restart_and_escalate_to_a_reset() {
     });
     vm.start_measured(DEFAULT_BOOT_TIMEOUT);
     let first_boot = vm.boot_ids();
-    let s = agent.wait_for_status(&vm, GREEN_TIMEOUT, "green and both applications running", |s| {
-        s.is(Status::Green) && running(s, "survivor").is_some() && running(s, "crashy").is_some()
-    });
+    let s = agent.wait_for_status(
+        &vm,
+        GREEN_TIMEOUT,
+        "green and both applications running",
+        |s| {
+            s.is(Status::Green)
+                && running(s, "survivor").is_some()
+                && running(s, "crashy").is_some()
+        },
+    );
     let (survivor_id, survivor_pid) = running(&s, "survivor").unwrap_or_default();
     println!("survivor {survivor_id} pid {survivor_pid}");
 
     // (1) `appmonctl run` prints the output and exits with the process's own code.
     let started = Instant::now();
     let out = agent
-        .ctl(&["run", vm.name(), "--", "/bin/sh", "-c", "echo hi; echo oops >&2; exit 7"])
+        .ctl(&[
+            "run",
+            vm.name(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo hi; echo oops >&2; exit 7",
+        ])
         .unwrap_or_else(|e| vm.fail(format!("appmonctl run: {e}")));
     println!("appmonctl run took {:?}", started.elapsed());
-    assert_eq!(out.code, Some(7), "stdout {:?} stderr {:?}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code,
+        Some(7),
+        "stdout {:?} stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
     assert_eq!(out.stdout, "hi\n", "stderr: {}", out.stderr);
     assert!(out.stderr.contains("oops"), "{}", out.stderr);
     let killed = agent
@@ -164,7 +184,14 @@ fn managed_applications_run_refuse_survive_a_restart_and_escalate_to_a_reset() {
         refused.stderr
     );
     let check = agent
-        .ctl(&["run", vm.name(), "--", "/bin/sh", "-c", "test -e /tmp/forbidden; echo $?"])
+        .ctl(&[
+            "run",
+            vm.name(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "test -e /tmp/forbidden; echo $?",
+        ])
         .unwrap_or_else(|e| vm.fail(format!("appmonctl run: {e}")));
     assert_eq!(check.stdout, "1\n", "/tmp/forbidden exists: {check:?}");
     let ps = agent
@@ -215,15 +242,17 @@ fn managed_applications_run_refuse_survive_a_restart_and_escalate_to_a_reset() {
     let exit_ms: Vec<u64> = sent_at
         .iter()
         .map(|(id, at)| {
-            let note = s.find(|h| {
-                matches!(h.process(), Some(ProcessNote::Ended { id: i, .. }) if i == id)
-            });
+            let note = s
+                .find(|h| matches!(h.process(), Some(ProcessNote::Ended { id: i, .. }) if i == id));
             note.map(|h| h.unix_ms.saturating_sub(*at))
                 .unwrap_or_else(|| vm.fail(format!("no end of {id} in the history")))
         })
         .collect();
     println!("{}", summary("launch request to started", launch_ms));
-    println!("{}", summary("SIGKILL sent to the host knowing the exit", exit_ms));
+    println!(
+        "{}",
+        summary("SIGKILL sent to the host knowing the exit", exit_ms)
+    );
     for (id, _) in &sent_at {
         let release = Request::Release {
             domain: vm.name().into(),
@@ -248,7 +277,14 @@ fn managed_applications_run_refuse_survive_a_restart_and_escalate_to_a_reset() {
         s.history_text()
     );
     let out = agent
-        .ctl(&["run", vm.name(), "--", "/bin/sh", "-c", "touch /tmp/survivor-exit"])
+        .ctl(&[
+            "run",
+            vm.name(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "touch /tmp/survivor-exit",
+        ])
         .unwrap_or_else(|e| vm.fail(format!("appmonctl run: {e}")));
     assert_eq!(out.code, Some(0), "{out:?}");
     let s = agent.wait_for_status(&vm, NOTICE_TIMEOUT, "the survivor's end", |s| {
@@ -302,11 +338,16 @@ fn managed_applications_run_refuse_survive_a_restart_and_escalate_to_a_reset() {
     );
     assert_eq!(ended(&s, "crashy", &killed_end).len(), 3);
     // The new boot starts the application afresh, with its whole budget.
-    let s = agent.wait_for_status(&vm, GREEN_TIMEOUT + DEFAULT_BOOT_TIMEOUT, "green again, crashy running", |s| {
-        s.is(Status::Green)
-            && s.guest_boot_id.as_deref() != first_boot.last().map(String::as_str)
-            && running(s, "crashy").is_some()
-    });
+    let s = agent.wait_for_status(
+        &vm,
+        GREEN_TIMEOUT + DEFAULT_BOOT_TIMEOUT,
+        "green again, crashy running",
+        |s| {
+            s.is(Status::Green)
+                && s.guest_boot_id.as_deref() != first_boot.last().map(String::as_str)
+                && running(s, "crashy").is_some()
+        },
+    );
     assert_eq!(vm.boot_ids().len(), first_boot.len() + 1);
     assert_eq!(s.reset_decisions().len(), 1, "{}", s.history_text());
     println!("{}", s.history_text());

@@ -487,6 +487,28 @@ impl Supervisor {
         }
     }
 
+    /// `appmonctl clear`: the applications that gave up start again with their restarts
+    /// forgotten; returns their names.
+    pub(super) fn clear_apps(&mut self, id: VmId, now: Duration) -> Vec<String> {
+        let gave_up: Vec<String> = self
+            .vms
+            .get(&id)
+            .map(|vm| {
+                vm.guest
+                    .apps
+                    .iter()
+                    .filter(|a| a.gave_up())
+                    .map(|a| a.policy().name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in &gave_up {
+            self.feed_app(id, name, managed::Input::Clear, now);
+        }
+        self.schedule(id, now);
+        gave_up
+    }
+
     /// The applications' deadlines that are due at `now`.
     pub(super) fn tick_apps(&mut self, id: VmId, now: Duration) {
         let due: Vec<String> = self
@@ -788,5 +810,51 @@ impl Supervisor {
     pub(super) fn guest_processes(&self, id: VmId) -> Option<Vec<ProcessView>> {
         let vm = self.vms.get(&id)?;
         Some(vm.guest.processes.values().map(process_view).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guests_words_are_escaped_in_views_and_history() {
+        let status = MonitorStatus {
+            name: Text::truncating("m\u{1b}[2J"),
+            application: Text::truncating("app\nforged line"),
+            kind: appmon_wire::MonitorKind::Custom,
+            mode: appmon_wire::MonitorMode::Both,
+            phase: appmon_wire::MonitorPhase::Failed,
+            restarts: 1,
+            restart_count: 2,
+            failure_action: appmon_wire::FailureAction::Notify,
+            last_failure: Some(Text::truncating("bad\r")),
+        };
+        let event = MonitorEvent {
+            monitor: Text::truncating("m\n"),
+            kind: MonitorEventKind::Failed {
+                reason: Text::truncating("\u{202e}x"),
+            },
+        };
+
+        let view = monitor_view(&status);
+        let (_, note) = monitor_note(&event);
+
+        assert_eq!(view.name, "m\\u{1b}[2J");
+        assert_eq!(view.application, "app\\nforged line");
+        assert_eq!(view.last_failure.as_deref(), Some("bad\\r"));
+        assert_eq!(note.monitor, "m\\n");
+        assert!(!note
+            .to_string()
+            .chars()
+            .any(|c| c.is_control() || c == '\u{202e}'));
+    }
+
+    #[test]
+    fn processes_show_their_reason_code() {
+        let end = end_of(&ProcessState::Killed { signal: 9 });
+        assert_eq!(end.as_ref().and_then(ProcessEnd::reason_code), Some(137));
+        assert_eq!(end_of(&ProcessState::Running { pid: 1 }), None);
+        assert_eq!(end_of(&ProcessState::Unknown), Some(ProcessEnd::Lost));
     }
 }

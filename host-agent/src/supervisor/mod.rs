@@ -737,8 +737,16 @@ impl Supervisor {
                         HistoryKind::Operator(OperatorAction::Clear),
                     );
                     self.feed(id, Input::Clear, now);
+                    let apps = self.clear_apps(id, now);
                     Response::Done {
-                        message: format!("cleared the alarm and reset window of {domain}"),
+                        message: format!(
+                            "cleared the alarm and reset window of {domain}{}",
+                            if apps.is_empty() {
+                                String::new()
+                            } else {
+                                format!(", and the given-up application(s) {}", apps.join(", "))
+                            }
+                        ),
                     }
                 }
                 None => self.unknown(&domain),
