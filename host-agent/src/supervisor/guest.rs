@@ -542,9 +542,9 @@ impl Supervisor {
             .iter()
             .map(|p| (p.id.as_str().to_owned(), p.clone()))
             .collect();
-        vm.guest
-            .known
-            .extend(processes.iter().map(|p| p.id.as_str().to_owned()));
+        // What the guest lists is what there is: ids launched before and gone from its table
+        // are forgotten, so no sequence of sessions grows this set beyond one table.
+        vm.guest.known = vm.guest.processes.keys().cloned().collect();
         let input = managed::Input::SessionUp {
             processes,
             rebooted: vm.guest.rebooted,
