@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::DomainEvent;
+use crate::guest::{MonitorNote, ProcessNote};
 use crate::reset::{ResetCause, ResetMethod};
 
 /// How much an entry matters (and the log level it was logged at).
@@ -66,6 +67,20 @@ impl HistoryEntry {
     pub fn libvirt(&self) -> Option<DomainEvent> {
         match self.kind {
             HistoryKind::Libvirt(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn monitor(&self) -> Option<&MonitorNote> {
+        match &self.kind {
+            HistoryKind::Monitor(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn process(&self) -> Option<&ProcessNote> {
+        match &self.kind {
+            HistoryKind::Process(p) => Some(p),
             _ => None,
         }
     }
@@ -134,6 +149,10 @@ pub enum HistoryKind {
     Operator(OperatorAction),
     /// The host agent's connection to libvirt changed (recorded in every VM's history).
     Hypervisor(HypervisorEvent),
+    /// An application monitor in the guest reported something.
+    Monitor(MonitorNote),
+    /// A process the host launched in the guest: a managed application's or an operator's.
+    Process(ProcessNote),
 }
 
 impl HistoryKind {
@@ -145,6 +164,8 @@ impl HistoryKind {
             HistoryKind::Guest(_) => "guest",
             HistoryKind::Operator(_) => "operator",
             HistoryKind::Hypervisor(_) => "hypervisor",
+            HistoryKind::Monitor(_) => "monitor",
+            HistoryKind::Process(_) => "process",
         }
     }
 }
@@ -157,6 +178,8 @@ impl fmt::Display for HistoryKind {
             HistoryKind::Guest(g) => g.fmt(f),
             HistoryKind::Operator(o) => o.fmt(f),
             HistoryKind::Hypervisor(e) => e.fmt(f),
+            HistoryKind::Monitor(m) => m.fmt(f),
+            HistoryKind::Process(p) => p.fmt(f),
         }
     }
 }

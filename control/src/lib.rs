@@ -7,6 +7,8 @@
 //!
 //! - [`domain`]: a libvirt domain's state and lifecycle events as appmon uses them.
 //! - [`reset`]: [`ResetMethod`] and the policy's [`ResetCause`].
+//! - [`guest`]: the guest's application monitors and launched processes as the host shows
+//!   them, their history entries, and the launch request.
 //! - [`history`]: a VM's typed event history ([`HistoryEntry`], [`HistoryKind`]: a policy
 //!   [`Decision`], a libvirt [`DomainEvent`], a [`GuestEvent`], an [`OperatorAction`]).
 //! - [`view`]: [`VmView`] and [`PolicyView`], one VM as `list` and `show` see it.
@@ -24,6 +26,12 @@
 //! {"cmd":"clear","domain":"vm1"}
 //! {"cmd":"enable","domain":"vm1","spec_xml":"<appmon:monitor ...>"}
 //! {"cmd":"disable","domain":"vm1"}
+//! {"cmd":"launch","domain":"vm1","launch":{"id":"run.1","argv":["/bin/true"]}}
+//! {"cmd":"poll","domain":"vm1","id":"run.1"}
+//! {"cmd":"signal","domain":"vm1","id":"run.1","signal":15}
+//! {"cmd":"read_output","domain":"vm1","id":"run.1","stream":"stdout","from":0}
+//! {"cmd":"release","domain":"vm1","id":"run.1"}
+//! {"cmd":"processes","domain":"vm1"}
 //! ```
 //!
 //! # Versions
@@ -35,12 +43,18 @@
 use serde::{Deserialize, Serialize};
 
 pub mod domain;
+pub mod guest;
 pub mod history;
 pub mod reset;
 pub mod view;
 
 pub use domain::{
     DomainEvent, DomainState, PausedReason, RunningReason, ShutOffReason, StartedReason,
+};
+pub use guest::{
+    ApplicationView, FailureAction, LaunchRequest, MonitorKind, MonitorMode, MonitorNote,
+    MonitorPhase, MonitorReport, MonitorView, OutputStream, OutputView, ProcessEnd, ProcessNote,
+    ProcessState, ProcessView,
 };
 pub use history::{
     Decision, GuestEvent, HistoryEntry, HistoryKind, HypervisorEvent, Level, OperatorAction,
@@ -72,6 +86,38 @@ pub enum Request {
     Disable {
         domain: String,
     },
+    /// Launches a process in the guest (`appmonctl run`); answered with `process`.
+    Launch {
+        domain: String,
+        launch: LaunchRequest,
+    },
+    /// How a launched process is doing; answered with `process`.
+    Poll {
+        domain: String,
+        id: String,
+    },
+    /// Sends a signal to a launched process (`appmonctl kill`); answered with `process`.
+    Signal {
+        domain: String,
+        id: String,
+        signal: i32,
+    },
+    /// A launched process's output from byte `from` on; answered with `output`.
+    ReadOutput {
+        domain: String,
+        id: String,
+        stream: OutputStream,
+        from: u64,
+    },
+    /// The end of a launched process has been read: the guest forgets it.
+    Release {
+        domain: String,
+        id: String,
+    },
+    /// The guest's launched processes (`appmonctl ps`); answered with `processes`.
+    Processes {
+        domain: String,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -82,6 +128,9 @@ pub enum Response {
     Show { domain: Box<VmView> },
     Done { message: String },
     Error { kind: ErrorKind, message: String },
+    Process { process: ProcessView },
+    Output { output: OutputView },
+    Processes { processes: Vec<ProcessView> },
 }
 
 /// Kinds of control errors (`appmonctl` turns them into exit codes).
@@ -91,6 +140,10 @@ pub enum ErrorKind {
     UnknownDomain,
     Libvirt,
     BadRequest,
+    /// No guest agent session is up to carry the request.
+    NoSession,
+    /// The guest agent refused the request (not on its allowlist, unknown id, ...).
+    GuestRefused,
 }
 
 /// What `appmonctl --json list` prints.
@@ -108,6 +161,23 @@ pub struct ShowDocument {
     /// [`SCHEMA_VERSION`] of the writer.
     pub schema_version: u32,
     pub domain: VmView,
+}
+
+/// What `appmonctl --json ps DOMAIN` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessesDocument {
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    pub processes: Vec<ProcessView>,
+}
+
+impl ProcessesDocument {
+    pub fn new(processes: Vec<ProcessView>) -> Self {
+        ProcessesDocument {
+            schema_version: SCHEMA_VERSION,
+            processes,
+        }
+    }
 }
 
 impl ListDocument {

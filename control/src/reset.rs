@@ -48,6 +48,9 @@ pub enum ResetCause {
     ChannelLostAfterReset,
     /// The guest rebooted by itself and its channel did not come back.
     ChannelLostAfterReboot,
+    /// A managed application's restarts in the guest are spent and its policy escalates to a
+    /// reset of the VM.
+    ManagedApplication,
 }
 
 impl fmt::Display for ResetCause {
@@ -57,6 +60,7 @@ impl fmt::Display for ResetCause {
             ResetCause::NeedReset => "the application asked for a reset (needReset)",
             ResetCause::ChannelLostAfterReset => "guest channel did not come back after reset",
             ResetCause::ChannelLostAfterReboot => "guest channel lost after reboot",
+            ResetCause::ManagedApplication => "a managed application's restarts are spent",
         })
     }
 }

@@ -121,6 +121,27 @@ fn show_document_round_trips_with_its_version() {
             channel_timeout_ms: 30_000,
         }),
         libvirt_lost: None,
+        monitors: vec![MonitorView {
+            name: "m".into(),
+            application: "app".into(),
+            kind: MonitorKind::Process,
+            mode: MonitorMode::Both,
+            phase: MonitorPhase::Healthy,
+            restarts: 0,
+            restart_count: 2,
+            failure_action: FailureAction::NeedReset,
+            last_failure: None,
+        }],
+        applications: Vec::new(),
+        processes: vec![ProcessView {
+            id: "db.1".into(),
+            state: ProcessState::Running { pid: 7 },
+            command: "/bin/db".into(),
+            user: "root".into(),
+            started_unix_ms: 1,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        }],
         history: vec![HistoryEntry::new(
             1,
             Level::Info,
@@ -143,4 +164,65 @@ fn readers_ignore_fields_they_do_not_know() {
     let text = r#"{"schema_version":1,"domains":[],"future":true}"#;
     let doc: ListDocument = serde_json::from_str(text).expect("parses");
     assert!(doc.domains.is_empty());
+}
+
+#[test]
+fn guest_work_has_a_stable_json_form() {
+    let monitor = HistoryEntry::new(
+        2,
+        Level::Warn,
+        HistoryKind::Monitor(MonitorNote {
+            monitor: "m".into(),
+            report: MonitorReport::Restarted {
+                attempt: 1,
+                ok: true,
+            },
+        }),
+    );
+    let process = HistoryEntry::new(
+        3,
+        Level::Warn,
+        HistoryKind::Process(ProcessNote::Ended {
+            application: Some("db".into()),
+            id: "db.1".into(),
+            end: ProcessEnd::Killed { signal: 9 },
+        }),
+    );
+
+    assert_eq!(
+        json(&monitor),
+        r#"{"unix_ms":2,"level":"warn","kind":{"monitor":{"monitor":"m","report":{"restarted":{"attempt":1,"ok":true}}}},"text":"monitor m: restarted, attempt 1 (ok: true)"}"#
+    );
+    assert_eq!(
+        json(&process),
+        r#"{"unix_ms":3,"level":"warn","kind":{"process":{"ended":{"application":"db","id":"db.1","end":{"killed":{"signal":9}}}}},"text":"application db: process db.1 killed by signal 9, reason code 137"}"#
+    );
+    assert_eq!(
+        json(&ResetCause::ManagedApplication),
+        r#""managed_application""#
+    );
+    let launch: Request = serde_json::from_str(
+        r#"{"cmd":"launch","domain":"vm1","launch":{"id":"run.1","argv":["/bin/true"]}}"#,
+    )
+    .expect("parses");
+    assert_eq!(
+        launch,
+        Request::Launch {
+            domain: "vm1".into(),
+            launch: LaunchRequest {
+                id: "run.1".into(),
+                argv: vec!["/bin/true".into()],
+                env: Vec::new(),
+                cwd: None,
+                user: None,
+            },
+        }
+    );
+}
+
+#[test]
+fn an_older_view_without_guest_work_still_reads() {
+    let text = r#"{"name":"vm1","uuid":"u","monitored":false,"spec_error":null,"status":null,"enabled":false,"need_reset":false,"last_heartbeat_age_ms":null,"resets_in_window":0,"gave_up":false,"alarm":null,"connected":false,"guest_boot_id":null,"guest_agent":null,"domain_state":"other","transport":null,"policy":null}"#;
+    let view: VmView = serde_json::from_str(text).expect("parses");
+    assert!(view.monitors.is_empty() && view.processes.is_empty());
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::DomainState;
+use crate::guest::{ApplicationView, MonitorView, ProcessView};
 use crate::history::HistoryEntry;
 use crate::reset::ResetMethod;
 
@@ -70,6 +71,15 @@ pub struct VmView {
     /// and no reset attempted meanwhile.
     #[serde(default)]
     pub libvirt_lost: Option<LibvirtLost>,
+    /// The guest's application monitors, as its agent last reported them.
+    #[serde(default)]
+    pub monitors: Vec<MonitorView>,
+    /// The managed applications of the domain's metadata.
+    #[serde(default)]
+    pub applications: Vec<ApplicationView>,
+    /// The processes launched in the guest for the host, as its agent last reported them.
+    #[serde(default)]
+    pub processes: Vec<ProcessView>,
     /// Oldest first. Empty in `list`.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,

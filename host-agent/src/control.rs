@@ -12,8 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use appmon_control::{ErrorKind, Request, Response};
+use appmon_control::{ErrorKind, LaunchRequest, Request, Response};
 use appmon_libvirt_backend::MonitorSpec;
+use appmon_wire::{LaunchSpec, OutputStream, ProcessId, Text};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -74,6 +75,89 @@ pub enum ControlRequest {
         domain: String,
         spec: Option<MonitorSpec>,
     },
+    /// A request for the domain's guest agent, its fields bounded as the wire bounds them.
+    Guest {
+        domain: String,
+        call: GuestCall,
+    },
+    /// The guest's launched processes as last reported.
+    Processes {
+        domain: String,
+    },
+}
+
+/// An operator's request to a guest agent (`appmonctl run`, `kill`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestCall {
+    Launch(LaunchSpec),
+    Poll {
+        id: ProcessId,
+    },
+    Signal {
+        id: ProcessId,
+        signal: i32,
+    },
+    ReadOutput {
+        id: ProcessId,
+        stream: OutputStream,
+        from: u64,
+    },
+    Release {
+        id: ProcessId,
+    },
+}
+
+/// `text` within the wire's bound for it, or an error that names what was too long.
+fn bounded<L: appmon_wire::text::Limit>(text: &str, what: &str) -> Result<Text<L>, String> {
+    Text::new(text).map_err(|e| format!("{what}: {e}"))
+}
+
+fn launch_spec(launch: LaunchRequest) -> Result<LaunchSpec, String> {
+    if launch.argv.is_empty() {
+        return Err("launch: no command given".into());
+    }
+    if launch.id.is_empty() {
+        return Err("launch: empty process id".into());
+    }
+    Ok(LaunchSpec {
+        id: bounded(&launch.id, "process id")?,
+        argv: launch
+            .argv
+            .iter()
+            .enumerate()
+            .map(|(i, a)| bounded(a, &format!("argument {i}")))
+            .collect::<Result<_, _>>()?,
+        env: launch
+            .env
+            .iter()
+            .map(|(k, v)| {
+                if k.is_empty() || k.contains(['=', '\0']) {
+                    return Err(format!("environment variable {k:?}: a name without '='"));
+                }
+                Ok((
+                    bounded(k, "environment variable name")?,
+                    bounded(v, &format!("the value of {k}"))?,
+                ))
+            })
+            .collect::<Result<_, _>>()?,
+        cwd: launch
+            .cwd
+            .as_deref()
+            .map(|c| bounded(c, "working directory"))
+            .transpose()?,
+        user: launch
+            .user
+            .as_deref()
+            .map(|u| bounded(u, "user"))
+            .transpose()?,
+    })
+}
+
+fn stream(stream: appmon_control::OutputStream) -> OutputStream {
+    match stream {
+        appmon_control::OutputStream::Stdout => OutputStream::Stdout,
+        appmon_control::OutputStream::Stderr => OutputStream::Stderr,
+    }
 }
 
 /// A control request with where to send its answer.
@@ -92,6 +176,48 @@ impl ControlRequest {
                     MonitorSpec::from_xml(&spec_xml)
                         .map_err(|e| format!("invalid monitoring spec: {e}"))?,
                 ),
+            },
+            Request::Processes { domain } => ControlRequest::Processes { domain },
+            Request::Launch { domain, launch } => ControlRequest::Guest {
+                domain,
+                call: GuestCall::Launch(launch_spec(launch)?),
+            },
+            Request::Poll { domain, id } => ControlRequest::Guest {
+                domain,
+                call: GuestCall::Poll {
+                    id: bounded(&id, "process id")?,
+                },
+            },
+            Request::Signal { domain, id, signal } => {
+                if !(1..=64).contains(&signal) {
+                    return Err(format!("signal {signal}: expected 1 to 64"));
+                }
+                ControlRequest::Guest {
+                    domain,
+                    call: GuestCall::Signal {
+                        id: bounded(&id, "process id")?,
+                        signal,
+                    },
+                }
+            }
+            Request::ReadOutput {
+                domain,
+                id,
+                stream: which,
+                from,
+            } => ControlRequest::Guest {
+                domain,
+                call: GuestCall::ReadOutput {
+                    id: bounded(&id, "process id")?,
+                    stream: stream(which),
+                    from,
+                },
+            },
+            Request::Release { domain, id } => ControlRequest::Guest {
+                domain,
+                call: GuestCall::Release {
+                    id: bounded(&id, "process id")?,
+                },
             },
         })
     }

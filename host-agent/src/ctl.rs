@@ -14,10 +14,15 @@ use appmon_libvirt_backend::{MonitorSpec, ResetMethod, Transport, DEFAULT_CHANNE
 use appmon_wire::DEFAULT_VSOCK_PORT;
 use clap::{Args, Parser, Subcommand};
 
-use appmon_control::{ErrorKind, ListDocument, Request, Response, ShowDocument, VmView};
+use appmon_control::{
+    ErrorKind, ListDocument, ProcessView, ProcessesDocument, Request, Response, ShowDocument,
+    VmView,
+};
 
 use crate::control;
 use appmon_wire::report::{error_chain, exit};
+
+mod run;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
@@ -61,6 +66,20 @@ pub enum Command {
     Disable { domain: String },
     /// Clear a domain's "gave up" alarm and the resets of its window.
     Clear { domain: String },
+    /// Launch a command in the guest, stream its output, exit with its exit code (128 + the
+    /// signal that killed it; 127 if it could not start). SIGTERM and SIGINT are passed on to
+    /// the process in the guest, and appmonctl waits for its end.
+    Run(run::RunArgs),
+    /// The processes launched in the guest for the host.
+    Ps { domain: String },
+    /// Send a signal (a number or a name such as TERM, KILL, HUP; default TERM) to a launched
+    /// process.
+    Kill {
+        domain: String,
+        id: String,
+        #[arg(value_parser = run::signal_number)]
+        signal: Option<i32>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +116,10 @@ pub struct EnableArgs {
     /// The guest agent's vsock port.
     #[arg(long, default_value_t = DEFAULT_VSOCK_PORT)]
     pub port: u32,
+    /// Managed applications: a file of `<appmon:application>` elements (host-agent/README.md),
+    /// written into the metadata with the rest.
+    #[arg(long)]
+    pub applications: Option<PathBuf>,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -147,17 +170,34 @@ impl EnableArgs {
         if self.window.is_some_and(|d| d.is_zero()) {
             return Err("--window must be more than zero".into());
         }
-        Ok(MonitorSpec {
+        let spec = MonitorSpec {
             failure_interval: self.failure_interval,
             min_uptime: self.min_uptime,
             max_resets: self.max_resets,
             reset_window: self.window,
             reset_method: self.reset_method,
             transport,
-            // Managed applications are not set by `enable` (yet): see /work/notes/processes.md.
             applications: Vec::new(),
-        })
+        };
+        match &self.applications {
+            None => Ok(spec),
+            Some(path) => with_applications(spec, path),
+        }
     }
+}
+
+/// `spec` with the `<appmon:application>` elements of the file at `path`, checked as the
+/// metadata parser checks them.
+fn with_applications(spec: MonitorSpec, path: &std::path::Path) -> Result<MonitorSpec, String> {
+    let elements = std::fs::read_to_string(path)
+        .map_err(|e| format!("--applications {}: {e}", path.display()))?;
+    let xml = spec.to_xml();
+    let close = format!("</{}:monitor>", appmon_libvirt_backend::spec::METADATA_KEY);
+    let Some(body) = xml.strip_suffix(&close) else {
+        return Err(format!("internal: the spec does not end with {close}"));
+    };
+    MonitorSpec::from_xml(&format!("{body}{elements}{close}"))
+        .map_err(|e| format!("--applications {}: {e}", path.display()))
 }
 
 fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
@@ -172,6 +212,15 @@ fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
 /// Runs one command; returns the exit code. Output goes to `out`, errors to `err`.
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let request = match &cli.command {
+        Command::Run(args) => return run::run(&cli.socket, args, out, err),
+        Command::Ps { domain } => Request::Processes {
+            domain: domain.clone(),
+        },
+        Command::Kill { domain, id, signal } => Request::Signal {
+            domain: domain.clone(),
+            id: id.clone(),
+            signal: signal.unwrap_or(libc::SIGTERM),
+        },
         Command::List => Request::List,
         Command::Show { domain } => Request::Show {
             domain: domain.clone(),
@@ -206,12 +255,17 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let written = match &response {
         Response::Error { kind, message } => {
             let _ = writeln!(err, "appmonctl: {message}");
-            return match kind {
-                ErrorKind::UnknownDomain => EXIT_UNKNOWN_DOMAIN,
-                ErrorKind::BadRequest => EXIT_USAGE,
-                ErrorKind::Libvirt => EXIT_FAILED,
-            };
+            return exit_code(*kind);
         }
+        Response::Processes { processes } if cli.json => {
+            write_json(out, &ProcessesDocument::new(processes.clone()))
+        }
+        Response::Processes { processes } => write_processes(out, processes),
+        Response::Process { process } if cli.json => write_json(out, process),
+        Response::Process { process } => {
+            writeln!(out, "{}: {}", process.id, process.state)
+        }
+        Response::Output { .. } => Ok(()),
         Response::Done { message } => writeln!(out, "{message}"),
         Response::List { domains } if cli.json => {
             write_json(out, &ListDocument::new(domains.clone()))
@@ -226,6 +280,40 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         Ok(()) => EXIT_OK,
         Err(_) => EXIT_FAILED,
     }
+}
+
+/// The exit code of a control error.
+pub fn exit_code(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::UnknownDomain => EXIT_UNKNOWN_DOMAIN,
+        ErrorKind::BadRequest => EXIT_USAGE,
+        ErrorKind::Libvirt | ErrorKind::NoSession | ErrorKind::GuestRefused => EXIT_FAILED,
+    }
+}
+
+fn write_processes(out: &mut dyn Write, processes: &[ProcessView]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:<32} {:<10} {:<24} COMMAND",
+        "ID", "STATE", "USER", "STARTED"
+    )?;
+    for p in processes {
+        let started = if p.started_unix_ms == 0 {
+            "-".to_owned()
+        } else {
+            format_unix_ms(p.started_unix_ms)
+        };
+        writeln!(
+            out,
+            "{:<24} {:<32} {:<10} {:<24} {}",
+            p.id,
+            p.state.to_string(),
+            p.user,
+            started,
+            p.command
+        )?;
+    }
+    Ok(())
 }
 
 /// A versioned document of `appmon-control`, pretty-printed.
@@ -343,6 +431,52 @@ fn write_show(out: &mut dyn Write, d: &VmView) -> std::io::Result<()> {
             .map(|b| format!(", boot id {b}"))
             .unwrap_or_default()
     )?;
+    if !d.monitors.is_empty() {
+        writeln!(out, "monitors:")?;
+        for m in &d.monitors {
+            writeln!(
+                out,
+                "  {:<16} {:<16} {:<8} restarts {}/{} action {}{}",
+                m.name,
+                m.application,
+                m.phase.as_str(),
+                m.restarts,
+                m.restart_count,
+                m.failure_action.as_str(),
+                m.last_failure
+                    .as_ref()
+                    .map(|f| format!(", last failure: {f}"))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
+    if !d.applications.is_empty() {
+        writeln!(out, "applications:")?;
+        for a in &d.applications {
+            let state = match (&a.process, a.pid, a.gave_up) {
+                (_, _, true) => "gave up".to_owned(),
+                (Some(p), Some(pid), _) => format!("{p} running (pid {pid})"),
+                _ => "not running".to_owned(),
+            };
+            writeln!(
+                out,
+                "  {:<16} {} restarts {}/{} per {} ms, then {}: {}",
+                a.name,
+                a.argv.join(" "),
+                a.restarts_in_window,
+                a.max_restarts,
+                a.restart_window_ms,
+                a.on_failure,
+                state
+            )?;
+        }
+    }
+    if !d.processes.is_empty() {
+        writeln!(out, "processes:")?;
+        for p in &d.processes {
+            writeln!(out, "  {:<24} {} ({})", p.id, p.state, p.command)?;
+        }
+    }
     writeln!(out, "history:")?;
     for h in &d.history {
         writeln!(

@@ -19,7 +19,7 @@
 //!   documentation is the policy: every rule of when to reset, what the guest is told and what
 //!   it is answered is decided there, and nowhere else.
 //! - [`managed`] — a managed application's launch/poll/restart policy (cmappmgr), a pure state
-//!   machine with a virtual clock; not wired into the supervisor yet.
+//!   machine with a virtual clock; the supervisor runs one per application of a VM.
 //! - [`session`] — one task per monitored VM: [`session::machine`] is a session as a pure
 //!   machine (handshake, keepalive, hostile-guest bounds, why a session ends),
 //!   [`session::shell`] its thin I/O and the dial loop, [`session::endpoint`] the transports.
@@ -37,7 +37,7 @@
 //!
 //! Dependencies between the modules go one way: `policy`, `managed` and `counters` use none of
 //! the others; `session` uses `policy` (the guest's requests) and `config`; `supervisor` uses
-//! all of these (but `counters` and `managed`, not wired yet); the control socket and
+//! all of these (but `counters`, not wired yet); the control socket and
 //! `appmonctl` use only `appmon-control` and the backend's spec.
 //!
 //! The tests and benchmarks run it against real libvirt (its test driver, in process or in a

@@ -1,7 +1,7 @@
 //! A managed application (Serviceguard's cmappmgr): a command the host has the guest launch,
 //! polls, and restarts by a policy. A pure state machine, `(state, input, now) -> (state,
 //! actions)`, one per application of a VM; the supervisor feeds it the guest's answers and
-//! events and carries out its actions (see /work/notes/processes.md for that wiring).
+//! events and carries out its actions (`supervisor/guest.rs`).
 //!
 //! # Rules
 //!

@@ -27,6 +27,11 @@
 //! this host agent (a domain that was already running when the host agent first saw it counts
 //! from that moment: the conservative choice, as its real start time is unknown).
 //!
+//! **A managed application** whose restarts are spent and whose policy says `reset`
+//! ([`crate::managed`], [`Input::ApplicationFailed`]) resets at once too, enabled or not (the
+//! application need not heartbeat), inside the minimum uptime, rate-limited like every reset;
+//! forgotten when the guest's state is gone (the reset, a reboot, a power-off).
+//!
 //! **needReset** (posted while enabled) resets at once, **even inside the minimum uptime**: the
 //! application asked explicitly, and the minimum uptime exists to protect slow starters that
 //! have not begun to heartbeat, not to delay an explicit request. The rate limit still applies.
@@ -241,6 +246,11 @@ pub enum Input {
     },
     /// An operator cleared the alarm and the window's resets.
     Clear,
+    /// A managed application's restarts are spent and its policy escalates to a reset
+    /// ([`crate::managed`]): reset at once, through the reset budget.
+    ApplicationFailed {
+        application: String,
+    },
     /// Time passed.
     Tick,
 }
@@ -289,6 +299,8 @@ pub struct VmMachine {
     /// while the reset was in flight: it rebooted and is back before libvirt's answer arrived,
     /// and what it said since is fresh.
     back_during_reset: bool,
+    /// A managed application asked for a reset (its name); until the guest's state is gone.
+    app_reset: Option<String>,
 }
 
 impl VmMachine {
@@ -311,6 +323,7 @@ impl VmMachine {
             awaiting_state: false,
             boot_at_reset: None,
             back_during_reset: false,
+            app_reset: None,
         }
     }
 
@@ -400,7 +413,7 @@ impl VmMachine {
     /// When the machine next wants a [`Input::Tick`]: the earliest deadline after `now`.
     pub fn next_deadline(&self, now: Duration) -> Option<Duration> {
         let policy = self.policy.as_ref()?;
-        let mut candidates: [Option<Duration>; 4] = [None; 4];
+        let mut candidates: [Option<Duration>; 5] = [None; 5];
         if let Pending::AwaitingChannel { deadline, .. } = self.pending {
             candidates[0] = Some(deadline);
         }
@@ -427,6 +440,10 @@ impl VmMachine {
                 }
                 candidates[3] = Some(at);
             }
+        }
+        if self.app_reset.is_some() && self.phase == Phase::Running && self.pending == Pending::Idle
+        {
+            candidates[4] = self.retry_at;
         }
         candidates.into_iter().flatten().filter(|&d| d > now).min()
     }
@@ -489,6 +506,7 @@ impl VmMachine {
             self.monitoring = Monitoring::Disabled;
         }
         self.need_reset = false;
+        self.app_reset = None;
         self.booted_at = now;
         self.hello_since_boot = false;
         self.retry_at = None;
@@ -585,6 +603,11 @@ impl VmMachine {
                 self.status_sent = None;
                 self.awaiting_state = false;
             }
+            Input::ApplicationFailed { application } => {
+                if self.policy.is_some() && self.phase == Phase::Running {
+                    self.app_reset = Some(application);
+                }
+            }
             Input::ResetDone => {
                 if let Pending::Resetting { method, cause } = self.pending {
                     if self.back_during_reset {
@@ -594,6 +617,7 @@ impl VmMachine {
                         self.pending = Pending::Idle;
                         self.booted_at = now;
                         self.retry_at = None;
+                        self.app_reset = None;
                         Self::note(
                             out,
                             Level::Info,
@@ -907,6 +931,15 @@ impl VmMachine {
             return;
         }
         if self.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        if self.app_reset.is_some() {
+            // Asked for by a managed application's policy, whether or not the application
+            // heartbeats: rate-limited like any other reset.
+            if self.alarm.is_none() {
+                let cause = ResetCause::ManagedApplication;
+                self.try_reset(&policy, policy.reset_method, cause, now, out);
+            }
             return;
         }
         let Monitoring::Enabled { last_heartbeat } = self.monitoring else {

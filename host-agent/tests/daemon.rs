@@ -950,3 +950,58 @@ async fn status_pushed_on_reconnect_reflects_the_guests_state() {
     assert!(host.show(&lab.name("vm")).await.is(Status::Red));
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_the_host_never_launched_is_logged_and_ignored_and_monitors_are_shown_escaped() {
+    use appmon_control::{HistoryKind, MonitorPhase, ProcessNote};
+    use appmon_wire::{
+        FailureAction, Frame, GuestMsg, MonitorKind, MonitorMode, MonitorStatus, ProcessState,
+        ProcessStatus, Text,
+    };
+    let lab = Lab::in_process("unclaimed");
+    let guest = GuestSim::new(1, Some(ms(200)));
+    let (_g, _) = lab.guest_domain("vm", &guest);
+    let host = lab.start_host(lab.config()).await;
+    assert!(
+        guest
+            .wait(ms(5000), |g| g.statuses().contains(&AppStatus::Green))
+            .await
+    );
+
+    let forged = ProcessStatus {
+        id: Text::truncating("db.1"),
+        state: ProcessState::Exited { code: 0 },
+        command: Text::truncating("/bin/db"),
+        user: Text::truncating("root"),
+        started_unix_ms: 1,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+    };
+    let monitor = MonitorStatus {
+        name: Text::truncating("m\n2026 forged entry"),
+        application: Text::truncating("app"),
+        kind: MonitorKind::Process,
+        mode: MonitorMode::LongRunning,
+        phase: appmon_wire::MonitorPhase::Healthy,
+        restarts: 0,
+        restart_count: 1,
+        failure_action: FailureAction::Notify,
+        last_failure: None,
+    };
+    assert!(guest.send(Frame::event(GuestMsg::Process(forged))));
+    assert!(guest.send(Frame::event(GuestMsg::Monitors(vec![monitor]))));
+    host.wait_show(&lab.name("vm"), ms(5000), |v| !v.monitors.is_empty())
+        .await;
+    let view = host
+        .wait_show(&lab.name("vm"), ms(5000), |v| {
+            v.find(|h| matches!(h.kind, HistoryKind::Process(ProcessNote::Unclaimed { .. })))
+                .is_some()
+        })
+        .await;
+
+    assert!(view.processes.is_empty(), "{:?}", view.processes);
+    assert_eq!(view.monitors[0].name, "m\\n2026 forged entry");
+    assert_eq!(view.monitors[0].phase, MonitorPhase::Healthy);
+    assert!(view.is(appmon_control::Status::Green), "{view}");
+    host.stop().await;
+}

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use appmon_control::{Decision, ResetCause};
+use appmon_control::{
+    Decision, FailureAction, MonitorKind, MonitorMode, MonitorPhase, MonitorReport, ResetCause,
+};
 use appmon_vm_tests::{
     policy_matches, test_host_config, test_policy, unix_ms_now, Config, ConsoleMark, Defaults,
     DemoError, DomainState, HistoryEntry, HostAgent, ResetMethod, Status, TestVm, VmConfig, VmView,
@@ -975,8 +977,9 @@ touch /tmp/hang
 wait_phase hang gave 200
 sleep 0.5
 say "hang-leftovers=$(ps | grep -c '[s]leep 31337')"
-rm -f /tmp/hang
+# Listed while it still hangs: once the check passes again the monitor is healthy.
 json
+rm -f /tmp/hang
 
 # (2) The agent restarts; its startup check finds monapp running and does not start it again.
 say "agent-restart uptime=$(up)"
@@ -1060,6 +1063,42 @@ fn application_monitors_restart_then_need_reset_and_the_host_resets() {
     vm.wait_for_console_line(boot, "MONTEST healthy", scenario);
     vm.wait_for_console_line(boot, "monitor `monapp`: startup check: not running (0 of 1 instance of `monapp` owned by root running)", Duration::ZERO);
     assert_eq!(vm.marker_count("MONAPP-START"), 1);
+    // The host shows both monitors as the guest lists them, and keeps the startup in history.
+    let s = agent.wait_for_status(&vm, NOTICE_TIMEOUT, "both monitors shown", |s| {
+        s.monitors.iter().any(|m| m.name == "monapp") && s.monitors.iter().any(|m| m.name == "hang")
+    });
+    let monapp = s.monitors.iter().find(|m| m.name == "monapp").cloned();
+    let monapp = monapp.unwrap_or_else(|| vm.fail("no monapp"));
+    assert_eq!(
+        (
+            monapp.kind,
+            monapp.mode,
+            monapp.restart_count,
+            monapp.failure_action
+        ),
+        (
+            MonitorKind::Process,
+            MonitorMode::Both,
+            2,
+            FailureAction::NeedReset
+        ),
+        "{monapp:?}"
+    );
+    // Reports made before the session was up are not sent again (the state is); the start
+    // command's comes after the startup check, at the start of the stabilization interval.
+    let s = agent.wait_for_status(&vm, NOTICE_TIMEOUT, "monapp's start in the history", |s| {
+        s.find(|h| {
+            h.monitor().is_some_and(|m| {
+                m.monitor == "monapp"
+                    && matches!(
+                        m.report,
+                        MonitorReport::StartupFailed { .. } | MonitorReport::Started { ok: true }
+                    )
+            })
+        })
+        .is_some()
+    });
+    println!("{}", s.history_text());
 
     // (3) The hanging check: killed at its 2 s timeout with its child, a failure, notify.
     let leftovers = vm.wait_for_console_line(boot, "MONTEST hang-leftovers=", scenario);
@@ -1084,6 +1123,36 @@ fn application_monitors_restart_then_need_reset_and_the_host_resets() {
             .is_some_and(|f| f.as_str().contains("timed out")),
         "{hang:?}"
     );
+    // The host sees the same: the failure it last listed (its phase moves on once the check
+    // passes again), and the failure and the action in its history.
+    let s = agent.wait_for_status(&vm, NOTICE_TIMEOUT, "hang's failure, on the host", |s| {
+        s.monitors.iter().any(|m| {
+            m.name == "hang"
+                && m.last_failure
+                    .as_deref()
+                    .is_some_and(|f| f.contains("timed out"))
+                && matches!(m.phase, MonitorPhase::GaveUp | MonitorPhase::Healthy)
+        })
+    });
+    let hang_failed = |r: &MonitorReport| matches!(r, MonitorReport::Failed { reason } if reason.contains("timed out"));
+    let notified = |r: &MonitorReport| {
+        *r == MonitorReport::ActionTaken {
+            action: FailureAction::Notify,
+        }
+    };
+    for (what, report) in [
+        ("a failure", &hang_failed as &dyn Fn(&MonitorReport) -> bool),
+        ("the notify action", &notified),
+    ] {
+        assert!(
+            s.find(|h| h
+                .monitor()
+                .is_some_and(|m| m.monitor == "hang" && report(&m.report)))
+                .is_some(),
+            "no {what} of hang in the host's history:\n{}",
+            s.history_text()
+        );
+    }
 
     // (2) The agent restarted: the application runs, so it is not started a second time.
     let restart = vm.wait_for_console_line(boot, "MONTEST agent-restart ", scenario);
@@ -1115,6 +1184,18 @@ fn application_monitors_restart_then_need_reset_and_the_host_resets() {
         !s.reset_decisions().is_empty()
     });
     let decision = s.reset_decisions()[0].clone();
+    // The host kept the monitor's restarts in its history before the reset.
+    for attempt in [1, 2] {
+        assert!(
+            s.find(|h| {
+                h.monitor().is_some_and(|m| m.monitor == "monapp"
+                && matches!(m.report, MonitorReport::Restarted { attempt: a, .. } if a == attempt))
+            })
+            .is_some(),
+            "no restart {attempt} of monapp in the host's history:\n{}",
+            s.history_text()
+        );
+    }
     assert!(
         decision
             .text

@@ -811,6 +811,9 @@ proptest! {
                         ResetCause::NeedReset => {
                             prop_assert!(model.enabled && model.need_reset, "needReset reset without needReset");
                         }
+                        ResetCause::ManagedApplication => {
+                            prop_assert!(false, "no managed application failed in these sequences");
+                        }
                         ResetCause::ChannelLostAfterReset | ResetCause::ChannelLostAfterReboot => {
                             let since = model.awaiting_since;
                             prop_assert!(since.is_some_and(|s| now >= s + policy.channel_timeout),
@@ -1062,4 +1065,63 @@ fn a_status_told_in_a_reply_is_not_pushed_again() {
         !later.iter().any(|a| matches!(a, Action::SendStatus(_))),
         "{later:?}"
     );
+}
+
+fn app_failed() -> Input {
+    Input::ApplicationFailed {
+        application: "db".into(),
+    }
+}
+
+fn managed_resets(sim: &Sim) -> Vec<u64> {
+    sim.resets()
+        .into_iter()
+        .filter(|r| r.2 == ResetCause::ManagedApplication)
+        .map(|r| r.0)
+        .collect()
+}
+
+#[test]
+fn managed_application_escalation_resets_at_once_without_heartbeats_and_once() {
+    let mut sim = Sim::new(Policy {
+        reset_method: ResetMethod::PowerCycle,
+        ..Policy::default()
+    });
+    sim.at(0, Input::GuestHello { boot_id: [1; 16] });
+
+    sim.at(5 * S, app_failed());
+    sim.run_to(1000 * S);
+
+    assert_eq!(managed_resets(&sim), vec![5 * S]);
+}
+
+#[test]
+fn managed_application_escalation_goes_through_the_reset_budget() {
+    let mut sim = Sim::new(Policy {
+        reset_method: ResetMethod::PowerCycle,
+        max_resets: 1,
+        ..Policy::default()
+    });
+    sim.at(0, Input::GuestHello { boot_id: [1; 16] });
+    sim.at(S, app_failed());
+    sim.at(10 * S, Input::GuestHello { boot_id: [2; 16] });
+
+    sim.at(20 * S, app_failed());
+
+    assert_eq!(managed_resets(&sim), vec![S]);
+    assert_eq!(sim.alarms(), 1);
+}
+
+#[test]
+fn managed_application_escalation_while_paused_resets_nothing() {
+    let mut sim = Sim::new(Policy::default());
+    sim.domain_at(
+        0,
+        DomainEvent::Suspended(appmon_libvirt_backend::PausedReason::User),
+    );
+
+    sim.at(S, app_failed());
+    sim.run_to(1000 * S);
+
+    assert!(sim.resets().is_empty());
 }

@@ -30,7 +30,7 @@ use appmon_wire::{
     WireMessage,
 };
 
-use super::messages::{HostCmd, SessionEvent};
+use super::messages::{is_host_request, HostCmd, SessionEvent};
 pub use super::settings::Keepalive;
 use super::settings::SessionConfig;
 use crate::policy::GuestRequest;
@@ -252,6 +252,9 @@ impl Session {
             Event::Command(HostCmd::Reply { id, msg }) => {
                 out.push(Action::Send(Frame::reply(id, msg)))
             }
+            Event::Command(HostCmd::Request { id, msg }) => {
+                out.push(Action::Send(Frame::request(id, msg)))
+            }
             Event::Tick => self.tick(now, &mut out),
         }
         if out.iter().any(|a| matches!(a, Action::End(_))) {
@@ -308,6 +311,12 @@ impl Session {
             self.before_hello(config, frame, now, out);
             return;
         }
+        if let Tag::Reply(id) = frame.tag {
+            if is_host_request(id) {
+                out.push(Action::Deliver(SessionEvent::Reply { id, msg: frame.msg }));
+                return;
+            }
+        }
         let id = match frame.tag {
             Tag::Request(id) => Some(id),
             _ => None,
@@ -341,6 +350,15 @@ impl Session {
                         error: e.to_string(),
                     }));
                 }
+            }
+            GuestMsg::Process(status) if id.is_none() => {
+                out.push(Action::Deliver(SessionEvent::Process(status)))
+            }
+            GuestMsg::Monitors(monitors) if id.is_none() => {
+                out.push(Action::Deliver(SessionEvent::Monitors(monitors)))
+            }
+            GuestMsg::Monitor(event) if id.is_none() => {
+                out.push(Action::Deliver(SessionEvent::Monitor(event)))
             }
             GuestMsg::Hello(_) => {
                 if id.is_some() {

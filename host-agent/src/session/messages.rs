@@ -3,7 +3,9 @@
 use std::time::Instant;
 
 use appmon_control::SessionEnd;
-use appmon_wire::{GuestState, HostMsg, RequestId};
+use appmon_wire::{
+    GuestMsg, GuestState, HostMsg, MonitorEvent, MonitorStatus, ProcessStatus, RequestId,
+};
 
 use crate::policy::GuestRequest;
 
@@ -32,6 +34,17 @@ pub enum SessionEvent {
     Closed {
         reason: SessionEnd,
     },
+    /// A launched process changed state (the guest's `Process` event).
+    Process(ProcessStatus),
+    /// The state of every application monitor in the guest.
+    Monitors(Vec<MonitorStatus>),
+    /// An application monitor reported something.
+    Monitor(MonitorEvent),
+    /// The guest's answer to the host's request `id` ([`HostCmd::Request`]).
+    Reply {
+        id: RequestId,
+        msg: GuestMsg,
+    },
 }
 
 /// A [`SessionEvent`] with who it is from.
@@ -50,4 +63,21 @@ pub enum HostCmd {
     Status(appmon_wire::AppStatus),
     /// The answer to a request.
     Reply { id: RequestId, msg: HostMsg },
+    /// A request of the host's (launch, poll, signal, read output, release); `id` is one of
+    /// [`host_request_id`]'s, so its reply comes back as [`SessionEvent::Reply`].
+    Request { id: RequestId, msg: HostMsg },
+}
+
+/// Request ids the supervisor's requests use: the high bit set. The session's own pings count
+/// below it, so a reply says by its id alone whether the supervisor waits for it.
+pub const HOST_REQUEST_BIT: RequestId = 1 << 31;
+
+/// The id of the supervisor's `n`-th request (wrapping within its half of the id space).
+pub fn host_request_id(n: u32) -> RequestId {
+    HOST_REQUEST_BIT | (n & !HOST_REQUEST_BIT)
+}
+
+/// Whether `id` is one of the supervisor's requests.
+pub fn is_host_request(id: RequestId) -> bool {
+    id & HOST_REQUEST_BIT != 0
 }

@@ -23,8 +23,13 @@
 //! 2. Requests (`Enable`, `Disable`, `PostAppState`, `GetAppStatus`, `IsEnabled`) go to the
 //!    supervisor, whose policy machine answers through [`HostCmd::Reply`]; `Ping` is answered
 //!    here. Heartbeats (`Event MarkActive`) are stamped with the time they were read and
-//!    forwarded. Requests this host agent does not handle get `Error(NotAllowed)`; an unknown
-//!    message kind gets `Error(Unsupported)`; an `Error` is never answered.
+//!    forwarded, and so are the guest's `Process`, `Monitors` and `Monitor` events. Requests this
+//!    host agent does not handle get `Error(NotAllowed)`; an unknown message kind gets
+//!    `Error(Unsupported)`; an `Error` is never answered.
+//! 4. The supervisor's own requests (launch, poll, signal, read output, release:
+//!    [`HostCmd::Request`]) carry ids with the high bit set ([`host_request_id`]); a reply with
+//!    such an id goes back to the supervisor as [`SessionEvent::Reply`], whatever it says. The
+//!    session's pings count below that bit, and their answers stay here.
 //! 3. Every `ping_interval` the host sends `Request Ping`; a guest that sends no frame at all for
 //!    `ping_interval * dead_after_pings` is dead: the session ends and reconnects.
 //!
@@ -47,6 +52,8 @@ pub mod shell;
 
 pub use self::endpoint::{ChannelLookup, Endpoint, GuestIo, SessionError};
 pub use self::machine::{Link, LinkKind, Opening};
-pub use self::messages::{HostCmd, SessionEvent, SessionMsg, VmId};
+pub use self::messages::{
+    host_request_id, is_host_request, HostCmd, SessionEvent, SessionMsg, VmId,
+};
 pub use self::settings::{Keepalive, SessionConfig};
 pub use self::shell::run;

@@ -32,7 +32,7 @@ impl SessionConfig {
             hello: Hello::new(
                 format!("appmon-host {}", env!("CARGO_PKG_VERSION")),
                 host_boot_id,
-                Capabilities::HEARTBEAT,
+                Capabilities::HEARTBEAT | Capabilities::PROCESSES | Capabilities::MONITORS,
             ),
             hello_timeout: config.hello_timeout,
             keepalive: Keepalive {

@@ -19,6 +19,8 @@
 //! - `vm`: one VM's state here, its session handle and its history ring.
 //! - `reconcile`: listing, lookup and session decisions (pure).
 //! - `executor`: the libvirt calls on the blocking pool.
+//! - `guest`: the guest's monitors, launched processes and managed applications, and the
+//!   host's requests to the guest with the waiter of each reply.
 //! - `view`: what `appmonctl list` and `show` see of a VM.
 //!
 //! Timers are exact per-VM deadlines ([`VmMachine::next_deadline`]) in a min-heap with lazy
@@ -27,6 +29,7 @@
 
 mod clock;
 mod executor;
+mod guest;
 mod reconcile;
 mod view;
 mod vm;
@@ -210,7 +213,7 @@ impl Supervisor {
         let Some(vm) = self.vms.get_mut(&id) else {
             return;
         };
-        let Some(at) = vm.machine.next_deadline(now) else {
+        let Some(at) = vm.next_deadline(now) else {
             return;
         };
         if vm.scheduled.is_some_and(|s| s <= at && s > now) {
@@ -235,6 +238,8 @@ impl Supervisor {
             }
             vm.scheduled = None;
             self.feed(id, Input::Tick, now);
+            self.tick_apps(id, now);
+            self.schedule(id, now);
         }
     }
 
@@ -536,6 +541,7 @@ impl Supervisor {
         if fresh {
             self.feed(id, Input::DomainState(info.state), now);
         }
+        self.sync_apps(id, now);
         self.sync_session(id, now);
     }
 
@@ -664,6 +670,7 @@ impl Supervisor {
         }
         vm.connected = false;
         self.feed(id, Input::ChannelClosed, now);
+        self.guest_session_down(id, now);
         true
     }
 
@@ -684,6 +691,7 @@ impl Supervisor {
             }
             SessionEvent::Hello { boot_id, agent } => {
                 vm.connected = true;
+                vm.guest.hello(boot_id);
                 vm.agent = Some(agent.clone());
                 self.note(
                     id,
@@ -698,7 +706,9 @@ impl Supervisor {
             }
             SessionEvent::State(state) => {
                 vm.claimed_heartbeat = state.last_heartbeat_age_ms.map(|age| (now, age));
+                let processes = state.processes.clone();
                 self.feed(id, Input::GuestState(state), now);
+                self.guest_session_up(id, processes, now);
             }
             SessionEvent::Closed { reason } => {
                 vm.connected = false;
@@ -709,7 +719,12 @@ impl Supervisor {
                     HistoryKind::Guest(GuestEvent::SessionEnded { reason }),
                 );
                 self.feed(id, Input::ChannelClosed, now);
+                self.guest_session_down(id, now);
             }
+            SessionEvent::Process(status) => self.guest_process(id, status, now),
+            SessionEvent::Monitors(monitors) => self.guest_monitors(id, monitors),
+            SessionEvent::Monitor(event) => self.guest_monitor(id, event, now),
+            SessionEvent::Reply { id: request, msg } => self.guest_reply(id, request, msg, now),
             SessionEvent::Request { id: request, req } => {
                 self.feed(
                     id,
@@ -780,12 +795,34 @@ impl Supervisor {
                         HistoryKind::Operator(OperatorAction::Clear),
                     );
                     self.feed(id, Input::Clear, now);
+                    let apps = self.clear_apps(id, now);
                     Response::Done {
-                        message: format!("cleared the alarm and reset window of {domain}"),
+                        message: format!(
+                            "cleared the alarm and reset window of {domain}{}",
+                            if apps.is_empty() {
+                                String::new()
+                            } else {
+                                format!(", and the given-up application(s) {}", apps.join(", "))
+                            }
+                        ),
                     }
                 }
                 None => self.unknown(&domain),
             },
+            ControlRequest::Guest { domain, call } => match self.find(&domain) {
+                Some(id) => {
+                    // Answered when the guest answers.
+                    self.guest_call(id, call, reply);
+                    return;
+                }
+                None => self.unknown(&domain),
+            },
+            ControlRequest::Processes { domain } => {
+                match self.find(&domain).and_then(|id| self.guest_processes(id)) {
+                    Some(processes) => Response::Processes { processes },
+                    None => self.unknown(&domain),
+                }
+            }
             ControlRequest::SetSpec { domain: key, spec } => {
                 match self.find(&key).and_then(|id| self.vms.get(&id)) {
                     Some(vm) => {

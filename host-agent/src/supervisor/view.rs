@@ -9,6 +9,7 @@ use appmon_libvirt_backend::{
 };
 use appmon_wire::{format_boot_id, AppStatus};
 
+use super::guest::{application_view, monitor_view, process_view};
 use super::vm::Vm;
 
 pub(super) fn millis(d: Duration) -> u64 {
@@ -57,6 +58,14 @@ pub(super) fn view(vm: &Vm, now: Duration, with_history: bool) -> VmView {
         transport: vm.session.as_ref().map(|s| s.endpoint.clone()),
         policy,
         libvirt_lost: None,
+        monitors: vm.guest.monitors.iter().map(monitor_view).collect(),
+        applications: vm
+            .guest
+            .apps
+            .iter()
+            .map(|a| application_view(a, now))
+            .collect(),
+        processes: vm.guest.processes.values().map(process_view).collect(),
         history: if with_history {
             vm.history.iter().cloned().collect()
         } else {

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::clock::Clock;
+use super::guest::GuestWork;
 use crate::persist::{AlarmEntry, ResetEntry, VmRecord};
 use crate::policy::VmMachine;
 use crate::session::HostCmd;
@@ -82,6 +83,8 @@ pub(super) struct Vm {
     pub unreachable: Option<String>,
     /// The history has entries the state directory does not have yet.
     pub history_unsaved: bool,
+    /// Its monitors, launched processes, managed applications and requests in flight.
+    pub guest: GuestWork,
 }
 
 impl Vm {
@@ -103,7 +106,15 @@ impl Vm {
             last_event_seq: 0,
             unreachable: None,
             history_unsaved: false,
+            guest: GuestWork::default(),
         }
+    }
+
+    /// The earliest of its policy's and its applications' deadlines after `now`.
+    pub fn next_deadline(&self, now: Duration) -> Option<Duration> {
+        let policy = self.machine.next_deadline(now);
+        let apps = self.guest.next_deadline(now);
+        policy.into_iter().chain(apps).min()
     }
 
     /// Adds a history entry.

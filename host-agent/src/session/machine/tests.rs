@@ -539,3 +539,80 @@ fn supervisor_commands_become_frames() {
         [Action::Send(Frame::reply(8, HostMsg::Enabled(true)))]
     );
 }
+
+#[test]
+fn process_and_monitor_frames_reach_the_supervisor_and_replies_to_its_requests_come_back() {
+    use crate::session::host_request_id;
+    use appmon_wire::{MonitorEvent, MonitorEventKind, ProcessState, ProcessStatus, Text};
+    let mut rig = Rig::greeted();
+    let status = ProcessStatus {
+        id: Text::truncating("db.1"),
+        state: ProcessState::Exited { code: 3 },
+        command: Text::truncating("/bin/db"),
+        user: Text::truncating("root"),
+        started_unix_ms: 1,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+    };
+    let event = MonitorEvent {
+        monitor: Text::truncating("m"),
+        kind: MonitorEventKind::Recovered,
+    };
+    let request = host_request_id(5);
+
+    let launch = rig.at(10).feed(Event::Command(HostCmd::Request {
+        id: request,
+        msg: HostMsg::PollProcess {
+            id: Text::truncating("db.1"),
+        },
+    }));
+    // Frames 200 ms apart: within the token bucket.
+    let process = rig
+        .at(200)
+        .frame(Frame::event(GuestMsg::Process(status.clone())));
+    let monitors = rig
+        .at(400)
+        .frame(Frame::event(GuestMsg::Monitors(Vec::new())));
+    let monitor = rig
+        .at(600)
+        .frame(Frame::event(GuestMsg::Monitor(event.clone())));
+    let answer = rig
+        .at(800)
+        .frame(Frame::reply(request, GuestMsg::Process(status.clone())));
+    let pong = rig.at(1000).frame(Frame::reply(4, GuestMsg::Pong));
+
+    assert_eq!(
+        launch,
+        [Action::Send(Frame::request(
+            request,
+            HostMsg::PollProcess {
+                id: Text::truncating("db.1")
+            }
+        ))]
+    );
+    assert_eq!(
+        process,
+        [Action::Deliver(SessionEvent::Process(status.clone()))]
+    );
+    assert_eq!(
+        monitors,
+        [Action::Deliver(SessionEvent::Monitors(Vec::new()))]
+    );
+    assert_eq!(monitor, [Action::Deliver(SessionEvent::Monitor(event))]);
+    assert_eq!(
+        answer,
+        [Action::Deliver(SessionEvent::Reply {
+            id: request,
+            msg: GuestMsg::Process(status)
+        })]
+    );
+    assert_eq!(pong, []);
+}
+
+#[test]
+fn the_host_says_it_takes_processes_and_monitors() {
+    let caps = config().hello.capabilities;
+    assert!(
+        caps.contains(Capabilities::PROCESSES | Capabilities::MONITORS | Capabilities::HEARTBEAT)
+    );
+}
