@@ -10,8 +10,10 @@
 //! - [`history`]: a VM's typed event history ([`HistoryEntry`], [`HistoryKind`]: a policy
 //!   [`Decision`], a libvirt [`DomainEvent`], a [`GuestEvent`], an [`OperatorAction`]).
 //! - [`view`]: [`VmView`] and [`PolicyView`], one VM as `list` and `show` see it.
+//! - [`counters`]: [`CountersView`], one VM's counters as `counters` sees them.
 //! - this file: the control socket's [`Request`] and [`Response`], and the versioned documents
-//!   `appmonctl --json` prints ([`ListDocument`], [`ShowDocument`], [`SCHEMA_VERSION`]).
+//!   `appmonctl --json` prints ([`ListDocument`], [`ShowDocument`], [`CountersDocument`],
+//!   [`SCHEMA_VERSION`]).
 //!
 //! # The control socket
 //!
@@ -24,6 +26,8 @@
 //! {"cmd":"clear","domain":"vm1"}
 //! {"cmd":"enable","domain":"vm1","spec_xml":"<appmon:monitor ...>"}
 //! {"cmd":"disable","domain":"vm1"}
+//! {"cmd":"counters","domain":"vm1"}
+//! {"cmd":"counters","domain":"vm1","entity":"CPU"}
 //! ```
 //!
 //! # Versions
@@ -34,11 +38,13 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod counters;
 pub mod domain;
 pub mod history;
 pub mod reset;
 pub mod view;
 
+pub use counters::{CounterView, CountersView, EntityView};
 pub use domain::{
     DomainEvent, DomainState, PausedReason, RunningReason, ShutOffReason, StartedReason,
 };
@@ -71,14 +77,21 @@ pub enum Request {
     Disable {
         domain: String,
     },
+    /// The domain's counters with their latest values; only `entity`'s when named.
+    Counters {
+        domain: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entity: Option<String>,
+    },
 }
 
-/// The answer to a [`Request`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The answer to a [`Request`]. Not `Eq`: counter values are floats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     List { domains: Vec<VmView> },
     Show { domain: Box<VmView> },
+    Counters { counters: Box<CountersView> },
     Done { message: String },
     Error { kind: ErrorKind, message: String },
 }
@@ -88,6 +101,8 @@ pub enum Response {
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     UnknownDomain,
+    /// `counters DOMAIN ENTITY` named an entity the domain's schema does not have.
+    UnknownEntity,
     Libvirt,
     BadRequest,
 }
@@ -107,6 +122,23 @@ pub struct ShowDocument {
     /// [`SCHEMA_VERSION`] of the writer.
     pub schema_version: u32,
     pub domain: VmView,
+}
+
+/// What `appmonctl --json counters DOMAIN [ENTITY]` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountersDocument {
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    pub counters: CountersView,
+}
+
+impl CountersDocument {
+    pub fn new(counters: CountersView) -> Self {
+        CountersDocument {
+            schema_version: SCHEMA_VERSION,
+            counters,
+        }
+    }
 }
 
 impl ListDocument {

@@ -142,3 +142,62 @@ fn readers_ignore_fields_they_do_not_know() {
     let doc: ListDocument = serde_json::from_str(text).expect("parses");
     assert!(doc.domains.is_empty());
 }
+
+#[test]
+fn counters_request_names_its_entity_only_when_asked() {
+    let all = Request::Counters {
+        domain: "vm1".into(),
+        entity: None,
+    };
+    let cpu = Request::Counters {
+        domain: "vm1".into(),
+        entity: Some("CPU".into()),
+    };
+
+    assert_eq!(json(&all), r#"{"cmd":"counters","domain":"vm1"}"#);
+    assert_eq!(
+        json(&cpu),
+        r#"{"cmd":"counters","domain":"vm1","entity":"CPU"}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<Request>(r#"{"cmd":"counters","domain":"vm1"}"#).expect("parses"),
+        all
+    );
+}
+
+#[test]
+fn counters_document_round_trips_with_its_version() {
+    let view = CountersView {
+        domain: "vm1".into(),
+        generation: Some(2),
+        refused_frames: 1,
+        entities: vec![EntityView {
+            name: "CPU".into(),
+            counters: vec![CounterView {
+                name: "CPU Total".into(),
+                description: "CPU use, all CPUs".into(),
+                units: "%".into(),
+                kind: String::new(),
+                pace_ms: 1000,
+                range_lower: Some(0.0),
+                range_upper: Some(100.0),
+                value: Some(12.5),
+                unix_ms: Some(1_764_662_400_123),
+            }],
+        }],
+    };
+    let text = json(&CountersDocument::new(view.clone()));
+
+    assert!(
+        text.starts_with(r#"{"schema_version":1,"counters":{"domain":"vm1","generation":2"#),
+        "{text}"
+    );
+    let back: CountersDocument = serde_json::from_str(&text).expect("parses");
+    assert_eq!(back.counters, view);
+    assert_eq!(
+        back.counters
+            .counter("CPU", "CPU Total")
+            .and_then(|c| c.value),
+        Some(12.5)
+    );
+}
