@@ -74,6 +74,10 @@ pub enum ControlRequest {
         domain: String,
         spec: Option<MonitorSpec>,
     },
+    Counters {
+        domain: String,
+        entity: Option<String>,
+    },
 }
 
 /// A control request with where to send its answer.
@@ -86,6 +90,7 @@ impl ControlRequest {
             Request::Show { domain } => ControlRequest::Show { domain },
             Request::Clear { domain } => ControlRequest::Clear { domain },
             Request::Disable { domain } => ControlRequest::SetSpec { domain, spec: None },
+            Request::Counters { domain, entity } => ControlRequest::Counters { domain, entity },
             Request::Enable { domain, spec_xml } => ControlRequest::SetSpec {
                 domain,
                 spec: Some(

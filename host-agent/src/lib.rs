@@ -27,7 +27,7 @@
 //!   its clock, each VM and its history ring, reconciliation with libvirt, the blocking libvirt
 //!   calls, and the views `appmonctl` sees.
 //! - [`counters`] — one VM's counters: the schema its guest sent and a bounded history per
-//!   counter (pure; not wired into the supervisor yet).
+//!   counter (pure; the supervisor keeps one per VM and feeds it what the session delivers).
 //! - [`config`] — `/etc/appmon/host.toml`.
 //! - [`persist`] — the state directory (reset history and alarms across restarts).
 //! - [`control`] — the local control socket; [`ctl`] — the `appmonctl` command line. Their
@@ -37,7 +37,7 @@
 //!
 //! Dependencies between the modules go one way: `policy`, `managed` and `counters` use none of
 //! the others; `session` uses `policy` (the guest's requests) and `config`; `supervisor` uses
-//! all of these (but `counters` and `managed`, not wired yet); the control socket and
+//! all of these (but `managed`, not wired yet); the control socket and
 //! `appmonctl` use only `appmon-control` and the backend's spec.
 //!
 //! The tests and benchmarks run it against real libvirt (its test driver, in process or in a

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use appmon_control::SessionEnd;
-use appmon_wire::{GuestState, HostMsg, RequestId};
+use appmon_wire::{CounterSchema, CounterValues, GuestState, HostMsg, RequestId};
 
 use crate::policy::GuestRequest;
 
@@ -31,6 +31,13 @@ pub enum SessionEvent {
     /// The connection ended (after a Hello or not); the task reconnects.
     Closed {
         reason: SessionEnd,
+    },
+    /// A part of the guest's counter schema, unchecked: the VM's counter store judges it.
+    CounterSchema(CounterSchema),
+    /// A set of counter values, stamped when its frame was read, unchecked like the schema.
+    CounterValues {
+        values: CounterValues,
+        at: Instant,
     },
 }
 

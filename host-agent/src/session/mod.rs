@@ -23,7 +23,9 @@
 //! 2. Requests (`Enable`, `Disable`, `PostAppState`, `GetAppStatus`, `IsEnabled`) go to the
 //!    supervisor, whose policy machine answers through [`HostCmd::Reply`]; `Ping` is answered
 //!    here. Heartbeats (`Event MarkActive`) are stamped with the time they were read and
-//!    forwarded. Requests this host agent does not handle get `Error(NotAllowed)`; an unknown
+//!    forwarded. Counter schema parts and values (the host's Hello offers `COUNTERS`) go to the
+//!    supervisor as they are, values stamped like heartbeats; the VM's counter store judges
+//!    them. Requests this host agent does not handle get `Error(NotAllowed)`; an unknown
 //!    message kind gets `Error(Unsupported)`; an `Error` is never answered.
 //! 3. Every `ping_interval` the host sends `Request Ping`; a guest that sends no frame at all for
 //!    `ping_interval * dead_after_pings` is dead: the session ends and reconnects.

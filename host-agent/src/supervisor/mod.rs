@@ -20,12 +20,15 @@
 //! - `reconcile`: listing, lookup and session decisions (pure).
 //! - `executor`: the libvirt calls on the blocking pool.
 //! - `view`: what `appmonctl list` and `show` see of a VM.
+//! - `counters`: each VM's counters ([`crate::counters`]' store), the frames it refuses logged
+//!   and rate-limited, and what `appmonctl counters` sees.
 //!
 //! Timers are exact per-VM deadlines ([`VmMachine::next_deadline`]) in a min-heap with lazy
 //! invalidation: a heartbeat only moves a deadline later, so it costs no heap operation; an
 //! entry that no longer matches its VM's deadline is skipped when it comes up.
 
 mod clock;
+mod counters;
 mod executor;
 mod reconcile;
 mod view;
@@ -631,6 +634,7 @@ impl Supervisor {
             SessionEvent::Hello { boot_id, agent } => {
                 vm.connected = true;
                 vm.agent = Some(agent.clone());
+                vm.counters.session_started();
                 self.note(
                     id,
                     now,
@@ -658,6 +662,14 @@ impl Supervisor {
                     HistoryKind::Guest(GuestEvent::SessionEnded { reason }),
                 );
                 self.feed(id, Input::ChannelClosed, now);
+            }
+            SessionEvent::CounterSchema(part) => {
+                vm.counters.schema(&vm.domain.name, part, now);
+            }
+            SessionEvent::CounterValues { values, at } => {
+                let at = self.clock.mono(tokio::time::Instant::from_std(at));
+                let unix_ms = self.clock.wall_ms(at.min(now));
+                vm.counters.values(&vm.domain.name, &values, unix_ms, now);
             }
             SessionEvent::Request { id: request, req } => {
                 self.feed(
@@ -728,6 +740,12 @@ impl Supervisor {
                 }
                 None => self.unknown(&domain),
             },
+            ControlRequest::Counters { domain, entity } => {
+                match self.find(&domain).and_then(|id| self.vms.get(&id)) {
+                    Some(vm) => counters::answer(&vm.domain.name, &vm.counters, entity.as_deref()),
+                    None => self.unknown(&domain),
+                }
+            }
             ControlRequest::SetSpec { domain: key, spec } => {
                 match self.find(&key).and_then(|id| self.vms.get(&id)) {
                     Some(vm) => {

@@ -1,5 +1,5 @@
 //! One VM as the supervisor holds it: libvirt's view of the domain, its policy machine, its
-//! session task and its event history.
+//! session task, its event history and its counters.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::clock::Clock;
+use super::counters::VmCounters;
 use crate::persist::{AlarmEntry, ResetEntry, VmRecord};
 use crate::policy::VmMachine;
 use crate::session::HostCmd;
@@ -72,6 +73,8 @@ pub(super) struct Vm {
     pub last_event_seq: u64,
     /// Why the guest agent could not be reached, as last recorded: recorded once per cause.
     pub unreachable: Option<String>,
+    /// The counters its guest agent sends (kept across sessions, replaced by a new schema).
+    pub counters: VmCounters,
 }
 
 impl Vm {
@@ -91,6 +94,7 @@ impl Vm {
             scheduled: None,
             last_event_seq: 0,
             unreachable: None,
+            counters: VmCounters::default(),
         }
     }
 
