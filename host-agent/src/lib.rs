@@ -28,6 +28,8 @@
 //!   calls, and the views `appmonctl` sees.
 //! - [`counters`] — one VM's counters: the schema its guest sent and a bounded history per
 //!   counter (pure; the supervisor keeps one per VM and feeds it what the session delivers).
+//! - [`mon`] — MON's `/monapi`: its URLs parsed and bounded, its answers built from the VMs'
+//!   counters and rendered as XML, JSON or UDL (pure; the HTTP service is not built yet).
 //! - [`config`] — `/etc/appmon/host.toml`.
 //! - [`persist`] — the state directory (reset history and alarms across restarts).
 //! - [`control`] — the local control socket; [`ctl`] — the `appmonctl` command line. Their
@@ -36,7 +38,7 @@
 //! - `testing` (cargo feature `testing`) — a scripted guest agent for the tests and benchmarks.
 //!
 //! Dependencies between the modules go one way: `policy`, `managed` and `counters` use none of
-//! the others; `session` uses `policy` (the guest's requests) and `config`; `supervisor` uses
+//! the others; `mon` uses only `counters`; `session` uses `policy` (the guest's requests) and `config`; `supervisor` uses
 //! all of these (but `managed`, not wired yet); the control socket and
 //! `appmonctl` use only `appmon-control` and the backend's spec.
 //!
@@ -48,6 +50,7 @@ pub mod counters;
 pub mod ctl;
 pub mod daemon;
 pub mod managed;
+pub mod mon;
 pub mod persist;
 pub mod policy;
 pub mod session;
