@@ -28,6 +28,12 @@
 //! frames_per_second = 50     # token bucket rate; running out ends the session
 //! burst = 200                # token bucket size
 //! write_timeout = "5s"       # a guest that does not read this long is dropped
+//!
+//! [mon]                      # MON's HTTP service (/monapi); off without `listen`
+//! listen = "127.0.0.1:8315"  # loopback unless you mean otherwise
+//! user = "mon"               # HTTP basic auth for /monapi; off without a user
+//! password = "secret"
+//! title = "appmon"           # the seed's title of the service
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -88,6 +94,33 @@ pub struct Config {
     pub history_len: usize,
     pub defaults: Defaults,
     pub session: SessionLimits,
+    pub mon: MonConfig,
+}
+
+/// MON's HTTP service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonConfig {
+    /// Where to listen; `None`: the service is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// HTTP basic auth for `/monapi` when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    pub title: String,
+}
+
+impl Default for MonConfig {
+    fn default() -> Self {
+        MonConfig {
+            listen: None,
+            user: None,
+            password: None,
+            title: "appmon".into(),
+        }
+    }
 }
 
 /// Host-wide policy defaults.
@@ -132,6 +165,7 @@ impl Default for Config {
             history_len: 200,
             defaults: Defaults::default(),
             session: SessionLimits::default(),
+            mon: MonConfig::default(),
         }
     }
 }
@@ -251,6 +285,9 @@ impl Config {
         }
         if self.uri.is_empty() {
             return invalid("uri", "must not be empty");
+        }
+        if self.mon.user.is_some() != self.mon.password.is_some() {
+            return invalid("mon.user", "user and password go together");
         }
         Ok(())
     }

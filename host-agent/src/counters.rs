@@ -185,6 +185,11 @@ impl CounterStore {
             .map(|s| s.generation)
     }
 
+    /// Whether a complete schema ever arrived (its counters are shown, also between sessions).
+    pub fn has_schema(&self) -> bool {
+        self.schema.is_some()
+    }
+
     /// Frames refused so far.
     pub fn refused_frames(&self) -> u64 {
         self.refused_frames

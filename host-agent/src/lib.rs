@@ -29,7 +29,7 @@
 //! - [`counters`] — one VM's counters: the schema its guest sent and a bounded history per
 //!   counter (pure; the supervisor keeps one per VM and feeds it what the session delivers).
 //! - [`mon`] — MON's `/monapi`: its URLs parsed and bounded, its answers built from the VMs'
-//!   counters and rendered as XML, JSON or UDL (pure; the HTTP service is not built yet).
+//!   counters and rendered as XML, JSON or UDL (pure), and the HTTP service around them.
 //! - [`config`] — `/etc/appmon/host.toml`.
 //! - [`persist`] — the state directory (reset history and alarms across restarts).
 //! - [`control`] — the local control socket; [`ctl`] — the `appmonctl` command line. Their
@@ -38,9 +38,10 @@
 //! - `testing` (cargo feature `testing`) — a scripted guest agent for the tests and benchmarks.
 //!
 //! Dependencies between the modules go one way: `policy`, `managed` and `counters` use none of
-//! the others; `mon` uses only `counters`; `session` uses `policy` (the guest's requests) and `config`; `supervisor` uses
-//! all of these (but `managed`, not wired yet); the control socket and
-//! `appmonctl` use only `appmon-control` and the backend's spec.
+//! the others; `mon` uses `counters` and `config` (its HTTP service asks the supervisor over a
+//! channel); `session` uses `policy` (the guest's requests) and `config`; `supervisor` uses all
+//! of these (but `managed`, not wired yet); the control socket and `appmonctl` use only
+//! `appmon-control` and the backend's spec.
 //!
 //! The tests and benchmarks run it against real libvirt (its test driver, in process or in a
 //! private libvirtd) with scripted guest peers and the real guest agent on Unix sockets.

@@ -5,6 +5,8 @@
 //!   what was wrong; bounded (URL length, names per list).
 //! - [`format`]: an answer as a tree of the seed's elements and its XML, JSON and UDL
 //!   renderings; pure.
+//! - [`http`]: the HTTP service (axum), a thin shell: auth, parse, ask the supervisor (the one
+//!   owner of the counters) for the tree, render.
 //! - this file: [`answer`], the tree a query asks for, from the VMs' counter stores.
 //!
 //! The names: an `appliance` is a domain (its libvirt name), an `entity` a counter group as the
@@ -13,6 +15,7 @@
 //! holds what matched, possibly nothing.
 
 pub mod format;
+pub mod http;
 pub mod query;
 
 pub use format::{Element, Value};

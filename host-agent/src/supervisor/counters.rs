@@ -13,6 +13,7 @@ use appmon_control::{CounterView, CountersView, EntityView, ErrorKind, Response}
 use appmon_wire::{escape, CounterSchema, CounterValues};
 
 use crate::counters::{CounterError, CounterStore, Latest};
+use crate::mon::{self, Element, MonQuery};
 
 /// At most one log line about refused counter frames per VM this often.
 pub(super) const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -109,6 +110,21 @@ pub(super) fn answer(domain: &str, counters: &VmCounters, entity: Option<&str>) 
     Response::Counters {
         counters: Box::new(view(domain, counters, entity)),
     }
+}
+
+/// MON's answer to `query` at `unix_secs`: every VM whose guest sent a schema is an appliance,
+/// by domain name.
+pub(super) fn mon_answer<'a>(
+    query: &MonQuery,
+    unix_secs: u64,
+    vms: impl Iterator<Item = (&'a str, &'a VmCounters)>,
+) -> Element {
+    let mut appliances: Vec<(&str, &CounterStore)> = vms
+        .filter(|(_, c)| c.store.has_schema())
+        .map(|(name, c)| (name, &c.store))
+        .collect();
+    appliances.sort_unstable_by_key(|(name, _)| *name);
+    mon::answer(query, unix_secs, appliances)
 }
 
 /// The VM's counters in schema order, grouped by entity.

@@ -59,6 +59,7 @@ use self::reconcile::SessionPlan;
 use self::vm::{History, SessionHandle, Vm};
 use crate::config::Config;
 use crate::control::{ControlCall, ControlRequest};
+use crate::mon::http::MonCall;
 use crate::persist::{unix_ms_now, VmRecord, Writer};
 use crate::policy::{Action, Input, VmMachine};
 use crate::session::{self, HostCmd, SessionConfig, SessionEvent, SessionMsg, VmId};
@@ -78,6 +79,8 @@ pub struct Inputs {
     pub backend: mpsc::UnboundedReceiver<BackendEvent>,
     pub control: mpsc::Receiver<ControlCall>,
     pub reload: mpsc::Receiver<Config>,
+    /// MON's HTTP handlers' queries (`crate::mon::http`).
+    pub mon: mpsc::Receiver<MonCall>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -179,6 +182,11 @@ impl Supervisor {
                 },
                 Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
                 Some((req, reply)) = inputs.control.recv() => self.on_control(req, reply),
+                Some((query, reply)) = inputs.mon.recv() => {
+                    let vms = self.vms.values().map(|vm| (vm.domain.name.as_str(), &vm.counters));
+                    let unix_secs = unix_ms_now() / 1000;
+                    let _ = reply.send(counters::mon_answer(&query, unix_secs, vms));
+                }
                 Some(config) = inputs.reload.recv() => self.reload(config),
                 _ = sleep => {}
                 _ = inputs.shutdown.changed() => break,

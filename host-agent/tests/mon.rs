@@ -1,0 +1,177 @@
+//! MON's HTTP service of the real host agent, on loopback: a scripted guest's counters in
+//! `/monapi` (XML, JSON, UDL), malformed URLs refused with 400, credentials checked.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use appmon_control::Status;
+use appmon_wire::{CounterDesc, CounterSchema, CounterValues, EntityDesc, Frame, GuestMsg, Text};
+use common::sim::GuestSim;
+use common::*;
+
+/// A loopback address with a port nobody listens on right now.
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// One GET; (status, body).
+async fn get(addr: SocketAddr, target: &str, auth: Option<&str>) -> (u16, String) {
+    let target = target.to_owned();
+    let auth = auth.map(|a| format!("Authorization: Basic {a}\r\n"));
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {target} HTTP/1.1\r\nHost: {addr}\r\n{}Connection: close\r\n\r\n",
+            auth.unwrap_or_default()
+        )
+        .expect("request");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("response");
+        let status = raw
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    })
+    .await
+    .expect("client")
+}
+
+fn counter(id: u32, name: &str) -> CounterDesc {
+    CounterDesc {
+        id,
+        name: Text::truncating(name),
+        description: Text::truncating("a <special> \"one\" & more"),
+        units: Text::truncating("#"),
+        kind: Text::default(),
+        range_lower: None,
+        range_upper: None,
+        pace_ms: 1000,
+    }
+}
+
+async fn guest_with_counters(lab: &Lab, host: &Host) -> (GuestSim, String) {
+    let guest = GuestSim::new(1, Some(ms(200)));
+    let (g, _) = lab.guest_domain("vm", &guest);
+    drop(g); // the guest task serves on, detached, until the test ends
+    let vm = lab.name("vm");
+    host.wait_show(&vm, ms(5000), |v| v.is(Status::Green)).await;
+    for part in CounterSchema::parts(
+        1,
+        vec![EntityDesc {
+            name: Text::truncating("Demo"),
+            counters: vec![counter(1, "requests"), counter(2, "a&b<c>")],
+        }],
+    ) {
+        assert!(guest.send(Frame::event(GuestMsg::CounterSchema(part))));
+    }
+    assert!(
+        guest.send(Frame::event(GuestMsg::CounterValues(CounterValues {
+            generation: 1,
+            unix_ms: 0,
+            values: vec![(1, 42.0), (2, 0.5)],
+        })))
+    );
+    host.wait_counters(&vm, ms(3000), |c| {
+        c.counter("Demo", "requests").and_then(|c| c.value) == Some(42.0)
+    })
+    .await;
+    (guest, vm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monapi_serves_a_guests_counters_in_three_formats_and_refuses_bad_urls() {
+    let lab = Lab::in_process("mon");
+    let addr = free_port();
+    let mut config = lab.config();
+    config.mon.listen = Some(addr);
+    let host = lab.start_host(config).await;
+    let (_guest, vm) = guest_with_counters(&lab, &host).await;
+
+    let (code, xml) = get(addr, &format!("/monapi/val/{vm}"), None).await;
+    assert_eq!(code, 200, "{xml}");
+    assert!(xml.contains(&format!("<appliance name=\"{vm}\">")), "{xml}");
+    assert!(
+        xml.contains("<counter name=\"requests\" value=\"42\" />"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<counter name=\"a&amp;b&lt;c&gt;\" value=\"0.5\" />"),
+        "{xml}"
+    );
+    assert!(xml.contains("<response timestamp=\""), "{xml}");
+
+    let (code, json) = get(
+        addr,
+        &format!("/monapi/val/{vm}/Demo/requests?fmt=json"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{json}");
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let counter = &doc["response"]["appliance"][0]["entity"][0]["counter"][0];
+    assert_eq!(counter["name"], "requests", "{json}");
+    assert_eq!(counter["value"], 42, "{json}");
+
+    let (code, udl) = get(addr, "/monapi/desc/*/Demo/requests?fmt=udl", None).await;
+    assert_eq!(code, 200, "{udl}");
+    assert!(
+        udl.contains("counter \"requests\": description = \"a <special> \\\"one\\\" & more\""),
+        "{udl}"
+    );
+
+    let (code, desc) = get(addr, "/monapi/desc", None).await;
+    assert_eq!(
+        (code, desc.matches("<appliance ").count()),
+        (200, 1),
+        "{desc}"
+    );
+    let (code, none) = get(addr, "/monapi/val/nobody", None).await;
+    assert_eq!(code, 200);
+    assert!(!none.contains("<appliance"), "{none}");
+
+    for bad in [
+        "/monapi/val/../../etc/passwd".to_string(),
+        "/monapi/val/%zz".to_string(),
+        "/monapi/val?fmt=yaml".to_string(),
+        format!("/monapi/val/{}", "x".repeat(5000)),
+    ] {
+        let (code, body) = get(addr, &bad, None).await;
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(!body.is_empty());
+    }
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monapi_asks_for_credentials_when_a_user_is_set() {
+    let lab = Lab::in_process("mon-auth");
+    let addr = free_port();
+    let mut config = lab.config();
+    config.mon.listen = Some(addr);
+    config.mon.user = Some("mon".into());
+    config.mon.password = Some("secret".into());
+    let host = lab.start_host(config).await;
+
+    // mon:secret, mon:wrong, other:secret, none.
+    let (ok, _) = get(addr, "/monapi/desc", Some("bW9uOnNlY3JldA==")).await;
+    let (wrong_password, body1) = get(addr, "/monapi/desc", Some("bW9uOndyb25n")).await;
+    let (wrong_user, body2) = get(addr, "/monapi/desc", Some("b3RoZXI6c2VjcmV0")).await;
+    let (none, _) = get(addr, "/monapi/desc", None).await;
+
+    assert_eq!((ok, wrong_password, wrong_user, none), (200, 401, 401, 401));
+    assert_eq!(body1, body2, "a 401 does not say which part was wrong");
+    host.stop().await;
+}
