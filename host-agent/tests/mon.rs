@@ -1,5 +1,6 @@
 //! MON's HTTP service of the real host agent, on loopback: a scripted guest's counters in
-//! `/monapi` (XML, JSON, UDL), malformed URLs refused with 400, credentials checked.
+//! `/monapi` (XML, JSON, UDL) and `/metrics` (checked by Prometheus's own `promtool`),
+//! malformed URLs refused with 400, credentials checked.
 
 mod common;
 
@@ -173,5 +174,65 @@ async fn monapi_asks_for_credentials_when_a_user_is_set() {
 
     assert_eq!((ok, wrong_password, wrong_user, none), (200, 401, 401, 401));
     assert_eq!(body1, body2, "a 401 does not say which part was wrong");
+    host.stop().await;
+}
+
+/// `promtool check metrics` (Debian's `prometheus` package) on `text`: its verdict.
+fn promtool(text: &str) -> Result<(), String> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!("cannot run promtool (apt-get install prometheus; scripts/setup does): {e}")
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_guest_counters_and_the_host_agents_health_without_credentials() {
+    let lab = Lab::in_process("metrics");
+    let addr = free_port();
+    let mut config = lab.config();
+    config.mon.listen = Some(addr);
+    config.mon.user = Some("mon".into());
+    config.mon.password = Some("secret".into());
+    let host = lab.start_host(config).await;
+    let (_guest, vm) = guest_with_counters(&lab, &host).await;
+
+    let (code, text) = get(addr, "/metrics", None).await;
+
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        text.contains(&format!(
+            "appmon_guest_value{{domain=\"{vm}\",entity=\"Demo\",counter=\"requests\"}} 42.0"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("appmon_vms{status=\"green\"} 1"), "{text}");
+    assert!(text.contains("appmon_guest_sessions 1"), "{text}");
+    assert!(
+        text.contains(&format!("appmon_vm_gave_up{{domain=\"{vm}\"}} 0")),
+        "{text}"
+    );
+    promtool(&text).unwrap_or_else(|e| panic!("promtool check metrics: {e}\n{text}"));
     host.stop().await;
 }

@@ -1,10 +1,12 @@
-//! MON's HTTP service (axum on tokio): a thin shell around [`super::query`] and
-//! [`super::format`]. A handler checks the credentials, parses the URL (400 with the reason
+//! MON's HTTP service (axum on tokio): `/monapi` and `/metrics`, a thin shell around
+//! [`super::query`] and [`super::format`]. A handler checks the credentials, parses the URL (400 with the reason
 //! when it is not a `/monapi` call), asks the supervisor, the one owner of every VM's counters,
 //! for the answer's tree over a channel ([`MonCall`]), and renders it in the format asked for.
 //! It never touches a VM's state itself.
 //!
-//! HTTP basic auth guards `/monapi` when a user is configured: the expected header is computed
+//! `/metrics` is the supervisor's Prometheus exposition, asked for the same way.
+//!
+//! HTTP basic auth guards `/monapi` (not `/metrics`) when a user is configured: the expected header is computed
 //! once and compared in constant time; a wrong or missing one is a 401 that does not say which
 //! part was wrong.
 
@@ -24,8 +26,14 @@ use super::format::{self, Element};
 use super::query::{self, Format, MonQuery};
 use crate::config::MonConfig;
 
-/// A query for the supervisor and where its answer goes.
-pub type MonCall = (MonQuery, oneshot::Sender<Element>);
+/// What a handler asks the supervisor, with where its answer goes.
+#[derive(Debug)]
+pub enum MonCall {
+    /// A `/monapi` query: the answer's tree.
+    Query(MonQuery, oneshot::Sender<Element>),
+    /// `/metrics`: the exposition text.
+    Metrics(oneshot::Sender<String>),
+}
 
 /// How long a handler waits for the supervisor.
 const ANSWER_LIMIT: Duration = Duration::from_secs(10);
@@ -55,6 +63,7 @@ pub fn router(supervisor: mpsc::Sender<MonCall>, config: &MonConfig) -> Router {
         .route("/monapi", get(monapi))
         .route("/monapi/", get(monapi))
         .route("/monapi/{*rest}", get(monapi))
+        .route("/metrics", get(metrics))
         .with_state(shared)
 }
 
@@ -106,24 +115,9 @@ async fn monapi(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
     };
     let format = query.format;
     let (tx, rx) = oneshot::channel();
-    let unavailable = || {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the host agent is shutting down\n".into(),
-        )
-    };
-    if shared.supervisor.send((query, tx)).await.is_err() {
-        return unavailable();
-    }
-    let tree = match tokio::time::timeout(ANSWER_LIMIT, rx).await {
-        Ok(Ok(tree)) => tree,
-        Ok(Err(_)) => return unavailable(),
-        Err(_) => {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the host agent did not answer in time\n".into(),
-            )
-        }
+    let tree = match ask(&shared, MonCall::Query(query, tx), rx).await {
+        Ok(tree) => tree,
+        Err(r) => return r,
     };
     let body = match format {
         Format::Xml => format::xml(&tree),
@@ -136,6 +130,35 @@ async fn monapi(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
         HeaderValue::from_static(format.content_type()),
     );
     r
+}
+
+/// `/metrics`, without credentials (Prometheus scrapes it).
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let body = match ask(&shared, MonCall::Metrics(tx), rx).await {
+        Ok(body) => body,
+        Err(r) => return r,
+    };
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// Sends `call` to the supervisor and waits for its answer on `rx`; a 503 when it does not
+/// come.
+async fn ask<T>(shared: &Shared, call: MonCall, rx: oneshot::Receiver<T>) -> Result<T, Response> {
+    let unavailable = |why: &str| text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
+    if shared.supervisor.send(call).await.is_err() {
+        return Err(unavailable("the host agent is shutting down"));
+    }
+    match tokio::time::timeout(ANSWER_LIMIT, rx).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err(unavailable("the host agent is shutting down")),
+        Err(_) => Err(unavailable("the host agent did not answer in time")),
+    }
 }
 
 impl Shared {

@@ -20,6 +20,7 @@
 //! - `reconcile`: listing, lookup and session decisions (pure).
 //! - `executor`: the libvirt calls on the blocking pool.
 //! - `view`: what `appmonctl list` and `show` see of a VM.
+//! - `metrics`: `/metrics`, the Prometheus exposition of all of it.
 //! - `counters`: each VM's counters ([`crate::counters`]' store), the frames it refuses logged
 //!   and rate-limited, and what `appmonctl counters` sees.
 //!
@@ -30,6 +31,7 @@
 mod clock;
 mod counters;
 mod executor;
+mod metrics;
 mod reconcile;
 mod view;
 mod vm;
@@ -102,6 +104,8 @@ pub struct Supervisor {
     heap: BinaryHeap<Reverse<(Duration, VmId)>>,
     event_seq: u64,
     connected: bool,
+    /// What `/metrics` counts since the start.
+    counts: metrics::HostCounts,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -141,6 +145,7 @@ impl Supervisor {
             heap: BinaryHeap::new(),
             event_seq: 0,
             connected: false,
+            counts: metrics::HostCounts::default(),
         }
     }
 
@@ -182,11 +187,7 @@ impl Supervisor {
                 },
                 Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
                 Some((req, reply)) = inputs.control.recv() => self.on_control(req, reply),
-                Some((query, reply)) = inputs.mon.recv() => {
-                    let vms = self.vms.values().map(|vm| (vm.domain.name.as_str(), &vm.counters));
-                    let unix_secs = unix_ms_now() / 1000;
-                    let _ = reply.send(counters::mon_answer(&query, unix_secs, vms));
-                }
+                Some(call) = inputs.mon.recv() => self.on_mon(call),
                 Some(config) = inputs.reload.recv() => self.reload(config),
                 _ = sleep => {}
                 _ = inputs.shutdown.changed() => break,
@@ -287,6 +288,7 @@ impl Supervisor {
                 }
                 Action::Reset { method, cause } => {
                     tracing::warn!(domain = %vm.domain.name, method = method.as_str(), %cause, "resetting");
+                    self.counts.reset(&cause);
                     self.executor.reset(id, vm.domain.clone(), method);
                 }
             }
@@ -663,6 +665,7 @@ impl Supervisor {
             }
             SessionEvent::Closed { reason } => {
                 vm.connected = false;
+                self.counts.session_end(&reason);
                 self.note(
                     id,
                     now,
@@ -766,6 +769,24 @@ impl Supervisor {
             }
         };
         let _ = reply.send(response);
+    }
+
+    /// MON's HTTP handlers ask: built here, where the counters are; rendered by the handler.
+    fn on_mon(&mut self, call: MonCall) {
+        match call {
+            MonCall::Query(query, reply) => {
+                let vms = self
+                    .vms
+                    .values()
+                    .map(|vm| (vm.domain.name.as_str(), &vm.counters));
+                let unix_secs = unix_ms_now() / 1000;
+                let _ = reply.send(counters::mon_answer(&query, unix_secs, vms));
+            }
+            MonCall::Metrics(reply) => {
+                let now = self.clock.now();
+                let _ = reply.send(metrics::exposition(&self.vms, &self.counts, now));
+            }
+        }
     }
 
     fn reload(&mut self, config: Config) {
