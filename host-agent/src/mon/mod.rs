@@ -5,6 +5,8 @@
 //!   what was wrong; bounded (URL length, names per list).
 //! - [`format`]: an answer as a tree of the seed's elements and its XML, JSON and UDL
 //!   renderings; pure.
+//! - [`alarms`]: MON's background alarms as a pure machine (thresholds with hysteresis, the
+//!   alarm view of rules by domain glob); not wired into the supervisor yet.
 //! - [`http`]: the HTTP service (axum), a thin shell: auth, parse, ask the supervisor (the one
 //!   owner of the counters) for the tree, render.
 //! - this file: [`answer`], the tree a query asks for, from the VMs' counter stores.
@@ -14,6 +16,7 @@
 //! one counter. An appliance or entity nobody has is not an error: the answer is valid and
 //! holds what matched, possibly nothing.
 
+pub mod alarms;
 pub mod format;
 pub mod http;
 pub mod query;
