@@ -49,7 +49,8 @@ pub use domain::{
     DomainEvent, DomainState, PausedReason, RunningReason, ShutOffReason, StartedReason,
 };
 pub use history::{
-    Decision, GuestEvent, HistoryEntry, HistoryKind, Level, OperatorAction, SessionEnd,
+    AlarmEvent, AlarmSide, Decision, Finite, GuestEvent, HistoryEntry, HistoryKind, Level,
+    OperatorAction, SessionEnd,
 };
 pub use reset::{ResetCause, ResetMethod};
 pub use view::{PolicyView, Status, VmView};

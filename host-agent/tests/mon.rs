@@ -236,3 +236,95 @@ async fn metrics_expose_guest_counters_and_the_host_agents_health_without_creden
     promtool(&text).unwrap_or_else(|e| panic!("promtool check metrics: {e}\n{text}"));
     host.stop().await;
 }
+
+fn alarm_events(view: &appmon_control::VmView) -> Vec<appmon_control::AlarmEvent> {
+    view.history
+        .iter()
+        .filter_map(|h| match &h.kind {
+            appmon_control::HistoryKind::Alarm(a) => Some(a.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_rises_past_its_threshold_once_and_clears_past_the_hysteresis() {
+    use appmon_control::{AlarmEvent, AlarmSide, Finite};
+    use appmon_host_agent::config::AlarmRuleConfig;
+    let lab = Lab::in_process("mon-alarm");
+    let addr = free_port();
+    let mut config = lab.config();
+    config.mon.listen = Some(addr);
+    config.mon.alarms = vec![AlarmRuleConfig {
+        domain: format!("{}-*", lab.prefix),
+        entity: "Demo".into(),
+        counter: "requests".into(),
+        alarm_below: None,
+        alarm_above: Some(50.0),
+        hysteresis: 5.0,
+    }];
+    let host = lab.start_host(config).await;
+    let (guest, vm) = guest_with_counters(&lab, &host).await;
+    let send = |v: f64| {
+        assert!(
+            guest.send(Frame::event(GuestMsg::CounterValues(CounterValues {
+                generation: 1,
+                unix_ms: 0,
+                values: vec![(1, v)],
+            })))
+        );
+    };
+
+    // Above, hovering at the threshold (no second alarm), back within the band (no clear).
+    for v in [60.0, 49.0, 51.0, 47.0] {
+        send(v);
+    }
+    let raised = host
+        .wait_counters(&vm, ms(3000), |c| {
+            c.counter("Demo", "requests").and_then(|c| c.value) == Some(47.0)
+        })
+        .await;
+    assert!(raised.refused_frames == 0);
+    let events = alarm_events(&host.show(&vm).await);
+    assert_eq!(
+        events,
+        [AlarmEvent::Raised {
+            entity: "Demo".into(),
+            counter: "requests".into(),
+            side: AlarmSide::Above,
+            value: Finite(60.0),
+            threshold: Finite(50.0),
+        }]
+    );
+    let (_, metrics) = get(addr, "/metrics", None).await;
+    assert!(
+        metrics.contains(&format!(
+            "appmon_alarm_raised{{domain=\"{vm}\",entity=\"Demo\",counter=\"requests\",side=\"above\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let (_, desc) = get(addr, &format!("/monapi/desc/{vm}/Demo/requests"), None).await;
+    assert!(
+        desc.contains("alarm_below=\"\" alarm_above=\"50\""),
+        "{desc}"
+    );
+
+    // Back past the band: cleared.
+    send(45.0);
+    let view = host
+        .wait_show(&vm, ms(3000), |v| alarm_events(v).len() == 2)
+        .await;
+    assert_eq!(
+        alarm_events(&view).last(),
+        Some(&AlarmEvent::Cleared {
+            entity: "Demo".into(),
+            counter: "requests".into(),
+            side: AlarmSide::Above,
+            value: Finite(45.0),
+        }),
+        "{view}"
+    );
+    let (_, metrics) = get(addr, "/metrics", None).await;
+    assert!(!metrics.contains("appmon_alarm_raised{"), "{metrics}");
+    host.stop().await;
+}

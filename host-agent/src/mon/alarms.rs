@@ -12,7 +12,8 @@
 //! the one alarm and raises the other. The two bands may not overlap (checked when a threshold
 //! is made), so normal exists between them.
 //!
-//! An [`AlarmView`] holds [`AlarmRule`]s (a domain glob, an entity, a counter, a threshold) and
+//! [`Threshold`] and its checks live with the configuration ([`crate::config`]), which reads
+//! them from host.toml. An [`AlarmView`] holds [`AlarmRule`]s (a domain glob, an entity, a counter, a threshold) and
 //! the state of each (domain, entity, counter) a rule matched; [`AlarmView::value`] judges one
 //! value. It does no I/O and reads no clock: the supervisor feeds it every value it stores and
 //! logs and records what it returns. Not wired into the supervisor yet.
@@ -20,65 +21,7 @@
 use std::collections::HashMap;
 
 use crate::config::glob_match;
-
-/// Why a threshold cannot be used.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ThresholdError {
-    #[error("neither alarm_below nor alarm_above is set")]
-    Empty,
-    #[error("hysteresis {0} is negative or not a number")]
-    BadHysteresis(f64),
-    #[error("a threshold is not a number")]
-    NotANumber,
-    #[error(
-        "the bands overlap: alarm_below {below} + hysteresis must stay under alarm_above {above} - hysteresis"
-    )]
-    Overlap { below: f64, above: f64 },
-}
-
-/// A counter's thresholds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Threshold {
-    below: Option<f64>,
-    above: Option<f64>,
-    hysteresis: f64,
-}
-
-impl Threshold {
-    pub fn new(
-        below: Option<f64>,
-        above: Option<f64>,
-        hysteresis: f64,
-    ) -> Result<Threshold, ThresholdError> {
-        if below.is_none() && above.is_none() {
-            return Err(ThresholdError::Empty);
-        }
-        if !(hysteresis >= 0.0 && hysteresis.is_finite()) {
-            return Err(ThresholdError::BadHysteresis(hysteresis));
-        }
-        if below.is_some_and(|b| !b.is_finite()) || above.is_some_and(|a| !a.is_finite()) {
-            return Err(ThresholdError::NotANumber);
-        }
-        if let (Some(below), Some(above)) = (below, above) {
-            if below + hysteresis >= above - hysteresis {
-                return Err(ThresholdError::Overlap { below, above });
-            }
-        }
-        Ok(Threshold {
-            below,
-            above,
-            hysteresis,
-        })
-    }
-
-    pub fn below(&self) -> Option<f64> {
-        self.below
-    }
-
-    pub fn above(&self) -> Option<f64> {
-        self.above
-    }
-}
+pub use crate::config::{Threshold, ThresholdError};
 
 /// Which alarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -178,6 +121,26 @@ impl AlarmView {
             rules,
             alarms: HashMap::new(),
         }
+    }
+
+    /// Replaces the rules (a reload): states of counters a rule still covers are kept, under
+    /// the new threshold; the others are forgotten.
+    pub fn set_rules(&mut self, rules: Vec<AlarmRule>) {
+        self.rules = rules;
+        let mut alarms = std::mem::take(&mut self.alarms);
+        alarms.retain(|(d, e, c), alarm| match self.threshold(d, e, c) {
+            Some(t) => {
+                alarm.threshold = t;
+                true
+            }
+            None => false,
+        });
+        self.alarms = alarms;
+    }
+
+    /// Whether any rule is set (no rule: values need not be looked at).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
     }
 
     /// The first rule's threshold on this counter of this domain, if one matches.

@@ -26,12 +26,16 @@ pub use query::{Call, Depth, Format, MonQuery, QueryError, Selector};
 
 use crate::counters::CounterStore;
 
+/// The thresholds of the alarm view on (domain, entity, counter), for `desc`.
+pub type Thresholds<'a> = &'a dyn Fn(&str, &str, &str) -> Option<alarms::Threshold>;
+
 /// The answer to `query` at `timestamp` (Unix seconds, the root's attribute) over `vms`
 /// (domain name, its counters), in the order given.
 pub fn answer<'a>(
     query: &MonQuery,
     timestamp: u64,
     vms: impl IntoIterator<Item = (&'a str, &'a CounterStore)>,
+    thresholds: Thresholds<'_>,
 ) -> Element {
     let mut root = Element::new("response").attr("timestamp", Value::Number(timestamp as f64));
     for (domain, store) in vms {
@@ -40,14 +44,19 @@ pub fn answer<'a>(
         }
         let mut app = Element::new("appliance").text("name", domain);
         if query.call != Call::Desc(Depth::Appliances) {
-            app.children = entities(query, store);
+            app.children = entities(query, domain, store, thresholds);
         }
         root.children.push(app);
     }
     root
 }
 
-fn entities(query: &MonQuery, store: &CounterStore) -> Vec<Element> {
+fn entities(
+    query: &MonQuery,
+    domain: &str,
+    store: &CounterStore,
+    thresholds: Thresholds<'_>,
+) -> Vec<Element> {
     let mut out: Vec<Element> = Vec::new();
     for entity in store.entities() {
         if !query.ents.matches(entity) {
@@ -59,7 +68,10 @@ fn entities(query: &MonQuery, store: &CounterStore) -> Vec<Element> {
                 .latest(Some(entity))
                 .into_iter()
                 .filter(|l| query.cnts.matches(l.counter.name.as_str()))
-                .map(|l| counter(query.call, &l))
+                .map(|l| {
+                    let t = thresholds(domain, entity, l.counter.name.as_str());
+                    counter(query.call, &l, t)
+                })
                 .collect();
         }
         out.push(e);
@@ -67,7 +79,11 @@ fn entities(query: &MonQuery, store: &CounterStore) -> Vec<Element> {
     out
 }
 
-fn counter(call: Call, latest: &crate::counters::Latest<'_>) -> Element {
+fn counter(
+    call: Call,
+    latest: &crate::counters::Latest<'_>,
+    threshold: Option<alarms::Threshold>,
+) -> Element {
     let c = latest.counter;
     let e = Element::new("counter").text("name", c.name.as_str());
     let range = |r: Option<f64>| r.map_or(Value::Empty, Value::Number);
@@ -75,9 +91,9 @@ fn counter(call: Call, latest: &crate::counters::Latest<'_>) -> Element {
         Call::Desc(Depth::Descriptions) => e
             .text("description", c.description.as_str())
             .text("units", c.units.as_str())
-            // Alarm thresholds are the host's (the alarm view), not the guest's: none yet.
-            .attr("alarm_below", Value::Empty)
-            .attr("alarm_above", Value::Empty)
+            // Alarm thresholds are the host's (the alarm view), not the guest's.
+            .attr("alarm_below", range(threshold.and_then(|t| t.below())))
+            .attr("alarm_above", range(threshold.and_then(|t| t.above())))
             .attr("range_lower", range(c.range_lower))
             .attr("range_upper", range(c.range_upper))
             .attr("pace", Value::Number(f64::from(c.pace_ms))),
@@ -151,7 +167,12 @@ mod tests {
 
     fn render(path: &str, stores: &[(&str, &CounterStore)]) -> String {
         let q = query::parse(path, Some("fmt=xml")).expect("valid");
-        format::xml(&answer(&q, 1194967464, stores.iter().copied()))
+        format::xml(&answer(
+            &q,
+            1194967464,
+            stores.iter().copied(),
+            &|_, _, _| None,
+        ))
     }
 
     #[test]

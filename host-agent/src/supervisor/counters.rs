@@ -9,10 +9,14 @@
 
 use std::time::Duration;
 
-use appmon_control::{CounterView, CountersView, EntityView, ErrorKind, Response};
+use appmon_control::{
+    AlarmEvent, AlarmSide, CounterView, CountersView, EntityView, ErrorKind, Finite, Level,
+    Response,
+};
 use appmon_wire::{escape, CounterSchema, CounterValues};
 
 use crate::counters::{CounterError, CounterStore, Latest};
+use crate::mon::alarms::{AlarmView, Side, Transition};
 use crate::mon::{self, Element, MonQuery};
 
 /// At most one log line about refused counter frames per VM this often.
@@ -44,10 +48,21 @@ impl VmCounters {
         }
     }
 
-    /// Takes a values frame received at `now`, `unix_ms` on the host's wall clock.
-    pub fn values(&mut self, domain: &str, values: &CounterValues, unix_ms: u64, now: Duration) {
-        if let Err(e) = self.store.values(values, unix_ms) {
-            self.refused(domain, &e, now);
+    /// Takes a values frame received at `now`, `unix_ms` on the host's wall clock; whether it
+    /// was taken.
+    pub fn values(
+        &mut self,
+        domain: &str,
+        values: &CounterValues,
+        unix_ms: u64,
+        now: Duration,
+    ) -> bool {
+        match self.store.values(values, unix_ms) {
+            Ok(_) => true,
+            Err(e) => {
+                self.refused(domain, &e, now);
+                false
+            }
         }
     }
 
@@ -112,19 +127,79 @@ pub(super) fn answer(domain: &str, counters: &VmCounters, entity: Option<&str>) 
     }
 }
 
+/// Judges a values frame the store took against the alarm view; returns the history entries
+/// of what changed (the guest's names escaped), logged here.
+pub(super) fn judge(
+    alarms: &mut AlarmView,
+    domain: &str,
+    store: &CounterStore,
+    values: &CounterValues,
+) -> Vec<(Level, AlarmEvent)> {
+    let mut out = Vec::new();
+    if alarms.is_empty() {
+        return out;
+    }
+    for &(id, value) in &values.values {
+        let Some((entity, counter)) = store.name_of(id) else {
+            continue;
+        };
+        for t in alarms.value(domain, entity, counter, value) {
+            let (entity, counter) = (escape(entity).into_owned(), escape(counter).into_owned());
+            let side = |s: Side| match s {
+                Side::Below => AlarmSide::Below,
+                Side::Above => AlarmSide::Above,
+            };
+            let (level, event) = match t {
+                Transition::Raised {
+                    side: s,
+                    value,
+                    threshold,
+                } => (
+                    Level::Warn,
+                    AlarmEvent::Raised {
+                        entity,
+                        counter,
+                        side: side(s),
+                        value: Finite(value),
+                        threshold: Finite(threshold),
+                    },
+                ),
+                Transition::Cleared { side: s, value } => (
+                    Level::Info,
+                    AlarmEvent::Cleared {
+                        entity,
+                        counter,
+                        side: side(s),
+                        value: Finite(value),
+                    },
+                ),
+            };
+            match level {
+                Level::Warn => tracing::warn!(domain, "{event}"),
+                _ => tracing::info!(domain, "{event}"),
+            }
+            out.push((level, event));
+        }
+    }
+    out
+}
+
 /// MON's answer to `query` at `unix_secs`: every VM whose guest sent a schema is an appliance,
 /// by domain name.
 pub(super) fn mon_answer<'a>(
     query: &MonQuery,
     unix_secs: u64,
     vms: impl Iterator<Item = (&'a str, &'a VmCounters)>,
+    alarms: &AlarmView,
 ) -> Element {
     let mut appliances: Vec<(&str, &CounterStore)> = vms
         .filter(|(_, c)| c.store.has_schema())
         .map(|(name, c)| (name, &c.store))
         .collect();
     appliances.sort_unstable_by_key(|(name, _)| *name);
-    mon::answer(query, unix_secs, appliances)
+    mon::answer(query, unix_secs, appliances, &|d, e, c| {
+        alarms.threshold(d, e, c)
+    })
 }
 
 /// The VM's counters in schema order, grouped by entity.

@@ -11,6 +11,7 @@
 //! | `appmon_resets_total` | counter | `cause` | resets decided since the start |
 //! | `appmon_session_ends_total` | counter | `reason` | guest sessions ended since the start (`bad_frame`: decode errors) |
 //! | `appmon_guest_frames_refused_total` | counter | `domain` | counter frames dropped per VM |
+//! | `appmon_alarm_raised` | gauge | `domain`, `entity`, `counter`, `side` | 1 per raised alarm of MON's alarm view |
 //!
 //! Label values a guest chose (entity and counter names) are escaped by the encoder.
 
@@ -26,6 +27,7 @@ use prometheus_client::registry::Registry;
 
 use super::view;
 use super::vm::Vm;
+use crate::mon::alarms::{AlarmView, Side};
 use crate::session::VmId;
 
 type Labels = Vec<(&'static str, String)>;
@@ -57,7 +59,12 @@ fn variant(value: &impl serde::Serialize) -> String {
 }
 
 /// The exposition of `vms` and `counts` at `now`.
-pub(super) fn exposition(vms: &HashMap<VmId, Vm>, counts: &HostCounts, now: Duration) -> String {
+pub(super) fn exposition(
+    vms: &HashMap<VmId, Vm>,
+    counts: &HostCounts,
+    alarms: &AlarmView,
+    now: Duration,
+) -> String {
     let mut registry = Registry::default();
 
     let counters = Family::<Labels, Gauge<f64, AtomicU64>>::default();
@@ -120,6 +127,26 @@ pub(super) fn exposition(vms: &HashMap<VmId, Vm>, counts: &HostCounts, now: Dura
             .inc_by(*n);
     }
 
+    let raised = Family::<Labels, Gauge>::default();
+    for (domain, entity, counter, side) in alarms.raised() {
+        let side = match side {
+            Side::Below => "below",
+            Side::Above => "above",
+        };
+        raised
+            .get_or_create(&vec![
+                ("domain", domain.to_owned()),
+                ("entity", entity.to_owned()),
+                ("counter", counter.to_owned()),
+                ("side", side.to_owned()),
+            ])
+            .set(1);
+    }
+    registry.register(
+        "appmon_alarm_raised",
+        "1 for each raised alarm of MON's alarm view",
+        raised,
+    );
     registry.register(
         "appmon_guest_value",
         "A guest counter's latest value, as its guest agent sent it",
@@ -184,7 +211,12 @@ mod tests {
         counts.reset(&ResetCause::HeartbeatsStopped);
         counts.session_end(&SessionEnd::ClosedByGuest);
 
-        let text = exposition(&HashMap::new(), &counts, Duration::ZERO);
+        let text = exposition(
+            &HashMap::new(),
+            &counts,
+            &AlarmView::default(),
+            Duration::ZERO,
+        );
 
         assert!(text.contains("appmon_vms{status=\"green\"} 0"), "{text}");
         assert!(

@@ -61,6 +61,7 @@ use self::reconcile::SessionPlan;
 use self::vm::{History, SessionHandle, Vm};
 use crate::config::Config;
 use crate::control::{ControlCall, ControlRequest};
+use crate::mon::alarms::{AlarmRule, AlarmView};
 use crate::mon::http::MonCall;
 use crate::persist::{unix_ms_now, VmRecord, Writer};
 use crate::policy::{Action, Input, VmMachine};
@@ -86,6 +87,23 @@ pub struct Inputs {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// The alarm view's rules in `config` (checked when it was read).
+fn alarm_rules(config: &Config) -> Vec<AlarmRule> {
+    config
+        .mon
+        .alarms
+        .iter()
+        .filter_map(|r| {
+            r.threshold().ok().map(|threshold| AlarmRule {
+                domain: r.domain.clone(),
+                entity: r.entity.clone(),
+                counter: r.counter.clone(),
+                threshold,
+            })
+        })
+        .collect()
+}
+
 /// See the module documentation.
 pub struct Supervisor {
     config: Config,
@@ -106,6 +124,8 @@ pub struct Supervisor {
     connected: bool,
     /// What `/metrics` counts since the start.
     counts: metrics::HostCounts,
+    /// MON's alarm view: the rules of `[[mon.alarm]]` and every counter's alarm state.
+    alarms: AlarmView,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -129,6 +149,7 @@ impl Supervisor {
         let (session_tx, session_rx) = mpsc::channel(4096);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         Supervisor {
+            alarms: AlarmView::new(alarm_rules(&config)),
             session_config: Arc::new(SessionConfig::new(&config, host_boot_id)),
             config,
             executor: Executor::new(hv, internal_tx),
@@ -680,7 +701,22 @@ impl Supervisor {
             SessionEvent::CounterValues { values, at } => {
                 let at = self.clock.mono(tokio::time::Instant::from_std(at));
                 let unix_ms = self.clock.wall_ms(at.min(now));
-                vm.counters.values(&vm.domain.name, &values, unix_ms, now);
+                if vm.counters.values(&vm.domain.name, &values, unix_ms, now) {
+                    let changed = counters::judge(
+                        &mut self.alarms,
+                        &vm.domain.name,
+                        &vm.counters.store,
+                        &values,
+                    );
+                    for (level, event) in changed {
+                        vm.note(
+                            self.config.history_len,
+                            unix_ms,
+                            level,
+                            HistoryKind::Alarm(event),
+                        );
+                    }
+                }
             }
             SessionEvent::Request { id: request, req } => {
                 self.feed(
@@ -780,11 +816,16 @@ impl Supervisor {
                     .values()
                     .map(|vm| (vm.domain.name.as_str(), &vm.counters));
                 let unix_secs = unix_ms_now() / 1000;
-                let _ = reply.send(counters::mon_answer(&query, unix_secs, vms));
+                let _ = reply.send(counters::mon_answer(&query, unix_secs, vms, &self.alarms));
             }
             MonCall::Metrics(reply) => {
                 let now = self.clock.now();
-                let _ = reply.send(metrics::exposition(&self.vms, &self.counts, now));
+                let _ = reply.send(metrics::exposition(
+                    &self.vms,
+                    &self.counts,
+                    &self.alarms,
+                    now,
+                ));
             }
         }
     }
@@ -801,6 +842,7 @@ impl Supervisor {
         }
         let host_boot = self.session_config.hello.boot_id;
         self.session_config = Arc::new(SessionConfig::new(&config, host_boot));
+        self.alarms.set_rules(alarm_rules(&config));
         self.config = config;
         let now = self.clock.now();
         let ids: Vec<VmId> = self.vms.keys().copied().collect();
