@@ -11,7 +11,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use appmon_control::{CountersDocument, CountersView, SCHEMA_VERSION};
+use appmon_control::{
+    AlarmEvent, AlarmSide, CountersDocument, CountersView, HistoryKind, SCHEMA_VERSION,
+};
+use appmon_host_agent::config::AlarmRuleConfig;
 use appmon_vm_tests::{
     test_host_config, test_policy, wait_for, HostAgent, Status, TestVm, VmConfig,
     DEFAULT_BOOT_TIMEOUT, DEMO_COMMAND_TIMEOUT,
@@ -26,15 +29,18 @@ const FIRST_COUNTERS_TIMEOUT: Duration = Duration::from_secs(90);
 const GUEST_CONFIG: &str = "vsock = true\nport = 5315\n[counters]\npace_ms = 1000\n";
 
 const CCAD_CONF: &str = "counters Demo\n   {\n   pace = 1000\n   pipe = /tmp/cca\n   \
-    counter requests: desc = \"Requests served\", units = \"#\"\n   }\n";
+    counter requests: desc = \"Requests served\", units = \"#\"\n   \
+    counter load: desc = \"Demo load\", units = \"#\"\n   }\n";
 
-/// The seed's feeder loop for busybox: a value a second, each set ended by a `.`.
+/// The seed's feeder loop for busybox: a value a second, each set ended by a `.`; `load` goes
+/// 0, 1, ..., 5 and again, crossing the alarm threshold both ways every 6 s.
 const FEEDER: &str = "#!/bin/sh\n\
     while [ ! -p /tmp/cca ]; do sleep 0.2; done\n\
     i=0\n\
     while true; do\n\
     \x20 i=$((i + 1))\n\
     \x20 echo \"requests = $i\" > /tmp/cca\n\
+    \x20 echo \"load = $((i % 6))\" > /tmp/cca\n\
     \x20 echo \".\" > /tmp/cca\n\
     \x20 sleep 1\n\
     done\n";
@@ -130,6 +136,15 @@ fn guest_counters_reach_appmonctl_counters_and_cpu_total_follows_a_burn() {
     let mon = free_port();
     let mut config = test_host_config();
     config.mon.listen = Some(mon);
+    // MON's alarm view on the custom `load`: raised at 4 and 5, cleared at 2 or lower.
+    config.mon.alarms = vec![AlarmRuleConfig {
+        domain: vm.name().to_owned(),
+        entity: "Demo".into(),
+        counter: "load".into(),
+        alarm_below: None,
+        alarm_above: Some(3.5),
+        hysteresis: 1.0,
+    }];
     let agent = HostAgent::start(&[&vm], config);
     agent.enable(&vm, &test_policy());
     vm.start_measured(DEFAULT_BOOT_TIMEOUT);
@@ -248,6 +263,53 @@ fn guest_counters_reach_appmonctl_counters_and_cpu_total_follows_a_burn() {
         format!("appmon_guest_value{{domain=\"{domain}\",entity=\"Demo\",counter=\"requests\"}} ");
     assert!(metrics.contains(&series), "{series} in:\n{metrics}");
     println!("MON: requests = {monapi:?} in /monapi/val, and in /metrics");
+
+    // The alarm on `load` rises when it crosses 3.5 and clears when it comes back to 2.5 or
+    // lower, in the VM's history, whether or not anyone looks.
+    let alarms = |s: &appmon_vm_tests::VmView| -> Vec<AlarmEvent> {
+        s.history
+            .iter()
+            .filter_map(|h| match &h.kind {
+                HistoryKind::Alarm(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let s = agent.wait_for_status(
+        &vm,
+        Duration::from_secs(30),
+        "the load alarm raised and cleared",
+        |s| {
+            let a = alarms(s);
+            a.iter().any(|e| matches!(e, AlarmEvent::Raised { .. }))
+                && a.iter().any(|e| matches!(e, AlarmEvent::Cleared { .. }))
+        },
+    );
+    let events = alarms(&s);
+    match events.as_slice() {
+        [AlarmEvent::Raised {
+            counter,
+            side: AlarmSide::Above,
+            value,
+            ..
+        }, AlarmEvent::Cleared {
+            side: AlarmSide::Above,
+            value: back,
+            ..
+        }, ..] => {
+            assert_eq!(counter, "load");
+            assert!(value.0 >= 4.0 && back.0 <= 2.5, "{events:?}");
+        }
+        other => vm.fail(format!("alarm events out of order: {other:?}")),
+    }
+    println!(
+        "alarm on load: {}",
+        s.history_text()
+            .lines()
+            .filter(|l| l.contains("alarm"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
 
     // CPU Total: low while the guest idles, high while the demo application burns a CPU.
     let idle = counters_until(
