@@ -153,6 +153,8 @@ pub enum HistoryKind {
     Monitor(MonitorNote),
     /// A process the host launched in the guest: a managed application's or an operator's.
     Process(ProcessNote),
+    /// MON's alarm view: a counter crossed one of its thresholds, or came back.
+    Alarm(AlarmEvent),
 }
 
 impl HistoryKind {
@@ -166,6 +168,7 @@ impl HistoryKind {
             HistoryKind::Hypervisor(_) => "hypervisor",
             HistoryKind::Monitor(_) => "monitor",
             HistoryKind::Process(_) => "process",
+            HistoryKind::Alarm(_) => "alarm",
         }
     }
 }
@@ -180,6 +183,7 @@ impl fmt::Display for HistoryKind {
             HistoryKind::Hypervisor(e) => e.fmt(f),
             HistoryKind::Monitor(m) => m.fmt(f),
             HistoryKind::Process(p) => p.fmt(f),
+            HistoryKind::Alarm(a) => a.fmt(f),
         }
     }
 }
@@ -361,6 +365,80 @@ impl fmt::Display for Decision {
                 f,
                 "restored {resets} reset(s){} from the state directory",
                 if *alarm { " and the alarm" } else { "" }
+            ),
+        }
+    }
+}
+
+/// A counter value of MON's alarm view: always a finite number (the host agent takes no other),
+/// so it compares equal to itself.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Finite(pub f64);
+
+impl Eq for Finite {}
+
+impl fmt::Display for Finite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Which threshold of a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmSide {
+    Below,
+    Above,
+}
+
+/// A counter's alarm raised or cleared. `entity` and `counter` are the guest's names, escaped
+/// by the host agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmEvent {
+    Raised {
+        entity: String,
+        counter: String,
+        side: AlarmSide,
+        value: Finite,
+        threshold: Finite,
+    },
+    Cleared {
+        entity: String,
+        counter: String,
+        side: AlarmSide,
+        value: Finite,
+    },
+}
+
+impl fmt::Display for AlarmEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = |side: &AlarmSide| match side {
+            AlarmSide::Below => "below",
+            AlarmSide::Above => "above",
+        };
+        match self {
+            AlarmEvent::Raised {
+                entity,
+                counter,
+                side,
+                value,
+                threshold,
+            } => write!(
+                f,
+                "alarm raised: {entity} / {counter} = {value}, {} {threshold}",
+                word(side)
+            ),
+            AlarmEvent::Cleared {
+                entity,
+                counter,
+                side,
+                value,
+            } => write!(
+                f,
+                "alarm cleared: {entity} / {counter} = {value}, back from {}",
+                word(side)
             ),
         }
     }

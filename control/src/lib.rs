@@ -12,8 +12,10 @@
 //! - [`history`]: a VM's typed event history ([`HistoryEntry`], [`HistoryKind`]: a policy
 //!   [`Decision`], a libvirt [`DomainEvent`], a [`GuestEvent`], an [`OperatorAction`]).
 //! - [`view`]: [`VmView`] and [`PolicyView`], one VM as `list` and `show` see it.
+//! - [`counters`]: [`CountersView`], one VM's counters as `counters` sees them.
 //! - this file: the control socket's [`Request`] and [`Response`], and the versioned documents
-//!   `appmonctl --json` prints ([`ListDocument`], [`ShowDocument`], [`SCHEMA_VERSION`]).
+//!   `appmonctl --json` prints ([`ListDocument`], [`ShowDocument`], [`CountersDocument`],
+//!   [`SCHEMA_VERSION`]).
 //!
 //! # The control socket
 //!
@@ -32,6 +34,8 @@
 //! {"cmd":"read_output","domain":"vm1","id":"run.1","stream":"stdout","from":0}
 //! {"cmd":"release","domain":"vm1","id":"run.1"}
 //! {"cmd":"processes","domain":"vm1"}
+//! {"cmd":"counters","domain":"vm1"}
+//! {"cmd":"counters","domain":"vm1","entity":"CPU"}
 //! ```
 //!
 //! # Versions
@@ -42,12 +46,14 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod counters;
 pub mod domain;
 pub mod guest;
 pub mod history;
 pub mod reset;
 pub mod view;
 
+pub use counters::{CounterView, CountersView, EntityView};
 pub use domain::{
     DomainEvent, DomainState, PausedReason, RunningReason, ShutOffReason, StartedReason,
 };
@@ -57,8 +63,8 @@ pub use guest::{
     ProcessState, ProcessView,
 };
 pub use history::{
-    Decision, GuestEvent, HistoryEntry, HistoryKind, HypervisorEvent, Level, OperatorAction,
-    SessionEnd,
+    AlarmEvent, AlarmSide, Decision, Finite, GuestEvent, HistoryEntry, HistoryKind,
+    HypervisorEvent, Level, OperatorAction, SessionEnd,
 };
 pub use reset::{ResetCause, ResetMethod};
 pub use view::{LibvirtLost, PolicyView, Status, VmView};
@@ -118,14 +124,21 @@ pub enum Request {
     Processes {
         domain: String,
     },
+    /// The domain's counters with their latest values; only `entity`'s when named.
+    Counters {
+        domain: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entity: Option<String>,
+    },
 }
 
-/// The answer to a [`Request`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The answer to a [`Request`]. Not `Eq`: counter values are floats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     List { domains: Vec<VmView> },
     Show { domain: Box<VmView> },
+    Counters { counters: Box<CountersView> },
     Done { message: String },
     Error { kind: ErrorKind, message: String },
     Process { process: ProcessView },
@@ -138,6 +151,8 @@ pub enum Response {
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     UnknownDomain,
+    /// `counters DOMAIN ENTITY` named an entity the domain's schema does not have.
+    UnknownEntity,
     Libvirt,
     BadRequest,
     /// No guest agent session is up to carry the request.
@@ -176,6 +191,23 @@ impl ProcessesDocument {
         ProcessesDocument {
             schema_version: SCHEMA_VERSION,
             processes,
+        }
+    }
+}
+
+/// What `appmonctl --json counters DOMAIN [ENTITY]` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountersDocument {
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    pub counters: CountersView,
+}
+
+impl CountersDocument {
+    pub fn new(counters: CountersView) -> Self {
+        CountersDocument {
+            schema_version: SCHEMA_VERSION,
+            counters,
         }
     }
 }

@@ -221,8 +221,67 @@ fn guest_work_has_a_stable_json_form() {
 }
 
 #[test]
+fn counters_request_names_its_entity_only_when_asked() {
+    let all = Request::Counters {
+        domain: "vm1".into(),
+        entity: None,
+    };
+    let cpu = Request::Counters {
+        domain: "vm1".into(),
+        entity: Some("CPU".into()),
+    };
+
+    assert_eq!(json(&all), r#"{"cmd":"counters","domain":"vm1"}"#);
+    assert_eq!(
+        json(&cpu),
+        r#"{"cmd":"counters","domain":"vm1","entity":"CPU"}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<Request>(r#"{"cmd":"counters","domain":"vm1"}"#).expect("parses"),
+        all
+    );
+}
+
+#[test]
 fn an_older_view_without_guest_work_still_reads() {
     let text = r#"{"name":"vm1","uuid":"u","monitored":false,"spec_error":null,"status":null,"enabled":false,"need_reset":false,"last_heartbeat_age_ms":null,"resets_in_window":0,"gave_up":false,"alarm":null,"connected":false,"guest_boot_id":null,"guest_agent":null,"domain_state":"other","transport":null,"policy":null}"#;
     let view: VmView = serde_json::from_str(text).expect("parses");
     assert!(view.monitors.is_empty() && view.processes.is_empty());
+}
+
+#[test]
+fn counters_document_round_trips_with_its_version() {
+    let view = CountersView {
+        domain: "vm1".into(),
+        generation: Some(2),
+        refused_frames: 1,
+        entities: vec![EntityView {
+            name: "CPU".into(),
+            counters: vec![CounterView {
+                name: "CPU Total".into(),
+                description: "CPU use, all CPUs".into(),
+                units: "%".into(),
+                kind: String::new(),
+                pace_ms: 1000,
+                range_lower: Some(0.0),
+                range_upper: Some(100.0),
+                value: Some(12.5),
+                unix_ms: Some(1_764_662_400_123),
+            }],
+        }],
+    };
+    let text = json(&CountersDocument::new(view.clone()));
+
+    assert!(
+        text.starts_with(r#"{"schema_version":1,"counters":{"domain":"vm1","generation":2"#),
+        "{text}"
+    );
+    let back: CountersDocument = serde_json::from_str(&text).expect("parses");
+    assert_eq!(back.counters, view);
+    assert_eq!(
+        back.counters
+            .counter("CPU", "CPU Total")
+            .and_then(|c| c.value),
+        Some(12.5)
+    );
 }

@@ -29,6 +29,19 @@
 //! frames_per_second = 50     # token bucket rate; running out ends the session
 //! burst = 200                # token bucket size
 //! write_timeout = "5s"       # a guest that does not read this long is dropped
+//!
+//! [mon]                      # MON's HTTP service (/monapi); off without `listen`
+//! listen = "127.0.0.1:8315"  # loopback unless you mean otherwise
+//! user = "mon"               # HTTP basic auth for /monapi; off without a user
+//! password = "secret"
+//! title = "appmon"           # the seed's title of the service
+//!
+//! [[mon.alarm]]              # MON's alarm view: thresholds judged on every value
+//! domain = "web-*"           # a glob of domain names (default "*")
+//! entity = "Demo"
+//! counter = "requests"
+//! alarm_above = 100          # and/or alarm_below
+//! hysteresis = 5             # an above alarm clears at 95 or lower
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -61,6 +74,14 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    #[error("{file}: [[mon.alarm]] number {index} ({entity} / {counter}): {message}")]
+    Alarm {
+        file: PathBuf,
+        index: usize,
+        entity: String,
+        counter: String,
+        message: String,
+    },
     #[error("{file}: key `{key}`: {problem}")]
     Invalid {
         file: PathBuf,
@@ -91,6 +112,63 @@ pub struct Config {
     pub history_len: usize,
     pub defaults: Defaults,
     pub session: SessionLimits,
+    pub mon: MonConfig,
+}
+
+/// MON's HTTP service and alarm view.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonConfig {
+    /// Where to listen; `None`: the service is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// HTTP basic auth for `/monapi` when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    pub title: String,
+    /// `[[mon.alarm]]`: MON's alarm view.
+    #[serde(rename = "alarm", skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<AlarmRuleConfig>,
+}
+
+/// One `[[mon.alarm]]`: thresholds on a counter of the domains `domain` (a glob) matches.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmRuleConfig {
+    #[serde(default = "all_domains")]
+    pub domain: String,
+    pub entity: String,
+    pub counter: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_below: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_above: Option<f64>,
+    #[serde(default)]
+    pub hysteresis: f64,
+}
+
+fn all_domains() -> String {
+    "*".into()
+}
+
+impl AlarmRuleConfig {
+    pub fn threshold(&self) -> Result<Threshold, ThresholdError> {
+        Threshold::new(self.alarm_below, self.alarm_above, self.hysteresis)
+    }
+}
+
+impl Default for MonConfig {
+    fn default() -> Self {
+        MonConfig {
+            listen: None,
+            user: None,
+            password: None,
+            title: "appmon".into(),
+            alarms: Vec::new(),
+        }
+    }
 }
 
 /// Host-wide policy defaults.
@@ -136,6 +214,7 @@ impl Default for Config {
             history_len: 200,
             defaults: Defaults::default(),
             session: SessionLimits::default(),
+            mon: MonConfig::default(),
         }
     }
 }
@@ -262,6 +341,20 @@ impl Config {
         if self.uri.is_empty() {
             return invalid("uri", "must not be empty");
         }
+        if self.mon.user.is_some() != self.mon.password.is_some() {
+            return invalid("mon.user", "user and password go together");
+        }
+        for (i, rule) in self.mon.alarms.iter().enumerate() {
+            if let Err(e) = rule.threshold() {
+                return Err(ConfigError::Alarm {
+                    file: file.to_path_buf(),
+                    index: i + 1,
+                    entity: rule.entity.clone(),
+                    counter: rule.counter.clone(),
+                    message: e.to_string(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -326,6 +419,37 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/appmon/host.toml"))
+    }
+
+    #[test]
+    fn mon_section_and_alarm_rules_parse_and_bad_ones_name_the_rule() {
+        let good = parse(
+            "[mon]\nlisten = \"127.0.0.1:8315\"\n[[mon.alarm]]\nentity = \"CPU\"\n\
+             counter = \"CPU Total\"\nalarm_above = 90\nhysteresis = 5\n",
+        )
+        .expect("valid");
+        let overlap = parse(
+            "[[mon.alarm]]\nentity = \"CPU\"\ncounter = \"CPU Total\"\n\
+             alarm_below = 10\nalarm_above = 12\nhysteresis = 2\n",
+        );
+        let lonely_user = parse("[mon]\nuser = \"mon\"\n");
+
+        assert_eq!(
+            good.mon.listen,
+            Some("127.0.0.1:8315".parse().expect("addr"))
+        );
+        assert_eq!(good.mon.alarms[0].domain, "*");
+        assert_eq!(
+            good.mon.alarms[0].threshold().map(|t| t.above()),
+            Ok(Some(90.0))
+        );
+        let message = overlap.expect_err("overlapping bands").to_string();
+        assert!(
+            message.contains("[[mon.alarm]] number 1 (CPU / CPU Total)")
+                && message.contains("overlap"),
+            "{message}"
+        );
+        assert!(lonely_user.is_err());
     }
 
     #[test]
@@ -463,5 +587,66 @@ write_timeout = "1s"
         ] {
             assert_eq!(glob_match(p, n), m, "{p} {n}");
         }
+    }
+}
+
+/// Why a threshold cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ThresholdError {
+    #[error("neither alarm_below nor alarm_above is set")]
+    Empty,
+    #[error("hysteresis {0} is negative or not a number")]
+    BadHysteresis(f64),
+    #[error("a threshold is not a number")]
+    NotANumber,
+    #[error(
+        "the bands overlap: alarm_below {below} + hysteresis must stay under alarm_above {above} - hysteresis"
+    )]
+    Overlap { below: f64, above: f64 },
+}
+
+/// A counter's thresholds in MON's alarm view (the machine: [`crate::mon::alarms`]): the
+/// above alarm clears at `alarm_above - hysteresis`, the below alarm at `alarm_below +
+/// hysteresis`, and the two bands may not overlap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Threshold {
+    pub(crate) below: Option<f64>,
+    pub(crate) above: Option<f64>,
+    pub(crate) hysteresis: f64,
+}
+
+impl Threshold {
+    pub fn new(
+        below: Option<f64>,
+        above: Option<f64>,
+        hysteresis: f64,
+    ) -> Result<Threshold, ThresholdError> {
+        if below.is_none() && above.is_none() {
+            return Err(ThresholdError::Empty);
+        }
+        if !(hysteresis >= 0.0 && hysteresis.is_finite()) {
+            return Err(ThresholdError::BadHysteresis(hysteresis));
+        }
+        if below.is_some_and(|b| !b.is_finite()) || above.is_some_and(|a| !a.is_finite()) {
+            return Err(ThresholdError::NotANumber);
+        }
+        if let (Some(below), Some(above)) = (below, above) {
+            if below + hysteresis >= above - hysteresis {
+                return Err(ThresholdError::Overlap { below, above });
+            }
+        }
+        Ok(Threshold {
+            below,
+            above,
+            hysteresis,
+        })
+    }
+
+    pub fn below(&self) -> Option<f64> {
+        self.below
+    }
+
+    pub fn above(&self) -> Option<f64> {
+        self.above
     }
 }

@@ -75,6 +75,10 @@ pub enum ControlRequest {
         domain: String,
         spec: Option<MonitorSpec>,
     },
+    Counters {
+        domain: String,
+        entity: Option<String>,
+    },
     /// A request for the domain's guest agent, its fields bounded as the wire bounds them.
     Guest {
         domain: String,
@@ -170,6 +174,7 @@ impl ControlRequest {
             Request::Show { domain } => ControlRequest::Show { domain },
             Request::Clear { domain } => ControlRequest::Clear { domain },
             Request::Disable { domain } => ControlRequest::SetSpec { domain, spec: None },
+            Request::Counters { domain, entity } => ControlRequest::Counters { domain, entity },
             Request::Enable { domain, spec_xml } => ControlRequest::SetSpec {
                 domain,
                 spec: Some(

@@ -185,6 +185,18 @@ impl CounterStore {
             .map(|s| s.generation)
     }
 
+    /// The (entity, counter name) of `id` in the schema in use.
+    pub fn name_of(&self, id: u32) -> Option<(&str, &str)> {
+        let schema = self.schema.as_ref()?;
+        let series = self.series.get(*schema.by_id.get(&id)?)?;
+        Some((series.entity.as_str(), series.desc.name.as_str()))
+    }
+
+    /// Whether a complete schema ever arrived (its counters are shown, also between sessions).
+    pub fn has_schema(&self) -> bool {
+        self.schema.is_some()
+    }
+
     /// Frames refused so far.
     pub fn refused_frames(&self) -> u64 {
         self.refused_frames

@@ -2,7 +2,7 @@
 //! socket; the daemon writes domain metadata for `enable` and `disable`.
 //!
 //! Exit codes: 0 success; 1 the daemon or libvirt failed the request; 2 bad usage; 3 the daemon
-//! cannot be reached; 4 unknown domain. 2 and 3 mean what they mean for the guest's `appmon`
+//! cannot be reached; 4 unknown domain (or counter entity). 2 and 3 mean what they mean for the guest's `appmon`
 //! (`appmon_wire::report::exit`).
 
 use std::io::Write;
@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use appmon_libvirt_backend::spec::parse_duration;
 use appmon_libvirt_backend::{MonitorSpec, ResetMethod, Transport, DEFAULT_CHANNEL_NAME};
-use appmon_wire::DEFAULT_VSOCK_PORT;
+use appmon_wire::{escape, DEFAULT_VSOCK_PORT};
 use clap::{Args, Parser, Subcommand};
 
 use appmon_control::{
-    ErrorKind, ListDocument, ProcessView, ProcessesDocument, Request, Response, ShowDocument,
-    VmView,
+    CountersDocument, CountersView, ErrorKind, ListDocument, ProcessView, ProcessesDocument,
+    Request, Response, ShowDocument, VmView,
 };
 
 use crate::control;
@@ -36,7 +36,7 @@ pub const EXIT_UNKNOWN_DOMAIN: i32 = 4;
 #[command(
     name = "appmonctl",
     version,
-    after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 host agent not reachable, 4 unknown domain."
+    after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 host agent not reachable, 4 unknown domain or entity."
 )]
 pub struct Cli {
     /// The host agent's control socket.
@@ -47,7 +47,7 @@ pub struct Cli {
         default_value = "/run/appmon/host.sock"
     )]
     pub socket: PathBuf,
-    /// Print JSON instead of text (list, show).
+    /// Print JSON instead of text (list, show, counters).
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -79,6 +79,12 @@ pub enum Command {
         id: String,
         #[arg(value_parser = run::signal_number)]
         signal: Option<i32>,
+    },
+    /// The counters a domain's guest agent sends, with their latest values.
+    Counters {
+        domain: String,
+        /// Only this entity's counters (`CPU`, `Memory`, a custom entity...).
+        entity: Option<String>,
     },
 }
 
@@ -231,6 +237,10 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         Command::Disable { domain } => Request::Disable {
             domain: domain.clone(),
         },
+        Command::Counters { domain, entity } => Request::Counters {
+            domain: domain.clone(),
+            entity: entity.clone(),
+        },
         Command::Enable(args) => match args.spec() {
             Ok(spec) => Request::Enable {
                 domain: args.domain.clone(),
@@ -273,8 +283,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         Response::Show { domain } if cli.json => {
             write_json(out, &ShowDocument::new((**domain).clone()))
         }
+        Response::Counters { counters } if cli.json => {
+            write_json(out, &CountersDocument::new((**counters).clone()))
+        }
         Response::List { domains } => write_list(out, domains),
         Response::Show { domain } => write_show(out, domain),
+        Response::Counters { counters } => write_counters(out, counters),
     };
     match written {
         Ok(()) => EXIT_OK,
@@ -285,7 +299,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
 /// The exit code of a control error.
 pub fn exit_code(kind: ErrorKind) -> i32 {
     match kind {
-        ErrorKind::UnknownDomain => EXIT_UNKNOWN_DOMAIN,
+        ErrorKind::UnknownDomain | ErrorKind::UnknownEntity => EXIT_UNKNOWN_DOMAIN,
         ErrorKind::BadRequest => EXIT_USAGE,
         ErrorKind::Libvirt | ErrorKind::NoSession | ErrorKind::GuestRefused => EXIT_FAILED,
     }
@@ -491,6 +505,82 @@ fn write_show(out: &mut dyn Write, d: &VmView) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One line per counter: entity, name, latest value with its units, its age at the host and
+/// its description. Everything but the domain comes from the guest and is escaped.
+fn write_counters(out: &mut dyn Write, c: &CountersView) -> std::io::Result<()> {
+    let shown = |s: &str| escape(s).into_owned();
+    let state = match c.generation {
+        Some(g) => format!("schema generation {g}"),
+        None if c.entities.is_empty() => "no counters from the guest agent yet".into(),
+        None => {
+            "the guest agent's current session has sent no schema yet; last known values".into()
+        }
+    };
+    writeln!(
+        out,
+        "{}: {state}, {} frames refused",
+        c.domain, c.refused_frames
+    )?;
+    if c.entities.is_empty() {
+        return Ok(());
+    }
+    let now = crate::persist::unix_ms_now();
+    let rows: Vec<[String; 5]> = c
+        .entities
+        .iter()
+        .flat_map(|e| e.counters.iter().map(move |k| (e, k)))
+        .map(|(e, k)| {
+            let value = match k.value {
+                Some(v) if k.units.is_empty() => format_value(v),
+                Some(v) => format!("{} {}", format_value(v), shown(&k.units)),
+                None => "-".into(),
+            };
+            let age = age(k.unix_ms.map(|at| now.saturating_sub(at)));
+            [
+                shown(&e.name),
+                shown(&k.name),
+                value,
+                age,
+                shown(&k.description),
+            ]
+        })
+        .collect();
+    let width = |i: usize, head: &str| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([head.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1, w2, w3) = (
+        width(0, "ENTITY"),
+        width(1, "COUNTER"),
+        width(2, "VALUE"),
+        width(3, "AGE"),
+    );
+    writeln!(
+        out,
+        "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  DESCRIPTION",
+        "ENTITY", "COUNTER", "VALUE", "AGE"
+    )?;
+    for [entity, name, value, age, desc] in &rows {
+        writeln!(
+            out,
+            "{entity:<w0$}  {name:<w1$}  {value:>w2$}  {age:>w3$}  {desc}"
+        )?;
+    }
+    Ok(())
+}
+
+/// A value as an operator reads it: integers without a fraction, others to 2 decimals.
+fn format_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 /// `2026-01-02T03:04:05.678Z`.
 pub fn format_unix_ms(ms: u64) -> String {
     let secs = ms / 1000;
@@ -583,6 +673,56 @@ mod tests {
             "5"
         ])
         .is_err());
+    }
+
+    fn counters_view(name: &str, value: Option<f64>) -> CountersView {
+        CountersView {
+            domain: "vm1".into(),
+            generation: Some(1),
+            refused_frames: 0,
+            entities: vec![appmon_control::EntityView {
+                name: "Demo".into(),
+                counters: vec![appmon_control::CounterView {
+                    name: name.into(),
+                    description: "Requests\x1b[2J served".into(),
+                    units: "#".into(),
+                    kind: String::new(),
+                    pace_ms: 1000,
+                    range_lower: None,
+                    range_upper: None,
+                    value,
+                    unix_ms: value.map(|_| crate::persist::unix_ms_now()),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn counters_text_shows_latest_values_with_units() {
+        let mut out = Vec::new();
+
+        write_counters(&mut out, &counters_view("requests", Some(42.0))).expect("written");
+
+        let text = String::from_utf8(out).expect("utf-8");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Demo"))
+            .expect("a line of the counter");
+        assert!(line.contains("requests"), "{text}");
+        assert!(line.contains("42 #"), "{text}");
+        assert!(text.starts_with("vm1: schema generation 1"), "{text}");
+    }
+
+    #[test]
+    fn counters_text_escapes_what_the_guest_named() {
+        let mut out = Vec::new();
+
+        write_counters(&mut out, &counters_view("forged\nvm1 OK\r", None)).expect("written");
+
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(text.lines().count(), 3, "no line forged: {text}");
+        assert!(!text.contains('\x1b') && !text.contains('\r'), "{text:?}");
+        assert!(text.contains("forged\\nvm1 OK\\r"), "{text}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::control::{self, ControlError};
+use crate::mon;
 use crate::persist::{PersistError, StateDir};
 use crate::supervisor::{Inputs, Supervisor};
 use appmon_wire::report::error_chain;
@@ -32,6 +33,12 @@ pub enum DaemonError {
     State(#[from] PersistError),
     #[error("control socket")]
     Control(#[from] ControlError),
+    #[error("cannot listen for MON's HTTP service on {addr}")]
+    Mon {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A fresh random id for this host-agent start, sent in every Hello.
@@ -54,21 +61,40 @@ pub async fn run(
     }
     tracing::info!(dir = %state.path().display(), vms = records.len(), "reset history loaded");
     let writer = state.writer()?;
+    // MON's port before the control socket: a port in use fails the start with nothing to undo.
+    let mon_listener = match config.mon.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Mon { addr, source })?,
+        ),
+        None => None,
+    };
     let listener = control::bind(&config.control_socket)?;
     let socket = config.control_socket.clone();
     tracing::info!(socket = %socket.display(), uri = %config.uri, "appmon-host ready");
     let (control_tx, control_rx) = mpsc::channel(64);
     let server = tokio::spawn(control::serve(listener, control_tx, shutdown.clone()));
+    let (mon_tx, mon_rx) = mpsc::channel(256);
+    let mon = mon_listener.map(|listener| {
+        let router = mon::http::router(mon_tx.clone(), &config.mon);
+        tokio::spawn(mon::http::serve(listener, router, shutdown.clone()))
+    });
     let supervisor = Supervisor::new(config, hv, writer, records, host_boot_id());
     supervisor
         .run(Inputs {
             backend,
             control: control_rx,
             reload,
+            mon: mon_rx,
             shutdown,
         })
         .await;
     server.abort();
+    drop(mon_tx);
+    if let Some(mon) = mon {
+        mon.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     tracing::info!("appmon-host stopped");
     Ok(())

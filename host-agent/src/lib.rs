@@ -27,7 +27,9 @@
 //!   its clock, each VM and its history ring, reconciliation with libvirt, the blocking libvirt
 //!   calls, and the views `appmonctl` sees.
 //! - [`counters`] — one VM's counters: the schema its guest sent and a bounded history per
-//!   counter (pure; not wired into the supervisor yet).
+//!   counter (pure; the supervisor keeps one per VM and feeds it what the session delivers).
+//! - [`mon`] — MON's `/monapi`: its URLs parsed and bounded, its answers built from the VMs'
+//!   counters and rendered as XML, JSON or UDL (pure), and the HTTP service around them.
 //! - [`config`] — `/etc/appmon/host.toml`.
 //! - [`persist`] — the state directory (reset history and alarms across restarts).
 //! - [`control`] — the local control socket; [`ctl`] — the `appmonctl` command line. Their
@@ -36,9 +38,10 @@
 //! - `testing` (cargo feature `testing`) — a scripted guest agent for the tests and benchmarks.
 //!
 //! Dependencies between the modules go one way: `policy`, `managed` and `counters` use none of
-//! the others; `session` uses `policy` (the guest's requests) and `config`; `supervisor` uses
-//! all of these (but `counters`, not wired yet); the control socket and
-//! `appmonctl` use only `appmon-control` and the backend's spec.
+//! the others; `mon` uses `counters` and `config` (its HTTP service asks the supervisor over a
+//! channel); `session` uses `policy` (the guest's requests) and `config`; `supervisor` uses all
+//! of these; the control socket and `appmonctl` use only `appmon-control` and the backend's
+//! spec.
 //!
 //! The tests and benchmarks run it against real libvirt (its test driver, in process or in a
 //! private libvirtd) with scripted guest peers and the real guest agent on Unix sockets.
@@ -48,6 +51,7 @@ pub mod counters;
 pub mod ctl;
 pub mod daemon;
 pub mod managed;
+pub mod mon;
 pub mod persist;
 pub mod policy;
 pub mod session;

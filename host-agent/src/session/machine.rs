@@ -341,6 +341,21 @@ impl Session {
                     out.push(reply(HostMsg::Pong));
                 }
             }
+            GuestMsg::CounterSchema(part) => {
+                if id.is_some() {
+                    out.push(reply(HostMsg::Ack));
+                }
+                out.push(Action::Deliver(SessionEvent::CounterSchema(part)));
+            }
+            GuestMsg::CounterValues(values) => {
+                if id.is_some() {
+                    out.push(reply(HostMsg::Ack));
+                }
+                out.push(Action::Deliver(SessionEvent::CounterValues {
+                    values,
+                    at: now,
+                }));
+            }
             // Answers to the host's own requests (its pings).
             GuestMsg::Pong | GuestMsg::Ack if id.is_none() => {}
             GuestMsg::Error(e) => {

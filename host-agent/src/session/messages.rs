@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use appmon_control::SessionEnd;
 use appmon_wire::{
-    GuestMsg, GuestState, HostMsg, MonitorEvent, MonitorStatus, ProcessStatus, RequestId,
+    CounterSchema, CounterValues, GuestMsg, GuestState, HostMsg, MonitorEvent, MonitorStatus,
+    ProcessStatus, RequestId,
 };
 
 use crate::policy::GuestRequest;
@@ -44,6 +45,13 @@ pub enum SessionEvent {
     Reply {
         id: RequestId,
         msg: GuestMsg,
+    },
+    /// A part of the guest's counter schema, unchecked: the VM's counter store judges it.
+    CounterSchema(CounterSchema),
+    /// A set of counter values, stamped when its frame was read, unchecked like the schema.
+    CounterValues {
+        values: CounterValues,
+        at: Instant,
     },
 }
 

@@ -23,7 +23,10 @@
 //! 2. Requests (`Enable`, `Disable`, `PostAppState`, `GetAppStatus`, `IsEnabled`) go to the
 //!    supervisor, whose policy machine answers through [`HostCmd::Reply`]; `Ping` is answered
 //!    here. Heartbeats (`Event MarkActive`) are stamped with the time they were read and
-//!    forwarded, and so are the guest's `Process`, `Monitors` and `Monitor` events. Requests this
+//!    forwarded, and so are the guest's `Process`, `Monitors` and `Monitor` events.
+//!    Counter schema parts and values (the host's Hello offers `COUNTERS`) go to the
+//!    supervisor as they are, values stamped like heartbeats; the VM's counter store judges
+//!    them. Requests this
 //!    host agent does not handle get `Error(NotAllowed)`; an unknown message kind gets
 //!    `Error(Unsupported)`; an `Error` is never answered.
 //! 4. The supervisor's own requests (launch, poll, signal, read output, release:

@@ -32,7 +32,12 @@ impl SessionConfig {
             hello: Hello::new(
                 format!("appmon-host {}", env!("CARGO_PKG_VERSION")),
                 host_boot_id,
-                Capabilities::HEARTBEAT | Capabilities::PROCESSES | Capabilities::MONITORS,
+                // Counters: the guest agent sends its schema and values only to a host that
+                // says it takes them (and speaks protocol 2).
+                Capabilities::HEARTBEAT
+                    | Capabilities::COUNTERS
+                    | Capabilities::PROCESSES
+                    | Capabilities::MONITORS,
             ),
             hello_timeout: config.hello_timeout,
             keepalive: Keepalive {

@@ -22,14 +22,19 @@
 //! - `guest`: the guest's monitors, launched processes and managed applications, and the
 //!   host's requests to the guest with the waiter of each reply.
 //! - `view`: what `appmonctl list` and `show` see of a VM.
+//! - `metrics`: `/metrics`, the Prometheus exposition of all of it.
+//! - `counters`: each VM's counters ([`crate::counters`]' store), the frames it refuses logged
+//!   and rate-limited, and what `appmonctl counters` sees.
 //!
 //! Timers are exact per-VM deadlines ([`VmMachine::next_deadline`]) in a min-heap with lazy
 //! invalidation: a heartbeat only moves a deadline later, so it costs no heap operation; an
 //! entry that no longer matches its VM's deadline is skipped when it comes up.
 
 mod clock;
+mod counters;
 mod executor;
 mod guest;
+mod metrics;
 mod reconcile;
 mod view;
 mod vm;
@@ -60,6 +65,8 @@ use self::reconcile::SessionPlan;
 use self::vm::{History, SessionHandle, Vm};
 use crate::config::Config;
 use crate::control::{ControlCall, ControlRequest};
+use crate::mon::alarms::{AlarmRule, AlarmView};
+use crate::mon::http::MonCall;
 use crate::persist::{unix_ms_now, VmRecord, Writer};
 use crate::policy::{Action, Input, VmMachine};
 use crate::session::{self, HostCmd, SessionConfig, SessionEvent, SessionMsg, VmId};
@@ -79,7 +86,26 @@ pub struct Inputs {
     pub backend: mpsc::UnboundedReceiver<BackendEvent>,
     pub control: mpsc::Receiver<ControlCall>,
     pub reload: mpsc::Receiver<Config>,
+    /// MON's HTTP handlers' queries (`crate::mon::http`).
+    pub mon: mpsc::Receiver<MonCall>,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// The alarm view's rules in `config` (checked when it was read).
+fn alarm_rules(config: &Config) -> Vec<AlarmRule> {
+    config
+        .mon
+        .alarms
+        .iter()
+        .filter_map(|r| {
+            r.threshold().ok().map(|threshold| AlarmRule {
+                domain: r.domain.clone(),
+                entity: r.entity.clone(),
+                counter: r.counter.clone(),
+                threshold,
+            })
+        })
+        .collect()
 }
 
 /// See the module documentation.
@@ -104,6 +130,10 @@ pub struct Supervisor {
     libvirt_lost: Option<(Duration, LibvirtLost)>,
     /// When the histories noted since the last write go to the state directory.
     history_flush_at: Option<Duration>,
+    /// What `/metrics` counts since the start.
+    counts: metrics::HostCounts,
+    /// MON's alarm view: the rules of `[[mon.alarm]]` and every counter's alarm state.
+    alarms: AlarmView,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -127,6 +157,7 @@ impl Supervisor {
         let (session_tx, session_rx) = mpsc::channel(4096);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         Supervisor {
+            alarms: AlarmView::new(alarm_rules(&config)),
             session_config: Arc::new(SessionConfig::new(&config, host_boot_id)),
             config,
             executor: Executor::new(hv, internal_tx),
@@ -145,6 +176,7 @@ impl Supervisor {
             connected: false,
             libvirt_lost: None,
             history_flush_at: None,
+            counts: metrics::HostCounts::default(),
         }
     }
 
@@ -191,6 +223,7 @@ impl Supervisor {
                 },
                 Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
                 Some((req, reply)) = inputs.control.recv() => self.on_control(req, reply),
+                Some(call) = inputs.mon.recv() => self.on_mon(call),
                 Some(config) = inputs.reload.recv() => self.reload(config),
                 _ = sleep => {}
                 _ = inputs.shutdown.changed() => break,
@@ -294,6 +327,7 @@ impl Supervisor {
                 }
                 Action::Reset { method, cause } => {
                     tracing::warn!(domain = %vm.domain.name, method = method.as_str(), %cause, "resetting");
+                    self.counts.reset(&cause);
                     self.executor.reset(id, vm.domain.clone(), method);
                 }
             }
@@ -693,6 +727,7 @@ impl Supervisor {
                 vm.connected = true;
                 vm.guest.hello(boot_id);
                 vm.agent = Some(agent.clone());
+                vm.counters.session_started();
                 self.note(
                     id,
                     now,
@@ -712,6 +747,7 @@ impl Supervisor {
             }
             SessionEvent::Closed { reason } => {
                 vm.connected = false;
+                self.counts.session_end(&reason);
                 self.note(
                     id,
                     now,
@@ -725,6 +761,29 @@ impl Supervisor {
             SessionEvent::Monitors(monitors) => self.guest_monitors(id, monitors),
             SessionEvent::Monitor(event) => self.guest_monitor(id, event, now),
             SessionEvent::Reply { id: request, msg } => self.guest_reply(id, request, msg, now),
+            SessionEvent::CounterSchema(part) => {
+                vm.counters.schema(&vm.domain.name, part, now);
+            }
+            SessionEvent::CounterValues { values, at } => {
+                let at = self.clock.mono(tokio::time::Instant::from_std(at));
+                let unix_ms = self.clock.wall_ms(at.min(now));
+                if vm.counters.values(&vm.domain.name, &values, unix_ms, now) {
+                    let changed = counters::judge(
+                        &mut self.alarms,
+                        &vm.domain.name,
+                        &vm.counters.store,
+                        &values,
+                    );
+                    for (level, event) in changed {
+                        vm.note(
+                            self.config.history_len,
+                            unix_ms,
+                            level,
+                            HistoryKind::Alarm(event),
+                        );
+                    }
+                }
+            }
             SessionEvent::Request { id: request, req } => {
                 self.feed(
                     id,
@@ -823,6 +882,12 @@ impl Supervisor {
                     None => self.unknown(&domain),
                 }
             }
+            ControlRequest::Counters { domain, entity } => {
+                match self.find(&domain).and_then(|id| self.vms.get(&id)) {
+                    Some(vm) => counters::answer(&vm.domain.name, &vm.counters, entity.as_deref()),
+                    None => self.unknown(&domain),
+                }
+            }
             ControlRequest::SetSpec { domain: key, spec } => {
                 match self.find(&key).and_then(|id| self.vms.get(&id)) {
                     Some(vm) => {
@@ -837,6 +902,29 @@ impl Supervisor {
         let _ = reply.send(response);
     }
 
+    /// MON's HTTP handlers ask: built here, where the counters are; rendered by the handler.
+    fn on_mon(&mut self, call: MonCall) {
+        match call {
+            MonCall::Query(query, reply) => {
+                let vms = self
+                    .vms
+                    .values()
+                    .map(|vm| (vm.domain.name.as_str(), &vm.counters));
+                let unix_secs = unix_ms_now() / 1000;
+                let _ = reply.send(counters::mon_answer(&query, unix_secs, vms, &self.alarms));
+            }
+            MonCall::Metrics(reply) => {
+                let now = self.clock.now();
+                let _ = reply.send(metrics::exposition(
+                    &self.vms,
+                    &self.counts,
+                    &self.alarms,
+                    now,
+                ));
+            }
+        }
+    }
+
     fn reload(&mut self, config: Config) {
         tracing::info!("configuration reloaded");
         if config.uri != self.config.uri
@@ -849,6 +937,7 @@ impl Supervisor {
         }
         let host_boot = self.session_config.hello.boot_id;
         self.session_config = Arc::new(SessionConfig::new(&config, host_boot));
+        self.alarms.set_rules(alarm_rules(&config));
         self.config = config;
         let now = self.clock.now();
         let ids: Vec<VmId> = self.vms.keys().copied().collect();

@@ -1,5 +1,5 @@
 //! One VM as the supervisor holds it: libvirt's view of the domain, its policy machine, its
-//! session task and its event history.
+//! session task, its event history and its counters.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::clock::Clock;
+use super::counters::VmCounters;
 use super::guest::GuestWork;
 use crate::persist::{AlarmEntry, ResetEntry, VmRecord};
 use crate::policy::VmMachine;
@@ -85,6 +86,8 @@ pub(super) struct Vm {
     pub history_unsaved: bool,
     /// Its monitors, launched processes, managed applications and requests in flight.
     pub guest: GuestWork,
+    /// The counters its guest agent sends (kept across sessions, replaced by a new schema).
+    pub counters: VmCounters,
 }
 
 impl Vm {
@@ -107,6 +110,7 @@ impl Vm {
             unreachable: None,
             history_unsaved: false,
             guest: GuestWork::default(),
+            counters: VmCounters::default(),
         }
     }
 

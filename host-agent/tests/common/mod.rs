@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use appmon_control::{Decision, GuestEvent, ListDocument, SessionEnd, ShowDocument, VmView};
+use appmon_control::{
+    CountersDocument, CountersView, Decision, GuestEvent, ListDocument, SessionEnd, ShowDocument,
+    VmView,
+};
 use appmon_host_agent::config::Config;
 use appmon_host_agent::ctl;
 use appmon_libvirt_backend::testing::{PrivateLibvirtd, TestDomain, TestDriver};
@@ -286,6 +289,37 @@ impl Host {
                 }
             } else if tokio::time::Instant::now() >= deadline {
                 panic!("show {domain} never succeeded");
+            }
+            tokio::time::sleep(ms(20)).await;
+        }
+    }
+
+    /// `appmonctl --json counters DOMAIN`, parsed; `None` when it fails.
+    pub async fn counters(&self, domain: &str) -> Option<CountersView> {
+        let (code, out, _) = self.ctl(&["--json", "counters", domain]).await;
+        if code != 0 {
+            return None;
+        }
+        let doc: CountersDocument = serde_json::from_str(&out).expect("counters json");
+        assert_eq!(doc.schema_version, appmon_control::SCHEMA_VERSION);
+        Some(doc.counters)
+    }
+
+    /// Waits until `pred` holds for `counters DOMAIN`, or `limit` passes; returns the last view.
+    pub async fn wait_counters(
+        &self,
+        domain: &str,
+        limit: Duration,
+        pred: impl Fn(&CountersView) -> bool,
+    ) -> CountersView {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let view = self.counters(domain).await;
+            let now = tokio::time::Instant::now();
+            match view {
+                Some(v) if pred(&v) || now >= deadline => return v,
+                None if now >= deadline => panic!("counters {domain} never succeeded"),
+                _ => {}
             }
             tokio::time::sleep(ms(20)).await;
         }

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use appmon_control::SessionEnd;
 use appmon_wire::{
-    AppState, AppStatus, Capabilities, ErrorCode, Frame, GuestMsg, GuestState, Hello, HostMsg, Tag,
-    WireError, PROTOCOL_VERSION,
+    AppState, AppStatus, Capabilities, CounterSchema, CounterValues, ErrorCode, Frame, GuestMsg,
+    GuestState, Hello, HostMsg, Tag, WireError, PROTOCOL_VERSION,
 };
 
 use super::*;
@@ -379,6 +379,56 @@ fn heartbeat_is_stamped_when_read_and_acked_only_when_asked() {
             Action::Deliver(SessionEvent::Heartbeat { at })
         ]
     );
+}
+
+#[test]
+fn counter_frames_go_to_the_supervisor_values_stamped_when_read() {
+    let mut rig = Rig::greeted();
+    let at = rig.t0 + ms(40);
+    let schema = CounterSchema {
+        generation: 3,
+        entities: Vec::new(),
+        complete: true,
+    };
+    let values = CounterValues {
+        generation: 3,
+        unix_ms: 1,
+        values: vec![(1, 2.5)],
+    };
+
+    let got_schema = rig
+        .at(40)
+        .frame(Frame::event(GuestMsg::CounterSchema(schema.clone())));
+    let got_values = rig
+        .at(40)
+        .frame(Frame::request(6, GuestMsg::CounterValues(values.clone())));
+
+    assert_eq!(
+        got_schema,
+        [Action::Deliver(SessionEvent::CounterSchema(schema))]
+    );
+    assert_eq!(
+        got_values,
+        [
+            Action::Send(Frame::reply(6, HostMsg::Ack)),
+            Action::Deliver(SessionEvent::CounterValues { values, at })
+        ]
+    );
+}
+
+#[test]
+fn the_hosts_hello_offers_counters() {
+    let rig = Rig::open(dialed(LinkKind::Stream));
+
+    let hello = sent(&rig.first)
+        .into_iter()
+        .find_map(|f| match &f.msg {
+            HostMsg::Hello(h) => Some(h.clone()),
+            _ => None,
+        })
+        .expect("the host's Hello");
+
+    assert!(hello.capabilities.contains(Capabilities::COUNTERS));
 }
 
 #[test]
