@@ -135,7 +135,12 @@ impl LibvirtHost {
         self.port_min + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % PORTS_PER_HOST
     }
 
-    fn start(label: &'static str, dir: PathBuf, host_uuid: &str, port_min: u16) -> Result<LibvirtHost, String> {
+    fn start(
+        label: &'static str,
+        dir: PathBuf,
+        host_uuid: &str,
+        port_min: u16,
+    ) -> Result<LibvirtHost, String> {
         let uri = format!(
             "qemu+unix:///system?socket={}/run/libvirt-sock",
             dir.display()
@@ -213,7 +218,14 @@ impl LibvirtHost {
             .try_clone()
             .map_err(|e| format!("cannot duplicate a file handle: {e}"))?;
         let status = Command::new("unshare")
-            .args(["--mount", "--uts", "--propagation", "private", "/bin/sh", "-c"])
+            .args([
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "/bin/sh",
+                "-c",
+            ])
             .arg(&script)
             .arg("sh")
             .arg(&self.dir)
@@ -289,9 +301,11 @@ pub(crate) fn stop_daemon(pid: u32) -> Result<(), String> {
     let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
     if wait_until(DAEMON_STOP_TIMEOUT, "libvirtd to exit", || !pid_alive(pid)).is_err() {
         let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-        wait_until(Duration::from_secs(10), "libvirtd to exit after SIGKILL", || {
-            !pid_alive(pid)
-        })
+        wait_until(
+            Duration::from_secs(10),
+            "libvirtd to exit after SIGKILL",
+            || !pid_alive(pid),
+        )
         .map_err(|e| format!("libvirtd pid {pid}: {e}"))?;
     }
     Ok(())
@@ -403,10 +417,7 @@ impl TwoHosts {
     pub fn attach_logs(&self, vm: &TestVm) {
         for h in &self.hosts {
             vm.attach_log(&format!("libvirtd-{}", h.label), &h.log_path());
-            vm.attach_log(
-                &format!("qemu-{}", h.label),
-                &h.qemu_log_path(vm.name()),
-            );
+            vm.attach_log(&format!("qemu-{}", h.label), &h.qemu_log_path(vm.name()));
         }
     }
 

@@ -278,7 +278,12 @@ pub(crate) fn sweep_dir(dir: &Path, report: &mut SweepReport) {
 
 /// The pid that `pid_file` in `dir` records, if that process still runs `program` for this
 /// directory: its command line must name `<dir>/<own_file>` (so a reused pid is left alone).
-pub(crate) fn running_for(dir: &Path, pid_file: &str, program: &str, own_file: &str) -> Option<u32> {
+pub(crate) fn running_for(
+    dir: &Path,
+    pid_file: &str,
+    program: &str,
+    own_file: &str,
+) -> Option<u32> {
     let text = fs::read_to_string(dir.join(pid_file)).ok()?;
     let pid = text.trim().parse::<u32>().ok()?;
     (pid_alive(pid) && runs_for(pid, program, &dir.join(own_file))).then_some(pid)

@@ -1042,7 +1042,8 @@ fn a_status_told_in_a_reply_is_not_pushed_again() {
 }
 
 #[test]
-fn migrated_in_guest_is_reset_one_failure_interval_after_it_falls_silent_without_a_minimum_uptime() {
+fn migrated_in_guest_is_reset_one_failure_interval_after_it_falls_silent_without_a_minimum_uptime()
+{
     // vSphere's defaults: minimum uptime 120 s, failure interval 30 s. A guest that did not
     // boot here does not wait for the minimum uptime.
     let mut sim = Sim::new(Policy::default());
