@@ -337,7 +337,11 @@ fn channel_guest_survives_pause_and_save_and_is_reset_when_silent() {
         vm.channel_socket(AGENT_CHANNEL)
     );
     hold_no_reset(&agent, &vm, 2 * fi, "green after the restore");
-    assert_eq!(vm.boot_ids(), std::slice::from_ref(&boot), "no boot since the first");
+    assert_eq!(
+        vm.boot_ids(),
+        std::slice::from_ref(&boot),
+        "no boot since the first"
+    );
     let beats = beats_since(&vm, mark);
     assert!(beats.len() > 10, "{beats:?}");
     for w in beats.windows(2) {
@@ -523,7 +527,11 @@ fn live_migration_moves_monitoring_without_a_reset() {
     let to = migrate_and_arrive(&two, &[&agent_a, &agent_b], &vm, &boot);
     assert_eq!(to.label(), "a");
     hold_no_reset(&agent_a, &vm, 2 * fi, "green on a again");
-    assert_eq!(vm.boot_ids(), std::slice::from_ref(&boot), "no boot since the first");
+    assert_eq!(
+        vm.boot_ids(),
+        std::slice::from_ref(&boot),
+        "no boot since the first"
+    );
     let beats = beats_since(&vm, mark);
     let longest = assert_uninterrupted(&vm, &beats);
     println!(
