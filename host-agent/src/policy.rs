@@ -25,7 +25,8 @@
 //! **A failure** is: enabled, domain running, `now - last_heartbeat > failure_interval`, and
 //! `now - booted_at >= min_uptime`, where `booted_at` is the last start, reboot or reset seen by
 //! this host agent (a domain that was already running when the host agent first saw it counts
-//! from that moment: the conservative choice, as its real start time is unknown).
+//! from that moment: the conservative choice, as its real start time is unknown); a guest that
+//! arrived by migration has no minimum uptime to wait for (see **Migration**).
 //!
 //! **A managed application** whose restarts are spent and whose policy says `reset`
 //! ([`crate::managed`], [`Input::ApplicationFailed`]) resets at once too, enabled or not (the
@@ -63,7 +64,10 @@
 //!
 //! **Migration**: the source sees the domain paused (no failures) and then gone (the supervisor
 //! drops it); the destination sees `Started(Migrated)` (paused, Gray) and `Resumed(Migrated)`
-//! (running, Gray, minimum uptime from the arrival).
+//! (running, Gray). The minimum uptime does not apply to a guest that arrived: it did not boot,
+//! and its guest agent enables again only for an application that was being monitored at the
+//! source, so one failure interval after that Enable a silent application is reset (vSphere HA
+//! likewise does not restart the minimum uptime on vMotion, which is no power-on).
 //!
 //! **No spec, no action**: a machine without a [`Policy`] never emits a reset or an alarm.
 //!
@@ -280,7 +284,10 @@ pub enum Action {
 pub struct VmMachine {
     policy: Option<Policy>,
     phase: Phase,
-    booted_at: Duration,
+    /// When the guest last booted as far as this agent knows (start, reboot, reset; or when it
+    /// was first seen running). `None`: it arrived by migration, so it did not boot here and
+    /// the minimum uptime (a guard for applications still starting after a boot) is over.
+    booted_at: Option<Duration>,
     monitoring: Monitoring,
     need_reset: bool,
     resets: VecDeque<ResetRecord>,
@@ -309,7 +316,7 @@ impl VmMachine {
         VmMachine {
             policy,
             phase: Phase::from_state(state),
-            booted_at: now,
+            booted_at: Some(now),
             monitoring: Monitoring::Unknown,
             need_reset: false,
             resets: VecDeque::new(),
@@ -431,7 +438,10 @@ impl VmMachine {
             // The status turns Red when heartbeats are overdue, counted or not.
             candidates[2] = Some(overdue_at);
             if self.phase == Phase::Running && self.pending == Pending::Idle {
-                let mut at = overdue_at.max(self.booted_at + policy.min_uptime);
+                let mut at = match self.booted_at {
+                    Some(booted) => overdue_at.max(booted + policy.min_uptime),
+                    None => overdue_at,
+                };
                 if self.need_reset {
                     at = now;
                 }
@@ -507,7 +517,7 @@ impl VmMachine {
         }
         self.need_reset = false;
         self.app_reset = None;
-        self.booted_at = now;
+        self.booted_at = Some(now);
         self.hello_since_boot = false;
         self.retry_at = None;
     }
@@ -615,7 +625,7 @@ impl VmMachine {
                         // (the answer and the guest take different ways here): its state is
                         // already the new boot's, and wiping it would lose an Enable.
                         self.pending = Pending::Idle;
-                        self.booted_at = now;
+                        self.booted_at = Some(now);
                         self.retry_at = None;
                         self.app_reset = None;
                         Self::note(
@@ -709,7 +719,7 @@ impl VmMachine {
             DomainEvent::Started(StartedReason::Migrated) => {
                 // The incoming side of a migration: not here until Resumed(Migrated).
                 self.phase = Phase::Paused;
-                self.arrived_by_migration(now);
+                self.arrived_by_migration();
             }
             DomainEvent::Started(_) => {
                 self.guest_state_gone(now);
@@ -718,7 +728,7 @@ impl VmMachine {
             }
             DomainEvent::Suspended(_) => self.enter_phase(Phase::Paused, now),
             DomainEvent::Resumed(RunningReason::Migrated) => {
-                self.arrived_by_migration(now);
+                self.arrived_by_migration();
                 self.enter_phase(Phase::Running, now);
                 if self.policy.is_some() {
                     Self::note(out, Level::Info, Decision::ArrivedByMigration);
@@ -739,12 +749,15 @@ impl VmMachine {
         }
     }
 
-    fn arrived_by_migration(&mut self, now: Duration) {
+    /// The guest arrived by migration: Gray, and no minimum uptime (it did not boot here). The
+    /// guest agent enables again only for an application that was monitored at the source, so
+    /// the failure interval from that Enable is the guard.
+    fn arrived_by_migration(&mut self) {
         self.monitoring = Monitoring::Unknown;
         self.need_reset = false;
         self.cancel_awaiting_unless_ours();
         self.retry_at = None;
-        self.booted_at = now;
+        self.booted_at = None;
         self.hello_since_boot = false;
     }
 
@@ -948,7 +961,9 @@ impl VmMachine {
         let cause = if self.need_reset {
             ResetCause::NeedReset
         } else if now.saturating_sub(last_heartbeat) > policy.failure_interval
-            && now.saturating_sub(self.booted_at) >= policy.min_uptime
+            && self
+                .booted_at
+                .is_none_or(|booted| now.saturating_sub(booted) >= policy.min_uptime)
         {
             ResetCause::HeartbeatsStopped
         } else {

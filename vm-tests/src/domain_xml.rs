@@ -65,8 +65,9 @@ pub struct DomainSpec {
     pub on_reboot: OnReboot,
     pub watchdog: WatchdogAction,
     pub console_log: PathBuf,
-    /// vhost-device-vsock's `--socket` (QEMU connects to it).
-    pub vhost_user_socket: PathBuf,
+    /// vhost-device-vsock's `--socket` (QEMU connects to it); `None`: no vsock device, which a
+    /// guest that migrates (or is saved) needs: QEMU 7.2 refuses to migrate vhost-user-vsock.
+    pub vhost_user_socket: Option<PathBuf>,
     /// Raw XML placed inside `<metadata>` (e.g. the host agent's policy element).
     pub metadata_xml: String,
     /// Raw XML placed inside `<devices>` (e.g. a virtio-serial `<channel>`).
@@ -136,20 +137,22 @@ impl DomainSpec {
         if !self.extra_devices_xml.is_empty() {
             let _ = writeln!(x, "{}", self.extra_devices_xml);
         }
-        let _ = write!(
-            x,
-            "  </devices>
-  <qemu:commandline>
+        x.push_str("  </devices>\n");
+        if let Some(sock) = &self.vhost_user_socket {
+            let _ = write!(
+                x,
+                "  <qemu:commandline>
     <qemu:arg value='-chardev'/>
     <qemu:arg value='socket,id=chr-vhu-vsock0,path={sock}'/>
     <qemu:arg value='-device'/>
     <qemu:arg value='vhost-user-vsock-pci,chardev=chr-vhu-vsock0,bus=pci.0,addr={slot:#x}'/>
   </qemu:commandline>
-</domain>
 ",
-            sock = p(&self.vhost_user_socket),
-            slot = VSOCK_PCI_SLOT,
-        );
+                sock = p(sock),
+                slot = VSOCK_PCI_SLOT,
+            );
+        }
+        x.push_str("</domain>\n");
         x
     }
 }
@@ -185,7 +188,7 @@ mod tests {
             on_reboot: OnReboot::Destroy,
             watchdog: WatchdogAction::Reset,
             console_log: "/rig/run/t/12-0/console.log".into(),
-            vhost_user_socket: "/rig/run/t/12-0/vhu.sock".into(),
+            vhost_user_socket: Some("/rig/run/t/12-0/vhu.sock".into()),
             metadata_xml: String::new(),
             extra_devices_xml: String::new(),
         }
@@ -208,6 +211,16 @@ mod tests {
         assert!(xml.contains("bus=pci.0,addr=0x1e'"));
         assert!(xml.contains("<source type='memfd'/>"));
         assert!(!xml.contains("<metadata>"));
+    }
+
+    #[test]
+    fn xml_without_a_vsock_socket_has_no_vsock_device() {
+        let mut s = spec();
+        s.vhost_user_socket = None;
+        let xml = s.to_xml();
+        assert!(!xml.contains("vhost-user-vsock"), "{xml}");
+        assert!(!xml.contains("<qemu:commandline>"), "{xml}");
+        assert!(xml.ends_with("  </devices>\n</domain>\n"), "{xml}");
     }
 
     #[test]

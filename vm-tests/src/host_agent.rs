@@ -270,11 +270,15 @@ pub struct HostAgent {
     bins: HostBins,
     /// The host.toml it runs with.
     config: Config,
-    domains: Vec<String>,
     child: Option<Child>,
     starts: u32,
     /// When the daemon last answered its first `list` with all its domains.
     ready_at: Option<Instant>,
+    /// Runs inside the mount namespace of this pid (a two-host harness's libvirtd), as a host
+    /// agent on that host would: the paths in its libvirtd's domain XML are that host's.
+    namespace_of: Option<u32>,
+    /// The domains it must list before it counts as ready (those its libvirtd has).
+    listed: Vec<String>,
 }
 
 impl HostAgent {
@@ -290,22 +294,60 @@ impl HostAgent {
         agent
     }
 
+    /// [`HostAgent::start`] for one of the two-host harness's daemons: inside that daemon's
+    /// mount namespace (`nsenter -t <its pid> -m`), its `uri` that daemon's socket.
+    pub fn start_on(
+        host: &crate::hosts::LibvirtHost,
+        vms: &[&TestVm],
+        config: Config,
+    ) -> HostAgent {
+        let domains: Vec<String> = vms.iter().map(|vm| vm.name().to_owned()).collect();
+        let config = Config {
+            uri: host.uri().to_owned(),
+            ..config
+        };
+        let mut agent = HostAgent::new_in(domains, config, Some(host.pid()));
+        agent.listed = vms
+            .iter()
+            .filter(|vm| vm.uri() == host.uri())
+            .map(|vm| vm.name().to_owned())
+            .collect();
+        agent.name = format!("{} (host {})", agent.name, host.label());
+        for vm in vms {
+            vm.attach_log(&format!("appmon-host-{}", host.label()), &agent.log_path());
+        }
+        agent.launch();
+        agent
+    }
+
     /// Prepares (does not start) a host agent for `domains`: its directory and host.toml
     /// (`config`, placed in that directory and limited to `domains`).
     pub fn new(domains: Vec<String>, config: Config) -> HostAgent {
+        HostAgent::new_in(domains, config, None)
+    }
+
+    /// [`HostAgent::new`]; `namespace_of`: run in that process's mount namespace, with the
+    /// `uri` of `config` (else the rig's).
+    fn new_in(domains: Vec<String>, config: Config, namespace_of: Option<u32>) -> HostAgent {
         let rig = Rig::require();
         let bins = HostBins::require();
         sweep_once(&rig);
         let pid = std::process::id();
         let n = next_instance();
         let dir = rig.tests_dir().join(format!("{pid}-{n}"));
+        let uri = config.uri.clone();
+        let mut placed = placed(config, &dir, &domains);
+        if namespace_of.is_some() {
+            placed.uri = uri;
+        }
         let agent = HostAgent {
             name: format!("appmon-host-{pid}-{n}"),
-            config: placed(config, &dir, &domains),
+            config: placed,
+            namespace_of,
+            listed: domains,
             dir,
             rig,
             bins,
-            domains,
             child: None,
             starts: 0,
             ready_at: None,
@@ -357,7 +399,17 @@ impl HostAgent {
         let log2 = log
             .try_clone()
             .unwrap_or_else(|e| self.fail(format!("cannot duplicate the log handle: {e}")));
-        let child = Command::new(&self.bins.host)
+        let mut command = match self.namespace_of {
+            None => Command::new(&self.bins.host),
+            Some(pid) => {
+                // nsenter execs the program: the child's pid is appmon-host's.
+                let mut c = Command::new("nsenter");
+                c.args(["-t", &pid.to_string(), "-m", "--"])
+                    .arg(&self.bins.host);
+                c
+            }
+        };
+        let child = command
             .arg("--config")
             .arg(self.config_path())
             .env(
@@ -380,7 +432,7 @@ impl HostAgent {
         let what = format!(
             "appmon-host (pid {pid}) to answer on {} and list {:?}",
             self.control_socket().display(),
-            self.domains
+            self.listed
         );
         let ready = wait_for(HOST_AGENT_READY_TIMEOUT, &what, || {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
@@ -389,7 +441,7 @@ impl HostAgent {
             match self.try_list() {
                 Ok(list)
                     if self
-                        .domains
+                        .listed
                         .iter()
                         .all(|d| list.iter().any(|v| &v.name == d)) =>
                 {
@@ -535,6 +587,31 @@ impl HostAgent {
         args.extend(enable_args(policy));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.ctl_ok(&args)
+    }
+
+    /// `appmonctl enable DOMAIN --channel-name NAME <policy options>`: monitoring over the
+    /// virtio-serial channel `NAME`, whose socket the host agent finds in the live domain XML.
+    pub fn try_enable_channel(
+        &self,
+        vm: &TestVm,
+        channel: &str,
+        policy: &Defaults,
+    ) -> Result<String, CtlError> {
+        let mut args: Vec<String> = vec![
+            "enable".into(),
+            vm.name().into(),
+            "--channel-name".into(),
+            channel.into(),
+        ];
+        args.extend(enable_args(policy));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ctl_ok(&args)
+    }
+
+    /// [`HostAgent::try_enable_channel`]; fails the test with the guest's diagnostics.
+    pub fn enable_channel(&self, vm: &TestVm, channel: &str, policy: &Defaults) -> String {
+        self.try_enable_channel(vm, channel, policy)
+            .unwrap_or_else(|e| vm.fail(format!("appmonctl enable: {e}")))
     }
 
     /// [`HostAgent::try_show`] for a guest; fails the test with the guest's diagnostics.

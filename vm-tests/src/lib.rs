@@ -12,6 +12,8 @@
 //! - [`host_agent`]: [`HostAgent`], the real `appmon-host` daemon for one test (its own
 //!   host.toml, state directory, control socket and log), and `appmonctl` with its JSON read
 //!   into `appmon-control`'s [`VmView`].
+//! - [`hosts`]: [`TwoHosts`], two more libvirtds on this machine, each in its own mount
+//!   namespace, for live migration between them.
 //! - [`demo`]: commands to the demo application in the guest ([`TestVm::demo_command`]).
 //! - [`domain_xml`]: the libvirt domain XML template (pure, unit-tested).
 //! - [`hybrid`]: host → guest connections through vhost-device-vsock's hybrid-vsock Unix socket
@@ -36,6 +38,7 @@ pub mod console;
 pub mod demo;
 pub mod domain_xml;
 pub mod host_agent;
+pub mod hosts;
 pub mod hybrid;
 pub mod initrd;
 pub mod rig;
@@ -51,6 +54,7 @@ pub use host_agent::{
     enable_args, policy_matches, test_host_config, test_policy, unix_ms_now, Config, CtlError,
     Defaults, HistoryEntry, HostAgent, HostBins, PolicyView, ResetMethod, Status, VmView,
 };
+pub use hosts::{LibvirtHost, Migration, TwoHosts};
 pub use hybrid::{hybrid_connect, hybrid_connect_timeout, HybridConnectError};
 pub use initrd::GuestFile;
 pub use rig::Rig;

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::hosts::{remove_all_domains, stop_daemon, HOST_LABELS, LIBVIRTD_PID_FILE};
 use crate::rig::Rig;
-use crate::virsh::{list_all_domains, virsh, DomainState, VirshError};
+use crate::virsh::{list_all_domains, virsh_on, DomainState, VirshError, LIBVIRT_URI};
 use crate::wait::wait_until;
 use crate::DOMAIN_PREFIX;
 
@@ -41,6 +42,7 @@ const RECORDED: [(&str, &str, &str); 2] = [
 ];
 const BACKEND: &str = "vhost-device-vsock";
 const HOST_AGENT: &str = "appmon-host";
+const LIBVIRTD: &str = "libvirtd";
 
 /// What test processes that are gone left behind, found and not yet touched.
 #[derive(Debug, Default)]
@@ -109,6 +111,8 @@ pub struct SweepReport {
     pub domains: Vec<String>,
     pub backends: Vec<u32>,
     pub host_agents: Vec<u32>,
+    /// libvirtds of two-host harnesses.
+    pub libvirtds: Vec<u32>,
     pub dirs: Vec<PathBuf>,
     pub errors: Vec<String>,
 }
@@ -119,6 +123,7 @@ impl SweepReport {
         self.domains.is_empty()
             && self.backends.is_empty()
             && self.host_agents.is_empty()
+            && self.libvirtds.is_empty()
             && self.dirs.is_empty()
     }
 }
@@ -201,6 +206,11 @@ pub fn leftover_dirs(tests_dir: &Path) -> Vec<LeftDir> {
                 .filter_map(|(program, pid_file, own_file)| {
                     running_for(&path, pid_file, program, own_file).map(|pid| (*program, pid))
                 })
+                .chain(
+                    libvirt_hosts(&path)
+                        .into_iter()
+                        .map(|(_, pid)| (LIBVIRTD, pid)),
+                )
                 .collect(),
             path,
         })
@@ -220,8 +230,36 @@ pub fn running_test_domains() -> Result<Vec<String>, VirshError> {
         .collect())
 }
 
-/// Stops the backend and host agent recorded in `dir` and removes `dir`.
+/// The libvirtds of a two-host harness directory (`hosts::TwoHosts`) that still run for it:
+/// (their URI, pid).
+fn libvirt_hosts(dir: &Path) -> Vec<(String, u32)> {
+    HOST_LABELS
+        .iter()
+        .filter_map(|label| {
+            let host = dir.join(label);
+            running_for(&host, LIBVIRTD_PID_FILE, LIBVIRTD, LIBVIRTD_PID_FILE).map(|pid| {
+                (
+                    format!(
+                        "qemu+unix:///system?socket={}/run/libvirt-sock",
+                        host.display()
+                    ),
+                    pid,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Stops the libvirtds (after destroying their domains), backend and host agent recorded in
+/// `dir` and removes `dir`.
 pub(crate) fn sweep_dir(dir: &Path, report: &mut SweepReport) {
+    for (uri, pid) in libvirt_hosts(dir) {
+        report.errors.extend(remove_all_domains(&uri));
+        match stop_daemon(pid) {
+            Ok(()) => report.libvirtds.push(pid),
+            Err(e) => report.errors.push(e),
+        }
+    }
     for (program, pid_file, own_file) in RECORDED {
         match stop_recorded(dir, pid_file, program, own_file) {
             Ok(Some(pid)) if program == HOST_AGENT => report.host_agents.push(pid),
@@ -240,7 +278,12 @@ pub(crate) fn sweep_dir(dir: &Path, report: &mut SweepReport) {
 
 /// The pid that `pid_file` in `dir` records, if that process still runs `program` for this
 /// directory: its command line must name `<dir>/<own_file>` (so a reused pid is left alone).
-fn running_for(dir: &Path, pid_file: &str, program: &str, own_file: &str) -> Option<u32> {
+pub(crate) fn running_for(
+    dir: &Path,
+    pid_file: &str,
+    program: &str,
+    own_file: &str,
+) -> Option<u32> {
     let text = fs::read_to_string(dir.join(pid_file)).ok()?;
     let pid = text.trim().parse::<u32>().ok()?;
     (pid_alive(pid) && runs_for(pid, program, &dir.join(own_file))).then_some(pid)
@@ -291,6 +334,14 @@ fn runs_for(pid: u32, program: &str, own_file: &Path) -> bool {
 
 /// Destroys (if running) and undefines the domain `name`, and removes its QEMU log.
 pub(crate) fn remove_domain(name: &str) -> Result<(), String> {
+    remove_domain_on(LIBVIRT_URI, name)?;
+    let _ = fs::remove_file(Path::new(QEMU_LOG_DIR).join(format!("{name}.log")));
+    Ok(())
+}
+
+/// Destroys (if running) and undefines the domain `name` of the libvirtd at `uri`.
+pub(crate) fn remove_domain_on(uri: &str, name: &str) -> Result<(), String> {
+    let virsh = |args: &[&str]| virsh_on(uri, args);
     let state = virsh(&["domstate", name])
         .map(|s| DomainState::parse(&s))
         .map_err(|e| format!("cannot query domain {name}: {e}"))?;
@@ -303,8 +354,11 @@ pub(crate) fn remove_domain(name: &str) -> Result<(), String> {
             }
         }
     }
-    virsh(&["undefine", name]).map_err(|e| format!("cannot undefine domain {name}: {e}"))?;
-    let _ = fs::remove_file(Path::new(QEMU_LOG_DIR).join(format!("{name}.log")));
+    // A transient domain (one that migrated in without --persistent) is gone once destroyed.
+    if virsh(&["domstate", name]).is_ok() {
+        virsh(&["undefine", "--managed-save", name])
+            .map_err(|e| format!("cannot undefine domain {name}: {e}"))?;
+    }
     Ok(())
 }
 

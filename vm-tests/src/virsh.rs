@@ -48,11 +48,26 @@ pub fn virsh(args: &[&str]) -> Result<String, VirshError> {
     virsh_timeout(args, VIRSH_TIMEOUT)
 }
 
+/// Runs `virsh -c URI ARGS` with [`VIRSH_TIMEOUT`] (another libvirtd than the rig's: the
+/// two-host harness's daemons).
+pub fn virsh_on(uri: &str, args: &[&str]) -> Result<String, VirshError> {
+    virsh_on_timeout(uri, args, VIRSH_TIMEOUT)
+}
+
 /// Runs `virsh -c qemu:///system ARGS`, killing it after `timeout`.
 pub fn virsh_timeout(args: &[&str], timeout: Duration) -> Result<String, VirshError> {
+    virsh_on_timeout(LIBVIRT_URI, args, timeout)
+}
+
+/// Runs `virsh -c URI ARGS`, killing it after `timeout`.
+pub fn virsh_on_timeout(uri: &str, args: &[&str], timeout: Duration) -> Result<String, VirshError> {
     let mut cmd = Command::new("virsh");
-    cmd.arg("-c").arg(LIBVIRT_URI).args(args);
-    let joined = args.join(" ");
+    cmd.arg("-c").arg(uri).args(args);
+    let joined = if uri == LIBVIRT_URI {
+        args.join(" ")
+    } else {
+        format!("-c {uri} {}", args.join(" "))
+    };
     let out = run_bounded(cmd, timeout).map_err(|e| match e {
         RunError::Spawn(source) => VirshError::Spawn {
             args: joined.clone(),
@@ -76,7 +91,12 @@ pub fn virsh_timeout(args: &[&str], timeout: Duration) -> Result<String, VirshEr
 
 /// Names of all domains libvirt knows (running or defined).
 pub fn list_all_domains() -> Result<Vec<String>, VirshError> {
-    Ok(virsh(&["list", "--all", "--name"])?
+    list_all_domains_on(LIBVIRT_URI)
+}
+
+/// Names of all domains the libvirtd at `uri` knows (running or defined).
+pub fn list_all_domains_on(uri: &str) -> Result<Vec<String>, VirshError> {
+    Ok(virsh_on(uri, &["list", "--all", "--name"])?
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())

@@ -30,10 +30,10 @@ use crate::hybrid::{hybrid_connect, HybridConnectError};
 use crate::initrd::{write_with_extra_files, GuestFile};
 use crate::rig::Rig;
 use crate::sweep::{
-    self, remove_domain, sweep_dir, sweep_stale, BACKEND_PID_FILE, QEMU_LOG_DIR, VHOST_USER_SOCKET,
-    VSOCK_UDS,
+    self, remove_domain, remove_domain_on, sweep_dir, sweep_stale, BACKEND_PID_FILE, QEMU_LOG_DIR,
+    VHOST_USER_SOCKET, VSOCK_UDS,
 };
-use crate::virsh::{virsh, DomainState, VirshError};
+use crate::virsh::{virsh_on, DomainState, VirshError, LIBVIRT_URI};
 use crate::wait::{hold_for, wait_for, wait_until};
 use crate::DOMAIN_PREFIX;
 
@@ -73,8 +73,8 @@ pub(crate) fn sweep_once(rig: &Rig) {
         let report = sweep_stale(rig);
         if !report.is_empty() {
             eprintln!(
-                "vm-tests: removed leftovers of dead test processes: domains {:?}, vhost-device-vsock pids {:?}, appmon-host pids {:?}, dirs {:?}",
-                report.domains, report.backends, report.host_agents, report.dirs
+                "vm-tests: removed leftovers of dead test processes: domains {:?}, vhost-device-vsock pids {:?}, appmon-host pids {:?}, libvirtd pids {:?}, dirs {:?}",
+                report.domains, report.backends, report.host_agents, report.libvirtds, report.dirs
             );
         }
         for e in &report.errors {
@@ -96,6 +96,7 @@ pub struct VmConfig {
     extra_devices_xml: String,
     initrd: Option<PathBuf>,
     guest_files: Vec<GuestFile>,
+    vsock: bool,
 }
 
 impl VmConfig {
@@ -112,7 +113,21 @@ impl VmConfig {
             extra_devices_xml: String::new(),
             initrd: None,
             guest_files: Vec::new(),
+            vsock: true,
         }
+    }
+
+    /// No vhost-user-vsock device and no vhost-device-vsock: a guest that can migrate and be
+    /// saved (QEMU 7.2 refuses both with vhost-user-vsock, MIGRATION.md). Its guest agent and
+    /// tools then reach the host over virtio-serial channels only.
+    pub fn without_vsock(mut self) -> VmConfig {
+        self.vsock = false;
+        self
+    }
+
+    /// Whether the guest gets a vsock device.
+    pub fn has_vsock(&self) -> bool {
+        self.vsock
     }
 
     /// Guest RAM. 96–128 MiB is enough for the rig's image; 64 MiB is not.
@@ -218,6 +233,8 @@ pub struct TestVm {
     dir: PathBuf,
     backend: Option<Child>,
     defined: bool,
+    /// The libvirtd the domain is on: the rig's, or after a migration another one's.
+    uri: Mutex<String>,
     /// Logs of other processes of the test (the host agent) whose tails go into every failure
     /// message: (label, path).
     attached_logs: Mutex<Vec<(String, PathBuf)>>,
@@ -226,6 +243,12 @@ pub struct TestVm {
 impl TestVm {
     /// Prepares a guest: directory, vsock backend, defined (not started) domain.
     pub fn new(config: VmConfig) -> TestVm {
+        TestVm::new_on(config, LIBVIRT_URI)
+    }
+
+    /// [`TestVm::new`] with the domain defined on the libvirtd at `uri` (one of the two-host
+    /// harness's daemons).
+    pub fn new_on(config: VmConfig, uri: &str) -> TestVm {
         let rig = Rig::require();
         sweep_once(&rig);
 
@@ -243,10 +266,13 @@ impl TestVm {
             dir,
             backend: None,
             defined: false,
+            uri: Mutex::new(uri.to_owned()),
             attached_logs: Mutex::new(Vec::new()),
         };
         vm.prepare_dir();
-        vm.start_backend();
+        if vm.config.vsock {
+            vm.start_backend();
+        }
         vm.define();
         vm
     }
@@ -274,6 +300,22 @@ impl TestVm {
 
     pub fn config(&self) -> &VmConfig {
         &self.config
+    }
+
+    /// The libvirt URI of the daemon the domain is on now.
+    pub fn uri(&self) -> String {
+        self.uri
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Tells the harness that the domain is now on the libvirtd at `uri` (after a migration).
+    pub fn set_uri(&self, uri: &str) {
+        *self
+            .uri
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = uri.to_owned();
     }
 
     /// vhost-device-vsock's `--uds-path`: host → guest connections, and the prefix of the
@@ -374,13 +416,24 @@ impl TestVm {
     /// Waits until the domain is in `state`.
     pub fn wait_for_state(&self, state: DomainState, timeout: Duration) -> Duration {
         self.wait_until(timeout, &format!("domain state {state}"), || {
-            virsh(&["domstate", &self.name]).is_ok_and(|s| DomainState::parse(&s) == state)
+            self.virsh(&["domstate", &self.name])
+                .is_ok_and(|s| DomainState::parse(&s) == state)
         })
     }
 
     /// `virsh dumpxml` of the live (or defined) domain.
     pub fn domain_xml(&self) -> String {
         self.virsh_ok(&["dumpxml", &self.name])
+    }
+
+    /// The host-side socket of the virtio-serial channel `name`, from the live XML (libvirt
+    /// generates it when the channel names no path; it changes with every start and
+    /// migration). The path is as the domain's libvirtd sees it.
+    pub fn channel_socket(&self, name: &str) -> Option<PathBuf> {
+        let xml = self.virsh(&["dumpxml", &self.name]).ok()?;
+        appmon_libvirt_backend::domxml::channel_socket_path(&xml, name)
+            .ok()
+            .flatten()
     }
 
     // --- console --------------------------------------------------------------------------------
@@ -576,12 +629,12 @@ impl TestVm {
 
     /// Runs `virsh ARGS`; fails the test (with diagnostics) if it fails.
     pub fn virsh_ok(&self, args: &[&str]) -> String {
-        virsh(args).unwrap_or_else(|e| self.fail(e))
+        self.virsh(args).unwrap_or_else(|e| self.fail(e))
     }
 
     /// Runs `virsh ARGS` and returns the result, for tests that expect failures.
     pub fn virsh(&self, args: &[&str]) -> Result<String, VirshError> {
-        virsh(args)
+        virsh_on(&self.uri(), args)
     }
 
     // --- setup and teardown ---------------------------------------------------------------------
@@ -593,13 +646,13 @@ impl TestVm {
     fn prepare_dir(&mut self) {
         // A leftover with this very name can only come from a dead process whose pid we now
         // have again: this process has not used this counter yet.
-        if let Ok(out) = virsh(&["domstate", &self.name]) {
+        if let Ok(out) = self.virsh(&["domstate", &self.name]) {
             eprintln!(
                 "vm-tests: removing stale domain {} ({})",
                 self.name,
                 out.trim()
             );
-            if let Err(e) = remove_domain(&self.name) {
+            if let Err(e) = self.remove_domain() {
                 self.fail(e);
             }
         }
@@ -709,7 +762,7 @@ impl TestVm {
             on_reboot: self.config.on_reboot,
             watchdog: self.config.watchdog,
             console_log: self.console_path(),
-            vhost_user_socket: self.vhost_user_socket(),
+            vhost_user_socket: self.config.vsock.then(|| self.vhost_user_socket()),
             metadata_xml: self.config.metadata_xml.clone(),
             extra_devices_xml: self.config.extra_devices_xml.clone(),
         };
@@ -720,6 +773,15 @@ impl TestVm {
         let xml_arg = xml_path.to_string_lossy().into_owned();
         self.virsh_ok(&["define", &xml_arg]);
         self.defined = true;
+    }
+
+    fn remove_domain(&self) -> Result<(), String> {
+        let uri = self.uri();
+        if uri == LIBVIRT_URI {
+            remove_domain(&self.name)
+        } else {
+            remove_domain_on(&uri, &self.name)
+        }
     }
 
     /// Copies the console and logs of a failed test where they outlive the test directory.
@@ -755,7 +817,7 @@ impl Drop for TestVm {
             }
         }
         if self.defined {
-            match remove_domain(&self.name) {
+            match self.remove_domain() {
                 Ok(()) => self.defined = false,
                 Err(e) => eprintln!("{}: cleanup: {e}", self.name),
             }

@@ -1125,3 +1125,27 @@ fn managed_application_escalation_while_paused_resets_nothing() {
 
     assert!(sim.resets().is_empty());
 }
+
+#[test]
+fn migrated_in_guest_is_reset_one_failure_interval_after_it_falls_silent_without_a_minimum_uptime()
+{
+    // vSphere's defaults: minimum uptime 120 s, failure interval 30 s. A guest that did not
+    // boot here does not wait for the minimum uptime.
+    let mut sim = Sim::new(Policy::default());
+    let fi = 30 * S;
+    sim.domain_at(0, DomainEvent::Started(StartedReason::Migrated));
+    sim.domain_at(S, DomainEvent::Resumed(RunningReason::Migrated));
+    sim.at(S + 100, Input::GuestHello { boot_id: [1; 16] });
+    sim.feed(Input::GuestState(guest_state(true, Some(100))));
+    sim.at(2 * S, Input::Enable);
+    assert_eq!(sim.status(), Some(AppStatus::Green));
+    sim.run_to(2 * S + fi);
+    assert!(sim.resets().is_empty(), "not before the failure interval");
+    sim.run_to(2 * S + fi + S);
+    assert_eq!(
+        sim.resets().iter().map(|r| r.2).collect::<Vec<_>>(),
+        [ResetCause::HeartbeatsStopped],
+        "one failure interval after the Enable, not after the minimum uptime"
+    );
+    assert!(sim.resets()[0].0 <= 2 * S + fi + 1, "{:?}", sim.resets());
+}

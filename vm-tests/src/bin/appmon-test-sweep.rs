@@ -95,6 +95,9 @@ fn sweep(dry_run: bool) -> ExitCode {
         for pid in &report.host_agents {
             println!("killed appmon-host pid {pid}");
         }
+        for pid in &report.libvirtds {
+            println!("stopped libvirtd pid {pid} (after destroying its domains)");
+        }
         for dir in &report.dirs {
             println!("removed test directory {}", dir.display());
         }
