@@ -13,6 +13,7 @@
 //! dead_after_pings = 3
 //! hello_timeout = "10s"      # a guest that has not said Hello by then is dropped
 //! reconnect_max = "5s"       # longest backoff between connection attempts
+//! dial_after = "10s"         # no announcement by then: dial the guest agent (protocol 1)
 //! history_len = 200          # events kept per VM for `appmonctl show`
 //!
 //! [defaults]                 # vSphere's; each can be overridden in a domain's metadata
@@ -85,6 +86,10 @@ pub struct Config {
     pub hello_timeout: Duration,
     #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub reconnect_max: Duration,
+    /// A guest agent that has not announced itself this long after its VM's listener started
+    /// is dialed (it speaks protocol 1); never between a reset or reboot and an announcement.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
+    pub dial_after: Duration,
     pub history_len: usize,
     pub defaults: Defaults,
     pub session: SessionLimits,
@@ -129,6 +134,7 @@ impl Default for Config {
             dead_after_pings: 3,
             hello_timeout: Duration::from_secs(10),
             reconnect_max: Duration::from_secs(5),
+            dial_after: Duration::from_secs(10),
             history_len: 200,
             defaults: Defaults::default(),
             session: SessionLimits::default(),

@@ -252,6 +252,10 @@ impl Session {
             Event::Command(HostCmd::Reply { id, msg }) => {
                 out.push(Action::Send(Frame::reply(id, msg)))
             }
+            Event::Command(HostCmd::Quiet) => {
+                // The guest is rebooting: no more pings, and no verdict on its silence.
+                self.link.keepalive = None;
+            }
             Event::Tick => self.tick(now, &mut out),
         }
         if out.iter().any(|a| matches!(a, Action::End(_))) {

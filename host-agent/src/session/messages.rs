@@ -50,4 +50,7 @@ pub enum HostCmd {
     Status(appmon_wire::AppStatus),
     /// The answer to a request.
     Reply { id: RequestId, msg: HostMsg },
+    /// The guest is being reset or rebooted: send it nothing (no keepalive, no dial) until it
+    /// announces itself again.
+    Quiet,
 }

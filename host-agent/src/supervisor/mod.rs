@@ -96,6 +96,9 @@ pub struct Supervisor {
     heap: BinaryHeap<Reverse<(Duration, VmId)>>,
     event_seq: u64,
     connected: bool,
+    /// The host's AF_VSOCK listeners for kernel vhost-vsock guests, by port: opened only when
+    /// a monitored VM uses kernel vsock.
+    vsock_routes: HashMap<u32, (Arc<session::vsock::Routes>, tokio::task::JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -135,6 +138,7 @@ impl Supervisor {
             heap: BinaryHeap::new(),
             event_seq: 0,
             connected: false,
+            vsock_routes: HashMap::new(),
         }
     }
 
@@ -270,6 +274,10 @@ impl Supervisor {
                     vm.send(HostCmd::Status(status));
                 }
                 Action::Reply { id: request, msg } => vm.send(HostCmd::Reply { id: request, msg }),
+                Action::Silence => {
+                    tracing::info!(domain = %vm.domain.name, "the guest is sent nothing until it announces itself again");
+                    vm.send(HostCmd::Quiet);
+                }
                 Action::Persist => persist = true,
                 Action::Alarm { reason } => {
                     tracing::error!(domain = %vm.domain.name, alarm = %reason, "ALARM: not resetting again until the window has room or an operator clears it");
@@ -554,40 +562,44 @@ impl Supervisor {
             }
             SessionPlan::Unreachable(error) => {
                 self.stop_session(id, now);
-                let error = error_chain(&error);
-                let Some(vm) = self.vms.get_mut(&id) else {
-                    return;
-                };
-                if vm.unreachable.as_deref() != Some(error.as_str()) {
-                    tracing::warn!(domain = %vm.domain.name, %error, "cannot reach the guest agent");
-                    vm.unreachable = Some(error.clone());
-                    self.note(
-                        id,
-                        now,
-                        Level::Warn,
-                        HistoryKind::Guest(GuestEvent::Unreachable { error }),
-                    );
-                }
+                self.unreachable(id, now, error_chain(&error));
             }
             SessionPlan::Start(endpoint) => {
                 self.stop_session(id, now);
                 let task = self.next_task;
                 self.next_task += 1;
+                let acceptor = match self.acceptor(&endpoint) {
+                    Ok(acceptor) => acceptor,
+                    Err(error) => {
+                        self.unreachable(id, now, error_chain(&error));
+                        return;
+                    }
+                };
                 let Some(vm) = self.vms.get_mut(&id) else {
                     return;
                 };
                 let desc = endpoint.describe();
                 let (tx, rx) = mpsc::channel(SESSION_QUEUE);
                 tracing::info!(domain = %vm.domain.name, endpoint = %desc, "guest session started");
-                let join = tokio::spawn(session::run(
-                    id,
-                    task,
+                let (name, config, to) = (
                     vm.domain.name.clone(),
-                    endpoint,
                     self.session_config.clone(),
                     self.session_tx.clone(),
-                    rx,
-                ));
+                );
+                let join = match acceptor {
+                    // The guest announces itself; dialing is for protocol-1 guest agents.
+                    Some(acceptor) => tokio::spawn(session::listen(
+                        id,
+                        task,
+                        name,
+                        acceptor,
+                        Some(endpoint),
+                        config,
+                        to,
+                        rx,
+                    )),
+                    None => tokio::spawn(session::run(id, task, name, endpoint, config, to, rx)),
+                };
                 vm.unreachable = None;
                 vm.session = Some(SessionHandle {
                     task,
@@ -596,6 +608,52 @@ impl Supervisor {
                     join,
                 });
             }
+        }
+    }
+
+    /// Where a VM's guest agent announces itself, for the transports that deliver guest → host
+    /// connections (hybrid and kernel vsock); `None` for a virtio-serial channel, which the
+    /// host opens.
+    fn acceptor(
+        &mut self,
+        endpoint: &session::Endpoint,
+    ) -> Result<Option<session::Acceptor>, session::SessionError> {
+        match endpoint {
+            session::Endpoint::Hybrid { path, port } => {
+                session::Acceptor::bind_hybrid(path, *port).map(Some)
+            }
+            session::Endpoint::Vsock { cid, port } => {
+                let routes = self.vsock_routes.entry(*port).or_insert_with(|| {
+                    let routes = Arc::new(session::vsock::Routes::default());
+                    let port = *port;
+                    let serving = routes.clone();
+                    let join = tokio::spawn(async move {
+                        if let Err(e) = session::vsock::serve_vsock(port, serving).await {
+                            tracing::error!(port, error = %e, "cannot listen for guest announcements on AF_VSOCK");
+                        }
+                    });
+                    (routes, join)
+                });
+                Ok(Some(session::Acceptor::Routed(routes.0.register(*cid))))
+            }
+            session::Endpoint::Channel { .. } | session::Endpoint::ChannelByName { .. } => Ok(None),
+        }
+    }
+
+    /// Records, once per cause, that the VM's guest agent cannot be reached.
+    fn unreachable(&mut self, id: VmId, now: Duration, error: String) {
+        let Some(vm) = self.vms.get_mut(&id) else {
+            return;
+        };
+        if vm.unreachable.as_deref() != Some(error.as_str()) {
+            tracing::warn!(domain = %vm.domain.name, %error, "cannot reach the guest agent");
+            vm.unreachable = Some(error.clone());
+            self.note(
+                id,
+                now,
+                Level::Warn,
+                HistoryKind::Guest(GuestEvent::Unreachable { error }),
+            );
         }
     }
 
