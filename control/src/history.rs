@@ -409,6 +409,8 @@ pub enum SessionEnd {
     },
     /// The guest announced itself on a new connection, which took this one's place.
     Replaced,
+    /// The host closed it before resetting the guest.
+    ClosedForReset,
 }
 
 impl fmt::Display for SessionEnd {
@@ -416,6 +418,9 @@ impl fmt::Display for SessionEnd {
         match self {
             SessionEnd::ClosedByGuest => f.write_str("guest closed the connection"),
             SessionEnd::Replaced => f.write_str("the guest announced itself on a new connection"),
+            SessionEnd::ClosedForReset => {
+                f.write_str("closed by the host before resetting the guest")
+            }
             SessionEnd::ReadFailed { error } => write!(f, "read failed: {error}"),
             SessionEnd::Flood {
                 frames_per_second,

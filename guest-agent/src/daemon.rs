@@ -493,7 +493,7 @@ impl Daemon {
                 let listener = transport::bind_vsock(config.port)?;
                 info!(
                     port = config.port,
-                    "announcing this guest to the host (vsock CID 2) and listening on AF_VSOCK"
+                    "listening for the host on AF_VSOCK; announcing this guest to it (CID 2)"
                 );
                 let (port, seed) = (config.port, self.jitter_seed);
                 Listener {

@@ -276,6 +276,8 @@ struct Session {
     pending: Vec<Pending>,
     /// The status the host sent in this session: what getAppStatus answers.
     status: Option<AppStatus>,
+    /// The guest opened this link to announce itself.
+    announced: bool,
 }
 
 impl Session {
@@ -348,6 +350,13 @@ impl Machine {
     /// The link of the current session, established or not.
     pub fn session_link(&self) -> Option<LinkId> {
         self.session.as_ref().map(|s| s.link)
+    }
+
+    /// Whether the established session is one this guest announced.
+    fn announced_session(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.established() && s.announced)
     }
 
     /// Takes a reloaded configuration's policy.
@@ -502,6 +511,17 @@ impl Machine {
         match kind {
             LinkKind::Stream => {
                 let announced = opening == Opening::GuestFirst;
+                if !announced && self.announced_session() {
+                    // A host that dials while this guest's announcement is its session: the
+                    // host agent's fallback for protocol-1 guests, racing the announcement. The
+                    // announced session stays.
+                    info!(link, %transport, "host dialed, but this guest is announced to it already: closing the dialed link");
+                    out.push(Action::Close {
+                        link,
+                        reason: "this guest is announced to the host already".to_owned(),
+                    });
+                    return;
+                }
                 if announced {
                     info!(link, %transport, "connected to the host: announcing this guest");
                 } else {
@@ -519,6 +539,7 @@ impl Machine {
                     },
                     pending: Vec::new(),
                     status: None,
+                    announced,
                 });
                 if announced {
                     out.push(send(
@@ -701,6 +722,7 @@ impl Machine {
             },
             pending: Vec::new(),
             status: None,
+            announced: false,
         });
     }
 
@@ -1370,6 +1392,23 @@ mod tests {
         assert!(rig.at(9.9).feed(Event::Tick).is_empty());
         let late = rig.at(10.0).feed(Event::Tick);
         assert!(closed(&late, HOST), "{late:?}");
+    }
+
+    #[test]
+    fn a_host_that_dials_does_not_replace_the_announced_session() {
+        let mut rig = Rig::new();
+        rig.feed(Event::LinkUp {
+            link: HOST,
+            kind: LinkKind::Stream,
+            opening: Opening::GuestFirst,
+            transport: "vsock cid 2 port 5315".into(),
+        });
+        rig.hello(HOST);
+        assert!(rig.machine.has_session());
+        let out = rig.connect(2);
+        assert!(closed(&out, 2), "{out:?}");
+        assert!(!closed(&out, HOST), "{out:?}");
+        assert_eq!(rig.machine.session_link(), Some(HOST));
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! the host answers the guest's Hello, sends what the supervisor asks, and sends no keepalive
 //! of its own, so that nothing reaches a guest that rebooted under an idle connection.
 //! [`HostCmd::Quiet`] (a reset or reboot under way) stops every dial until the next
-//! announcement.
+//! announcement; [`HostCmd::CloseForReset`] also closes the live connection, while the guest
+//! still runs, just before the host resets it.
 
 use std::future::Future;
 use std::io;
@@ -339,6 +340,15 @@ pub async fn listen(
             }
             cmd = cmds.recv() => match cmd {
                 None => return,
+                Some(HostCmd::CloseForReset) => {
+                    admission.quiet();
+                    dialing.clear();
+                    if current.take().is_some()
+                        && !deliver(SessionEvent::Closed { reason: SessionEnd::ClosedForReset }).await
+                    {
+                        return;
+                    }
+                }
                 Some(cmd) => {
                     if cmd == HostCmd::Quiet {
                         admission.quiet();

@@ -252,6 +252,9 @@ impl Session {
             Event::Command(HostCmd::Reply { id, msg }) => {
                 out.push(Action::Send(Frame::reply(id, msg)))
             }
+            Event::Command(HostCmd::CloseForReset) => {
+                out.push(Action::End(SessionEnd::ClosedForReset));
+            }
             Event::Command(HostCmd::Quiet) => {
                 // The guest is rebooting: no more pings, and no verdict on its silence.
                 self.link.keepalive = None;

@@ -53,4 +53,8 @@ pub enum HostCmd {
     /// The guest is being reset or rebooted: send it nothing (no keepalive, no dial) until it
     /// announces itself again.
     Quiet,
+    /// The host is about to reset the guest: close its connection now, while the guest still
+    /// runs (a connection open in a userspace vsock backend when the guest resets can leave a
+    /// packet for it under way), and keep quiet as for [`HostCmd::Quiet`].
+    CloseForReset,
 }

@@ -62,6 +62,12 @@ use crate::session::{self, HostCmd, SessionConfig, SessionEvent, SessionMsg, VmI
 
 /// Commands queued per session before it counts as stuck.
 const SESSION_QUEUE: usize = 32;
+/// How long a reset waits after the guest's connection was closed for it (and after an answer
+/// to the guest in the same decision, the reply to the needReset that asked for it): a host →
+/// guest packet still under way when the guest reboots inside QEMU can wedge a userspace vsock
+/// backend (vhost-device-vsock 0.3.0), and a local socket's close or write reaches a running
+/// guest in well under this.
+const ANSWER_SETTLE: Duration = Duration::from_millis(200);
 /// Session messages handled before timers are looked at again.
 const DRAIN_BATCH: usize = 8192;
 
@@ -249,6 +255,9 @@ impl Supervisor {
 
     fn execute(&mut self, id: VmId, actions: Vec<Action>, now: Duration) {
         let mut persist = false;
+        // An answer to the guest went out in this batch (the needReset that asked for the
+        // reset): the reset waits until it has reached the guest.
+        let mut answered = false;
         for action in actions {
             let Some(vm) = self.vms.get_mut(&id) else {
                 return;
@@ -273,7 +282,10 @@ impl Supervisor {
                     tracing::debug!(domain = %vm.domain.name, %status, "status to the guest");
                     vm.send(HostCmd::Status(status));
                 }
-                Action::Reply { id: request, msg } => vm.send(HostCmd::Reply { id: request, msg }),
+                Action::Reply { id: request, msg } => {
+                    answered = true;
+                    vm.send(HostCmd::Reply { id: request, msg });
+                }
                 Action::Silence => {
                     tracing::info!(domain = %vm.domain.name, "the guest is sent nothing until it announces itself again");
                     vm.send(HostCmd::Quiet);
@@ -284,7 +296,15 @@ impl Supervisor {
                 }
                 Action::Reset { method, cause } => {
                     tracing::warn!(domain = %vm.domain.name, method = method.as_str(), %cause, "resetting");
-                    self.executor.reset(id, vm.domain.clone(), method);
+                    // Close the guest's connection while it still runs, and reset once the
+                    // close (and an answer of this batch) has reached it.
+                    let after = if answered || vm.session.is_some() {
+                        vm.send(HostCmd::CloseForReset);
+                        ANSWER_SETTLE
+                    } else {
+                        Duration::ZERO
+                    };
+                    self.executor.reset(id, vm.domain.clone(), method, after);
                 }
             }
         }
