@@ -8,6 +8,11 @@
 //!   current boot. An announcement from any older boot (a guest agent that was mid-dial when
 //!   the VM was reset, replayed bytes) is refused: it must never take the place of the current
 //!   session. The current boot (a guest agent that restarted) and a boot never seen are taken.
+//! - **Held for a reset.** Once the host closed the session to reset the guest
+//!   ([`Admission::closed_for_reset`]), an announcement from the boot it had is refused for
+//!   [`RESET_HOLD`]: the guest agent redials at once, and answering it would send the guest a
+//!   Hello while it is being reset. A new boot is taken at once; after the hold the old boot is
+//!   taken again (the reset failed and the guest runs on).
 //! - **Dialing** (guest agents of protocol 1, which never announce): only a VM that has not
 //!   announced itself since its listener started, and only while the host is not keeping quiet
 //!   ([`Admission::quiet`]: a reset or reboot under way), is dialed, `dial_after` (the host
@@ -22,6 +27,8 @@ use super::machine::TokenBucket;
 pub const ANNOUNCEMENTS_PER_SECOND: u32 = 2;
 /// Announcements taken from one VM at once.
 pub const ANNOUNCEMENT_BURST: u32 = 8;
+/// How long the boot a reset was issued for is refused (see the module documentation).
+pub const RESET_HOLD: Duration = Duration::from_secs(10);
 /// Boot ids remembered per VM.
 const BOOTS_KEPT: usize = 32;
 
@@ -32,6 +39,8 @@ pub enum Verdict {
     Admit,
     /// Its boot is older than the current session's: closed, the session untouched.
     OlderBoot,
+    /// The boot a reset was just issued for: closed (see [`RESET_HOLD`]).
+    BeingReset,
 }
 
 /// See the module documentation.
@@ -43,6 +52,8 @@ pub struct Admission {
     quiet: bool,
     announced: bool,
     dial_at: Option<Instant>,
+    /// The boot being reset, and until when its announcements are refused.
+    held: Option<([u8; 16], Instant)>,
 }
 
 impl Admission {
@@ -57,6 +68,7 @@ impl Admission {
             quiet: false,
             announced: false,
             dial_at: dial_after.map(|d| now + d),
+            held: None,
         }
     }
 
@@ -65,10 +77,16 @@ impl Admission {
         self.bucket.take(now)
     }
 
-    /// The guest's Hello on an announced connection, with its boot id.
-    pub fn hello(&mut self, boot_id: [u8; 16]) -> Verdict {
+    /// The guest's Hello on an announced connection at `now`, with its boot id.
+    pub fn hello(&mut self, boot_id: [u8; 16], now: Instant) -> Verdict {
         if self.is_older(boot_id) {
             return Verdict::OlderBoot;
+        }
+        if let Some((held, until)) = self.held {
+            if held == boot_id && now < until {
+                return Verdict::BeingReset;
+            }
+            self.held = None;
         }
         self.announced = true;
         self.quiet = false;
@@ -97,6 +115,15 @@ impl Admission {
     pub fn quiet(&mut self) {
         self.quiet = true;
         self.dial_at = None;
+    }
+
+    /// The host closed the session at `now` to reset the guest: keep quiet, and refuse the
+    /// current boot's announcements for [`RESET_HOLD`].
+    pub fn closed_for_reset(&mut self, now: Instant) {
+        self.quiet();
+        if let Some(boot) = self.boots.back() {
+            self.held = Some((*boot, now + RESET_HOLD));
+        }
     }
 
     /// Whether the host keeps quiet towards the guest.
@@ -138,25 +165,48 @@ mod tests {
     #[test]
     fn a_new_boot_and_the_current_boot_are_admitted() {
         let mut a = Admission::new(Instant::now(), None);
-        assert_eq!(a.hello(boot(1)), Verdict::Admit);
+        assert_eq!(a.hello(boot(1), Instant::now()), Verdict::Admit);
         assert_eq!(
-            a.hello(boot(1)),
+            a.hello(boot(1), Instant::now()),
             Verdict::Admit,
             "a guest agent that restarted"
         );
-        assert_eq!(a.hello(boot(2)), Verdict::Admit, "the next boot");
+        assert_eq!(
+            a.hello(boot(2), Instant::now()),
+            Verdict::Admit,
+            "the next boot"
+        );
     }
 
     #[test]
     fn an_announcement_from_an_older_boot_is_refused() {
         let mut a = Admission::new(Instant::now(), None);
-        a.hello(boot(1));
-        a.hello(boot(2));
-        assert_eq!(a.hello(boot(1)), Verdict::OlderBoot);
+        a.hello(boot(1), Instant::now());
+        a.hello(boot(2), Instant::now());
+        assert_eq!(a.hello(boot(1), Instant::now()), Verdict::OlderBoot);
         assert_eq!(
-            a.hello(boot(2)),
+            a.hello(boot(2), Instant::now()),
             Verdict::Admit,
             "the current boot is untouched"
+        );
+    }
+
+    #[test]
+    fn the_boot_being_reset_is_refused_for_the_hold_and_a_new_boot_at_once() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(t0, None);
+        a.hello(boot(1), t0);
+        a.closed_for_reset(t0);
+        assert_eq!(a.hello(boot(1), t0), Verdict::BeingReset);
+        assert_eq!(a.hello(boot(2), t0), Verdict::Admit, "the reset's new boot");
+
+        let mut failed = Admission::new(t0, None);
+        failed.hello(boot(1), t0);
+        failed.closed_for_reset(t0);
+        assert_eq!(
+            failed.hello(boot(1), t0 + RESET_HOLD),
+            Verdict::Admit,
+            "the reset failed"
         );
     }
 
@@ -186,7 +236,7 @@ mod tests {
     fn no_dial_once_the_guest_announced_itself_nor_while_quiet() {
         let t0 = Instant::now();
         let mut announced = Admission::new(t0, Some(WAIT));
-        announced.hello(boot(1));
+        announced.hello(boot(1), Instant::now());
         announced.dial_again(t0, Duration::ZERO);
         assert_eq!(announced.next_dial(), None);
 
@@ -195,7 +245,7 @@ mod tests {
         quiet.dial_again(t0, Duration::ZERO);
         assert_eq!(quiet.next_dial(), None);
         assert!(quiet.is_quiet());
-        quiet.hello(boot(1));
+        quiet.hello(boot(1), Instant::now());
         assert!(!quiet.is_quiet(), "an announcement ends the quiet");
     }
 }

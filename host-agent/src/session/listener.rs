@@ -283,9 +283,16 @@ pub async fn listen(
                     continue;
                 }
                 let boot_id = greeted.hello.boot_id;
-                if admission.hello(boot_id) == Verdict::OlderBoot {
-                    tracing::warn!(domain, boot_id = %format_boot_id(&boot_id), "announcement refused: its boot is older than the current session's");
-                    continue;
+                match admission.hello(boot_id, Instant::now().into_std()) {
+                    Verdict::Admit => {}
+                    Verdict::OlderBoot => {
+                        tracing::warn!(domain, boot_id = %format_boot_id(&boot_id), "announcement refused: its boot is older than the current session's");
+                        continue;
+                    }
+                    Verdict::BeingReset => {
+                        tracing::info!(domain, boot_id = %format_boot_id(&boot_id), "announcement refused: this boot is being reset");
+                        continue;
+                    }
                 }
                 if current.take().is_some()
                     && !deliver(SessionEvent::Closed { reason: SessionEnd::Replaced }).await
@@ -341,7 +348,7 @@ pub async fn listen(
             cmd = cmds.recv() => match cmd {
                 None => return,
                 Some(HostCmd::CloseForReset) => {
-                    admission.quiet();
+                    admission.closed_for_reset(Instant::now().into_std());
                     dialing.clear();
                     if current.take().is_some()
                         && !deliver(SessionEvent::Closed { reason: SessionEnd::ClosedForReset }).await
