@@ -512,12 +512,20 @@ pub enum SessionEnd {
     GuestRefused {
         error: String,
     },
+    /// The guest announced itself on a new connection, which took this one's place.
+    Replaced,
+    /// The host closed it before resetting the guest.
+    ClosedForReset,
 }
 
 impl fmt::Display for SessionEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SessionEnd::ClosedByGuest => f.write_str("guest closed the connection"),
+            SessionEnd::Replaced => f.write_str("the guest announced itself on a new connection"),
+            SessionEnd::ClosedForReset => {
+                f.write_str("closed by the host before resetting the guest")
+            }
             SessionEnd::ReadFailed { error } => write!(f, "read failed: {error}"),
             SessionEnd::Flood {
                 frames_per_second,

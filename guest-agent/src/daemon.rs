@@ -128,6 +128,8 @@ pub struct Daemon {
     counters: Option<crate::counters::Counters>,
     /// The application monitors' task, when any are configured.
     monitors: Option<monitors::Handle>,
+    /// Seeds the jitter of the announcements: differs between guests and boots.
+    jitter_seed: u64,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -176,6 +178,7 @@ impl Daemon {
             log,
             counters: None,
             monitors: None,
+            jitter_seed: jitter_seed(&boot_id),
         };
         // The API socket last: once applications can connect, the agent is fully up.
         let started = daemon
@@ -231,6 +234,7 @@ impl Daemon {
                 Some(Input::LinkUp {
                     link,
                     kind,
+                    opening,
                     transport,
                     description,
                     commands,
@@ -245,6 +249,7 @@ impl Daemon {
                     self.feed(Event::LinkUp {
                         link,
                         kind,
+                        opening,
                         transport: description,
                     });
                 }
@@ -484,10 +489,20 @@ impl Daemon {
         let inputs = self.inputs.clone();
         let listener = match transport {
             Transport::Vsock if config.vsock => {
+                // Announce to the host (protocol 2) and listen for a host that dials (1).
                 let listener = transport::bind_vsock(config.port)?;
-                info!(port = config.port, "listening for the host on AF_VSOCK");
+                info!(
+                    port = config.port,
+                    "listening for the host on AF_VSOCK; announcing this guest to it (CID 2)"
+                );
+                let (port, seed) = (config.port, self.jitter_seed);
                 Listener {
-                    task: tokio::spawn(transport::serve_vsock(listener, inputs)),
+                    task: tokio::spawn(async move {
+                        tokio::join!(
+                            transport::serve_vsock(listener, inputs.clone()),
+                            transport::announce_vsock(port, seed, inputs),
+                        );
+                    }),
                     socket: None,
                 }
             }
@@ -576,6 +591,19 @@ fn remove_socket(path: &Path) {
             warn!(path = %path.display(), error = %e, "cannot remove socket file");
         }
     }
+}
+
+/// A seed for the announcements' jitter: the boot id folded, mixed with the time.
+fn jitter_seed(boot_id: &[u8; 16]) -> u64 {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos().into());
+    for chunk in boot_id.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        seed ^= u64::from_le_bytes(word);
+    }
+    seed
 }
 
 /// This boot's id; zeros (and a warning) where the kernel does not tell it.

@@ -10,7 +10,7 @@ use appmon_wire::{Frame, GuestMsg};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{ApiRequest, ApiResponse};
-use crate::machine::{Event, LinkId, LinkKind};
+use crate::machine::{Event, LinkId, LinkKind, Opening};
 
 /// What the owner task receives.
 #[derive(Debug)]
@@ -19,6 +19,7 @@ pub enum Input {
     LinkUp {
         link: LinkId,
         kind: LinkKind,
+        opening: Opening,
         transport: Transport,
         description: String,
         commands: mpsc::Sender<LinkCmd>,

@@ -11,7 +11,9 @@
 //!
 //! A *link* is one transport connection: a stream (vsock, a Unix socket) or a virtio-serial port.
 //! A stream link is a host session from the moment it connects and must send its Hello within
-//! [`Settings::hello_timeout`]. A virtio-serial port has no connection semantics: it becomes the
+//! [`Settings::hello_timeout`]. Who speaks first is the link's [`Opening`]: on a link the guest
+//! opened to announce itself (protocol 2) the guest's Hello goes out at once and the host's
+//! answers it; on a link a host dialed (protocol 1) the host's Hello comes first. A virtio-serial port has no connection semantics: it becomes the
 //! session when a host Hello arrives on it, and any later Hello starts a new session there. At
 //! most one session exists; a new one replaces the old (an old stream is closed).
 //!
@@ -80,6 +82,17 @@ pub enum LinkKind {
     Serial,
 }
 
+/// Who speaks first on a stream link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// The host connected (a host agent of protocol 1 dials): it sends its Hello first and the
+    /// guest answers.
+    HostFirst,
+    /// The guest announced itself (it connected to the host): its Hello goes out at once, the
+    /// host answers with its own.
+    GuestFirst,
+}
+
 /// A received frame that could not be decoded, reduced to what the machine decides on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BadFrame {
@@ -106,6 +119,7 @@ pub enum Event {
     LinkUp {
         link: LinkId,
         kind: LinkKind,
+        opening: Opening,
         transport: String,
     },
     /// A link ended (the peer closed it, an I/O error, the agent closed it).
@@ -240,8 +254,12 @@ struct Pending {
 
 #[derive(Debug, Clone)]
 enum Phase {
-    /// Waiting for the host's Hello; a stream link is dropped at the deadline.
-    AwaitingHello { deadline: Option<Instant> },
+    /// Waiting for the host's Hello; a stream link is dropped at the deadline. `sent`: the
+    /// guest's own Hello went out already (it announced itself).
+    AwaitingHello {
+        deadline: Option<Instant>,
+        sent: bool,
+    },
     Established {
         agreement: Agreement,
         seq: SessionSeq,
@@ -258,6 +276,8 @@ struct Session {
     pending: Vec<Pending>,
     /// The status the host sent in this session: what getAppStatus answers.
     status: Option<AppStatus>,
+    /// The guest opened this link to announce itself.
+    announced: bool,
 }
 
 impl Session {
@@ -332,6 +352,13 @@ impl Machine {
         self.session.as_ref().map(|s| s.link)
     }
 
+    /// Whether the established session is one this guest announced.
+    fn announced_session(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.established() && s.announced)
+    }
+
     /// Takes a reloaded configuration's policy.
     pub fn set_reenable_heartbeat_window(&mut self, window: Duration) {
         self.settings.reenable_heartbeat_window = window;
@@ -341,7 +368,7 @@ impl Machine {
     pub fn next_deadline(&self) -> Option<Instant> {
         let session = self.session.as_ref()?;
         let hello = match session.phase {
-            Phase::AwaitingHello { deadline } => deadline,
+            Phase::AwaitingHello { deadline, .. } => deadline,
             Phase::Established { .. } => None,
         };
         session
@@ -359,8 +386,9 @@ impl Machine {
             Event::LinkUp {
                 link,
                 kind,
+                opening,
                 transport,
-            } => self.on_link_up(link, kind, transport, now, &mut out),
+            } => self.on_link_up(link, kind, opening, transport, now, &mut out),
             Event::LinkDown { link, reason } => self.on_link_down(link, &reason, &mut out),
             Event::Frame { link, frame } => self.on_frame(link, frame, now, &mut out),
             Event::BadFrame { link, error } => self.on_bad_frame(link, error, &mut out),
@@ -469,6 +497,7 @@ impl Machine {
         &mut self,
         link: LinkId,
         kind: LinkKind,
+        opening: Opening,
         transport: String,
         now: Instant,
         out: &mut Vec<Action>,
@@ -481,7 +510,23 @@ impl Machine {
         });
         match kind {
             LinkKind::Stream => {
-                info!(link, %transport, "host connected");
+                let announced = opening == Opening::GuestFirst;
+                if !announced && self.announced_session() {
+                    // A host that dials while this guest's announcement is its session: the
+                    // host agent's fallback for protocol-1 guests, racing the announcement. The
+                    // announced session stays.
+                    info!(link, %transport, "host dialed, but this guest is announced to it already: closing the dialed link");
+                    out.push(Action::Close {
+                        link,
+                        reason: "this guest is announced to the host already".to_owned(),
+                    });
+                    return;
+                }
+                if announced {
+                    info!(link, %transport, "connected to the host: announcing this guest");
+                } else {
+                    info!(link, %transport, "host connected");
+                }
                 self.end_session("replaced by a new host connection", out);
                 self.session = Some(Session {
                     link,
@@ -490,10 +535,18 @@ impl Machine {
                     since: now,
                     phase: Phase::AwaitingHello {
                         deadline: Some(now + self.settings.hello_timeout),
+                        sent: announced,
                     },
                     pending: Vec::new(),
                     status: None,
+                    announced,
                 });
+                if announced {
+                    out.push(send(
+                        link,
+                        Frame::event(GuestMsg::Hello(self.settings.hello())),
+                    ));
+                }
             }
             LinkKind::Serial => {
                 info!(link, %transport, "virtio-serial port open; waiting for a host Hello")
@@ -663,9 +716,13 @@ impl Machine {
             kind,
             transport,
             since: now,
-            phase: Phase::AwaitingHello { deadline: None },
+            phase: Phase::AwaitingHello {
+                deadline: None,
+                sent: false,
+            },
             pending: Vec::new(),
             status: None,
+            announced: false,
         });
     }
 
@@ -674,10 +731,13 @@ impl Machine {
             return;
         };
         let ours = self.settings.hello();
+        let announced = matches!(session.phase, Phase::AwaitingHello { sent: true, .. });
         if session.kind == LinkKind::Serial {
             out.push(Action::Resync { link });
         }
-        out.push(send(link, Frame::event(GuestMsg::Hello(ours.clone()))));
+        if !announced {
+            out.push(send(link, Frame::event(GuestMsg::Hello(ours.clone()))));
+        }
         match negotiate(&ours, theirs) {
             Ok(agreement) => {
                 info!(
@@ -1060,6 +1120,7 @@ impl Machine {
         };
         if let Phase::AwaitingHello {
             deadline: Some(deadline),
+            ..
         } = session.phase
         {
             if now >= deadline {
@@ -1174,6 +1235,7 @@ mod tests {
             self.feed(Event::LinkUp {
                 link,
                 kind: LinkKind::Stream,
+                opening: Opening::HostFirst,
                 transport: "unix".into(),
             })
         }
@@ -1182,6 +1244,7 @@ mod tests {
             self.feed(Event::LinkUp {
                 link,
                 kind: LinkKind::Serial,
+                opening: Opening::HostFirst,
                 transport: "virtio-serial test".into(),
             })
         }
@@ -1291,6 +1354,61 @@ mod tests {
         assert_eq!(frames[1].tag, Tag::Event);
         assert_eq!(state_of(&frames), rig.machine.guest_state(rig.now));
         assert!(rig.machine.has_session());
+    }
+
+    #[test]
+    fn announced_link_sends_the_guest_hello_at_once_and_the_state_after_the_host_hello() {
+        let mut rig = Rig::new();
+        let out = rig.feed(Event::LinkUp {
+            link: HOST,
+            kind: LinkKind::Stream,
+            opening: Opening::GuestFirst,
+            transport: "vsock cid 2 port 5315".into(),
+        });
+        let frames = sent(&out, HOST);
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert!(matches!(&frames[0].msg, GuestMsg::Hello(h) if h.boot_id == BOOT));
+        assert!(!rig.machine.has_session());
+        let out = rig.at(0.5).hello(HOST);
+        let frames = sent(&out, HOST);
+        assert_eq!(
+            frames.len(),
+            1,
+            "no second Hello, only the State: {frames:?}"
+        );
+        assert_eq!(state_of(&frames), rig.machine.guest_state(rig.now));
+        assert!(rig.machine.has_session());
+    }
+
+    #[test]
+    fn announced_link_without_a_host_hello_is_closed_at_the_hello_timeout() {
+        let mut rig = Rig::new();
+        rig.feed(Event::LinkUp {
+            link: HOST,
+            kind: LinkKind::Stream,
+            opening: Opening::GuestFirst,
+            transport: "vsock cid 2 port 5315".into(),
+        });
+        assert!(rig.at(9.9).feed(Event::Tick).is_empty());
+        let late = rig.at(10.0).feed(Event::Tick);
+        assert!(closed(&late, HOST), "{late:?}");
+    }
+
+    #[test]
+    fn a_host_that_dials_does_not_replace_the_announced_session() {
+        let mut rig = Rig::new();
+        rig.feed(Event::LinkUp {
+            link: HOST,
+            kind: LinkKind::Stream,
+            opening: Opening::GuestFirst,
+            transport: "vsock cid 2 port 5315".into(),
+        });
+        rig.hello(HOST);
+        assert!(rig.machine.has_session());
+        let out = rig.connect(2);
+        assert!(closed(&out, 2), "{out:?}");
+        assert!(!closed(&out, HOST), "{out:?}");
+        assert_eq!(rig.machine.session_link(), Some(HOST));
     }
 
     #[test]
@@ -2000,6 +2118,7 @@ mod monitor_tests {
             Event::LinkUp {
                 link: HOST,
                 kind: LinkKind::Stream,
+                opening: Opening::HostFirst,
                 transport: "unix".into(),
             },
             now,

@@ -1,5 +1,11 @@
-//! The host transports: listeners that turn connections into links, the virtio-serial port,
-//! and the per-link task that runs the frame codec.
+//! The host transports: the dialer that announces this guest to the host, listeners that turn
+//! connections into links, the virtio-serial port, and the per-link task that runs the frame
+//! codec.
+//!
+//! The guest speaks first (protocol 2): [`announce`] connects to the host (vsock CID 2, the
+//! configured port) when the agent starts and again whenever that link ends, after a jittered,
+//! capped [`Backoff`]; its link opens with the guest's Hello ([`Opening::GuestFirst`]). The
+//! AF_VSOCK listener stays for host agents of protocol 1, which dial the guest.
 //!
 //! A link task owns its stream. It decodes frames and hands them to the daemon as machine
 //! events, and it writes what the daemon sends it through a small bounded queue. A link task
@@ -26,11 +32,11 @@ use tokio::net::unix::pipe;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
-use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
+use tokio_vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY, VMADDR_CID_HOST};
 use tracing::{debug, info, warn};
 
 use crate::inbox::{Input, LinkCmd, Transport};
-use crate::machine::{BadFrame, Event, LinkId, LinkKind};
+use crate::machine::{BadFrame, Event, LinkId, LinkKind, Opening};
 
 /// Frames queued for one link before the daemon gives up on it as not reading.
 pub const LINK_QUEUE: usize = 32;
@@ -44,6 +50,53 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const SERIAL_RECHECK: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (out of file descriptors, say) or a failed port open.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// The first pause between announcements; doubled after each failed one.
+pub const ANNOUNCE_MIN: Duration = Duration::from_millis(100);
+/// The longest pause between announcements: a host agent that starts (or restarts) sees every
+/// running guest within this much.
+pub const ANNOUNCE_MAX: Duration = Duration::from_secs(3);
+/// A link that lived this long was a session, not a failed attempt: the next announcement
+/// starts from [`ANNOUNCE_MIN`] again.
+const ANNOUNCE_SETTLED: Duration = Duration::from_secs(10);
+
+/// The pauses between announcements: exponential from `min`, capped at `max`, each drawn
+/// uniformly from its upper half so that guests rebooted together do not dial in step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    /// `seed` makes the jitter (anything that differs between guests: the boot id, the time).
+    pub fn new(min: Duration, max: Duration, seed: u64) -> Backoff {
+        Backoff {
+            min,
+            max: max.max(min),
+            next: min,
+            seed: seed | 1,
+        }
+    }
+
+    /// The pause before the next attempt.
+    pub fn pause(&mut self) -> Duration {
+        // xorshift64: jitter needs no cryptography, only guests that differ.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let fraction = (self.seed >> 11) as f64 / (1u64 << 53) as f64;
+        let pause = self.next.mul_f64(0.5 + fraction / 2.0);
+        self.next = (self.next * 2).min(self.max);
+        pause
+    }
+
+    /// A session worked: start again from the shortest pause.
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
 
 /// A host transport could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +150,7 @@ pub async fn serve_vsock(listener: VsockListener, inputs: mpsc::Sender<Input>) {
                 let transport = format!("vsock cid {} port {}", peer.cid(), peer.port());
                 tokio::spawn(run_link(
                     LinkKind::Stream,
+                    Opening::HostFirst,
                     Transport::Vsock,
                     transport,
                     stream,
@@ -108,6 +162,63 @@ pub async fn serve_vsock(listener: VsockListener, inputs: mpsc::Sender<Input>) {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
+    }
+}
+
+/// Announces this guest to the host over AF_VSOCK (CID 2, `port`) for ever. Runs inside guests
+/// only (see the module documentation).
+pub async fn announce_vsock(port: u32, seed: u64, inputs: mpsc::Sender<Input>) {
+    let description = format!("vsock cid {VMADDR_CID_HOST} port {port} (announced)");
+    let connect = move || VsockStream::connect(VsockAddr::new(VMADDR_CID_HOST, port));
+    let backoff = Backoff::new(ANNOUNCE_MIN, ANNOUNCE_MAX, seed);
+    announce(connect, Transport::Vsock, description, backoff, inputs).await;
+}
+
+/// Connects to the host with `connect`, runs the link (the guest's Hello first), and connects
+/// again when it ends, pausing as `backoff` says; until the daemon stops.
+pub async fn announce<C, F, S>(
+    mut connect: C,
+    transport: Transport,
+    description: String,
+    mut backoff: Backoff,
+    inputs: mpsc::Sender<Input>,
+) where
+    C: FnMut() -> F,
+    F: std::future::Future<Output = io::Result<S>>,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut failures = 0u32;
+    loop {
+        match connect().await {
+            Ok(stream) => {
+                failures = 0;
+                let started = tokio::time::Instant::now();
+                run_link(
+                    LinkKind::Stream,
+                    Opening::GuestFirst,
+                    transport,
+                    description.clone(),
+                    stream,
+                    inputs.clone(),
+                )
+                .await;
+                if started.elapsed() >= ANNOUNCE_SETTLED {
+                    backoff.reset();
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    info!(to = %description, error = %e, "cannot announce this guest to the host yet; retrying");
+                } else {
+                    debug!(to = %description, error = %e, failures, "host still not reachable");
+                }
+            }
+        }
+        if inputs.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff.pause()).await;
     }
 }
 
@@ -164,6 +275,7 @@ pub async fn serve_unix(listener: UnixListener, inputs: mpsc::Sender<Input>) {
             Ok((stream, _)) => {
                 tokio::spawn(run_link(
                     LinkKind::Stream,
+                    Opening::HostFirst,
                     Transport::Unix,
                     "unix".to_owned(),
                     stream,
@@ -187,6 +299,7 @@ pub async fn serve_serial(path: PathBuf, inputs: mpsc::Sender<Input>) {
                 let transport = format!("virtio-serial {}", path.display());
                 run_link(
                     LinkKind::Serial,
+                    Opening::HostFirst,
                     Transport::Serial,
                     transport,
                     port,
@@ -206,6 +319,7 @@ pub async fn serve_serial(path: PathBuf, inputs: mpsc::Sender<Input>) {
 /// Runs one link until it closes: registers it with the daemon, then relays frames both ways.
 pub async fn run_link<S>(
     kind: LinkKind,
+    opening: Opening,
     transport: Transport,
     description: String,
     stream: S,
@@ -214,10 +328,11 @@ pub async fn run_link<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut framed = Framed::with_capacity(stream, GuestCodec::new(), READ_BUFFER);
-    let (mut link, mut commands) = match register(kind, transport, &description, &inputs).await {
-        Some(registered) => registered,
-        None => return,
-    };
+    let (mut link, mut commands) =
+        match register(kind, opening, transport, &description, &inputs).await {
+            Some(registered) => registered,
+            None => return,
+        };
     let mut reading = true;
     let mut host_away = false;
     let mut paused_until: Option<tokio::time::Instant> = None;
@@ -284,7 +399,7 @@ pub async fn run_link<S>(
                             link,
                             reason: "host side of the port closed".to_owned(),
                         })).await;
-                        match register(kind, transport, &description, &inputs).await {
+                        match register(kind, opening, transport, &description, &inputs).await {
                             Some((l, c)) => (link, commands) = (l, c),
                             None => return,
                         }
@@ -309,6 +424,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 async fn register(
     kind: LinkKind,
+    opening: Opening,
     transport: Transport,
     description: &str,
     inputs: &mpsc::Sender<Input>,
@@ -318,6 +434,7 @@ async fn register(
     let up = Input::LinkUp {
         link,
         kind,
+        opening,
         transport,
         description: description.to_owned(),
         commands: tx,
@@ -410,6 +527,85 @@ mod tests {
         let addr = vsock_addr(5315);
         assert_eq!(addr.cid(), VMADDR_CID_ANY);
         assert_eq!(addr.port(), 5315);
+    }
+
+    #[test]
+    fn announcement_pauses_double_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(3));
+        let mut backoff = Backoff::new(min, max, 0x5eed);
+        let mut nominal = min;
+        for _ in 0..12 {
+            let pause = backoff.pause();
+            assert!(
+                pause >= nominal / 2 && pause <= nominal,
+                "{pause:?} for {nominal:?}"
+            );
+            nominal = (nominal * 2).min(max);
+        }
+        backoff.reset();
+        assert!(backoff.pause() <= min);
+    }
+
+    #[test]
+    fn announcement_jitter_differs_between_guests() {
+        let pauses = |seed| {
+            let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(3), seed);
+            (0..6).map(|_| b.pause()).collect::<Vec<_>>()
+        };
+        assert_ne!(pauses(1), pauses(2));
+    }
+
+    #[tokio::test]
+    async fn announcing_sends_the_guest_hello_first_and_dials_again_when_the_link_ends() {
+        use appmon_wire::{Capabilities, Hello, HostCodec, HostMsg};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("host.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let (inputs, mut rx) = mpsc::channel(16);
+        let target = path.clone();
+        let dialer = tokio::spawn(announce(
+            move || UnixStream::connect(target.clone()),
+            Transport::Unix,
+            "unix (announced)".into(),
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(40), 7),
+            inputs,
+        ));
+        for round in 0..2 {
+            let (stream, _) = listener.accept().await.expect("the guest dials");
+            // The daemon keeps a link's command queue for as long as the link lives.
+            let _commands = match rx.recv().await {
+                Some(Input::LinkUp {
+                    opening,
+                    kind,
+                    commands,
+                    ..
+                }) => {
+                    assert_eq!(
+                        (opening, kind),
+                        (Opening::GuestFirst, LinkKind::Stream),
+                        "round {round}"
+                    );
+                    commands
+                }
+                other => panic!("expected LinkUp, got {other:?}"),
+            };
+            // The host answers and hangs up, which ends the link: the dialer must come back.
+            let mut host = Framed::new(stream, HostCodec::new());
+            let hello = Hello::new("host test", [3; 16], Capabilities::HEARTBEAT);
+            host.send(Frame::event(HostMsg::Hello(hello)))
+                .await
+                .expect("send");
+            match rx.recv().await {
+                Some(Input::Event(Event::Frame { .. })) => {}
+                other => panic!("expected the host's Hello as a frame, got {other:?}"),
+            }
+            drop(host);
+            match rx.recv().await {
+                Some(Input::Event(Event::LinkDown { .. })) => {}
+                other => panic!("expected LinkDown, got {other:?}"),
+            }
+        }
+        dialer.abort();
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! hello_timeout = "10s"      # a guest that has not said Hello by then is dropped
 //! reconnect_max = "5s"       # longest backoff between connection attempts
 //! libvirt_reconnect_max = "10s" # longest wait between attempts to reach a lost libvirtd
+//! dial_after = "10s"         # no announcement by then: dial the guest agent (protocol 1)
 //! history_len = 200          # events kept per VM for `appmonctl show`
 //!
 //! [defaults]                 # vSphere's; each can be overridden in a domain's metadata
@@ -109,6 +110,10 @@ pub struct Config {
     pub reconnect_max: Duration,
     #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub libvirt_reconnect_max: Duration,
+    /// A guest agent that has not announced itself this long after its VM's listener started
+    /// is dialed (it speaks protocol 1); never between a reset or reboot and an announcement.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
+    pub dial_after: Duration,
     pub history_len: usize,
     pub defaults: Defaults,
     pub session: SessionLimits,
@@ -211,6 +216,7 @@ impl Default for Config {
             hello_timeout: Duration::from_secs(10),
             reconnect_max: Duration::from_secs(5),
             libvirt_reconnect_max: Duration::from_secs(10),
+            dial_after: Duration::from_secs(10),
             history_len: 200,
             defaults: Defaults::default(),
             session: SessionLimits::default(),

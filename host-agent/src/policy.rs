@@ -62,6 +62,16 @@
 //! Hello with a new boot id while the reset call is still in flight has rebooted and is back:
 //! libvirt's answer, when it comes, changes nothing of what the guest said since.
 //!
+//! **Silence after a reset or reboot**: from the moment the machine decides a reset (before
+//! [`Action::Reset`]) or sees the guest reboot by itself, it sends that guest nothing (no status
+//! push, no reply) until the guest's next Hello, and says so once with [`Action::Silence`], which
+//! the supervisor passes to the session task (no keepalive, no dial); the one exception is the
+//! answer to the request that caused the reset (needReset), which goes out before it. A host →
+//! guest packet while a
+//! guest reboots inside QEMU can wedge a userspace vsock backend (vhost-device-vsock 0.3.0 does);
+//! the guest announces itself when it is back. Nor is a status pushed to a paused domain: it
+//! goes out when the domain runs again.
+//!
 //! **Migration**: the source sees the domain paused (no failures) and then gone (the supervisor
 //! drops it); the destination sees `Started(Migrated)` (paused, Gray) and `Resumed(Migrated)`
 //! (running, Gray). The minimum uptime does not apply to a guest that arrived: it did not boot,
@@ -275,6 +285,9 @@ pub enum Action {
     Persist,
     /// Answer the guest's request `id`.
     Reply { id: RequestId, msg: HostMsg },
+    /// From now until the guest's next Hello, send it nothing (see "Silence after a reset or
+    /// reboot").
+    Silence,
     /// A decision and its reason, for the log and the VM's event history.
     Note { level: Level, decision: Decision },
 }
@@ -308,6 +321,8 @@ pub struct VmMachine {
     back_during_reset: bool,
     /// A managed application asked for a reset (its name); until the guest's state is gone.
     app_reset: Option<String>,
+    /// A reset was decided or the guest rebooted, and no Hello came since: send it nothing.
+    silent: bool,
 }
 
 impl VmMachine {
@@ -331,7 +346,13 @@ impl VmMachine {
             boot_at_reset: None,
             back_during_reset: false,
             app_reset: None,
+            silent: false,
         }
+    }
+
+    /// Whether the guest is sent nothing until its next Hello.
+    pub fn silent(&self) -> bool {
+        self.silent
     }
 
     /// Puts back reset history and alarm loaded from the state directory.
@@ -461,6 +482,7 @@ impl VmMachine {
     /// Feeds one input at `now`; returns what to do.
     pub fn handle(&mut self, input: Input, now: Duration) -> Vec<Action> {
         let mut out = Vec::new();
+        let silent_before = self.silent;
         let (input, ask) = match input {
             Input::Guest { id, request } => (applied(request), id.map(|id| (id, request))),
             other => (Some(other), None),
@@ -470,9 +492,16 @@ impl VmMachine {
         }
         self.evaluate(now, &mut out);
         let carries_status = match ask {
+            Some(_) if silent_before => false,
             Some((id, request)) => {
                 let (msg, carries_status) = self.answer(request, now);
-                out.push(Action::Reply { id, msg });
+                // A request that led to a reset (needReset) is answered before the reset
+                // goes out, and then nothing more.
+                let at = out
+                    .iter()
+                    .position(|a| matches!(a, Action::Silence))
+                    .unwrap_or(out.len());
+                out.insert(at, Action::Reply { id, msg });
                 carries_status
             }
             None => false,
@@ -480,7 +509,11 @@ impl VmMachine {
         if carries_status {
             // The reply carries the status: no separate event for it.
             self.status_sent = self.status(now).or(Some(AppStatus::Gray));
-        } else if self.channel_up && !self.awaiting_state {
+        } else if self.channel_up
+            && !self.awaiting_state
+            && !self.silent
+            && self.phase != Phase::Paused
+        {
             if let Some(status) = self.status(now) {
                 if self.status_sent != Some(status) {
                     self.status_sent = Some(status);
@@ -778,6 +811,7 @@ impl VmMachine {
         let channel_was_up = self.hello_since_boot;
         let old_boot = self.boot_id;
         self.guest_state_gone(now);
+        self.silence(out);
         let Some(policy) = &self.policy else {
             return;
         };
@@ -796,6 +830,14 @@ impl VmMachine {
             );
         } else {
             Self::note(out, Level::Info, Decision::GuestRebooted);
+        }
+    }
+
+    /// Nothing more goes to the guest until its next Hello.
+    fn silence(&mut self, out: &mut Vec<Action>) {
+        if !self.silent {
+            self.silent = true;
+            out.push(Action::Silence);
         }
     }
 
@@ -827,6 +869,7 @@ impl VmMachine {
 
     fn guest_hello(&mut self, boot_id: [u8; 16], out: &mut Vec<Action>) {
         self.channel_up = true;
+        self.silent = false;
         self.status_sent = None;
         self.awaiting_state = true;
         if matches!(self.pending, Pending::Resetting { .. })
@@ -1035,6 +1078,7 @@ impl VmMachine {
         self.pending = Pending::Resetting { method, cause };
         self.boot_at_reset = self.boot_id;
         self.back_during_reset = false;
+        self.silence(out);
         Self::note(
             out,
             Level::Warn,

@@ -104,6 +104,27 @@ impl GuestSim {
         }))
     }
 
+    /// Announces itself as a guest agent of protocol 2 does: connects to `<uds>_<port>` (where
+    /// vhost-device-vsock delivers a guest's connections to the host), says Hello first, and
+    /// connects again 50 ms after each connection ends, until the returned task is aborted.
+    /// While [`GuestSim::set_accept`] is off it does not connect (a guest that is not back).
+    pub fn announce(&self, uds: &Path, port: u32) -> tokio::task::JoinHandle<()> {
+        let mut path = uds.as_os_str().to_owned();
+        path.push(format!("_{port}"));
+        let path = std::path::PathBuf::from(path);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            loop {
+                if shared.accept.load(Ordering::SeqCst) {
+                    if let Ok(stream) = UnixStream::connect(&path).await {
+                        let _ = serve_opened(stream, false, true, shared.clone()).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+
     pub fn set_heartbeat(&self, every: Option<Duration>) {
         *lock(&self.shared.heartbeat_every) = every;
     }
@@ -193,7 +214,17 @@ impl GuestSim {
     }
 }
 
-async fn serve(mut stream: UnixStream, hybrid: bool, shared: Arc<Shared>) -> std::io::Result<()> {
+async fn serve(stream: UnixStream, hybrid: bool, shared: Arc<Shared>) -> std::io::Result<()> {
+    serve_opened(stream, hybrid, false, shared).await
+}
+
+/// Serves one connection: `guest_first` when the guest opened it to announce itself.
+async fn serve_opened(
+    mut stream: UnixStream,
+    hybrid: bool,
+    guest_first: bool,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
     if hybrid {
         let mut line = Vec::new();
         loop {
@@ -209,7 +240,19 @@ async fn serve(mut stream: UnixStream, hybrid: bool, shared: Arc<Shared>) -> std
         stream.write_all(b"OK 1073741824\n").await?;
     }
     let mut framed = Framed::with_capacity(stream, GuestCodec::new(), 256);
-    // The host speaks first.
+    let boot_id = *lock(&shared.boot_id);
+    let hello = Frame::event(GuestMsg::Hello(Hello::new(
+        "appmon-guest sim",
+        boot_id,
+        Capabilities::HEARTBEAT,
+    )));
+    if guest_first {
+        framed
+            .send(hello.clone())
+            .await
+            .map_err(std::io::Error::other)?;
+    }
+    // The host's Hello: first on a dialed connection, the answer on an announced one.
     match framed.next().await {
         Some(Ok(Ok(Frame {
             msg: HostMsg::Hello(_),
@@ -217,12 +260,9 @@ async fn serve(mut stream: UnixStream, hybrid: bool, shared: Arc<Shared>) -> std
         }))) => {}
         _ => return Ok(()),
     }
-    let boot_id = *lock(&shared.boot_id);
-    let hello = Hello::new("appmon-guest sim", boot_id, Capabilities::HEARTBEAT);
-    framed
-        .send(Frame::event(GuestMsg::Hello(hello)))
-        .await
-        .map_err(std::io::Error::other)?;
+    if !guest_first {
+        framed.send(hello).await.map_err(std::io::Error::other)?;
+    }
     let enabled = shared.enabled.load(Ordering::SeqCst);
     framed
         .send(Frame::event(GuestMsg::State(GuestState {
@@ -242,7 +282,15 @@ async fn serve(mut stream: UnixStream, hybrid: bool, shared: Arc<Shared>) -> std
     let mut next_beat = Instant::now();
     let result = loop {
         let every = *lock(&shared.heartbeat_every);
-        let beat_at = every.map(|_| next_beat);
+        // Without heartbeats, look again now and then: the test may turn them on while the
+        // host sends nothing.
+        let beat_at = Some(match every {
+            Some(_) => next_beat,
+            None => {
+                next_beat = Instant::now() + Duration::from_millis(50);
+                next_beat
+            }
+        });
         tokio::select! {
             item = framed.next() => {
                 let frame = match item {

@@ -166,10 +166,17 @@ async fn real_guest_agent_against_the_real_host_agent_and_libvirt() {
             == Some((ResetMethod::Reset, ResetCause::HeartbeatsStopped)),
         "libvirt carried out virDomainReset: {view}"
     );
-    // Red from the decision on (a reset is under way, then the guest's state is gone).
-    assert_eq!(
-        app.wait_status(AppStatus::Red, ms(2000)).await,
-        AppStatus::Red
+    // From the decision on the host sends the guest nothing until it says Hello again (a
+    // packet to a guest that reboots can wedge a vsock backend): no Red is pushed; the host
+    // closes the guest's connection, then resets.
+    assert!(
+        view.history.iter().any(|h| matches!(
+            h.guest(),
+            Some(appmon_control::GuestEvent::SessionEnded {
+                reason: appmon_control::SessionEnd::ClosedForReset
+            })
+        )),
+        "{view}"
     );
 
     // The reset guest boots again: a fresh guest agent, new boot id, nothing enabled.

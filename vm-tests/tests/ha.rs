@@ -450,15 +450,15 @@ fn application_needreset_resets_the_guest_at_once() {
 
 #[test]
 fn resets_stop_after_the_maximum_in_the_window_and_the_agent_gives_up() {
-    // Every boot the application beats three times, then falls silent. Power-cycles: the reset
-    // method the other cases do not cover, and every attempt is then one boot for one failure
-    // (an in-QEMU reset on this rig costs a recovery power-cycle, which counts as an attempt).
+    // Every boot the application beats three times, then falls silent. The default method,
+    // `reset`: each attempt is one boot for one failure, with no recovery power-cycle (the
+    // guest announces itself after each reset).
     let policy = Defaults {
         failure_interval: Duration::from_secs(3),
         min_uptime: Duration::from_secs(5),
         max_resets: 2,
         reset_window: Duration::from_secs(3600),
-        reset_method: ResetMethod::PowerCycle,
+        reset_method: ResetMethod::Reset,
     };
     let agent_config = test_host_config();
     let max = policy.max_resets as usize;
@@ -468,7 +468,7 @@ fn resets_stop_after_the_maximum_in_the_window_and_the_agent_gives_up() {
         agent_config.clone(),
     );
 
-    // Each round: silence, power-cycle, boot, Green again.
+    // Each round: silence, reset, boot, Green again.
     let round = policy.failure_interval + DEFAULT_BOOT_TIMEOUT + GREEN_TIMEOUT;
     let s = agent.wait_for_status(
         &vm,
@@ -486,7 +486,7 @@ fn resets_stop_after_the_maximum_in_the_window_and_the_agent_gives_up() {
     for d in &decisions {
         assert_eq!(
             d.reset_decision(),
-            Some((ResetMethod::PowerCycle, ResetCause::HeartbeatsStopped)),
+            Some((ResetMethod::Reset, ResetCause::HeartbeatsStopped)),
             "{d}"
         );
     }
@@ -539,7 +539,7 @@ fn resets_stop_after_the_maximum_in_the_window_and_the_agent_gives_up() {
         },
     );
     println!(
-        "gave up after {max} power-cycles ({} boots): {}",
+        "gave up after {max} resets ({} boots): {}",
         boots.len(),
         gave_up.text
     );
@@ -880,7 +880,8 @@ fn guest_agent_is_reached_over_af_vsock() {
     let line = vm.wait_for_console_line(mark, "host connected", NOTICE_TIMEOUT);
     assert!(line.contains("transport=vsock cid 2 port "), "{line}");
 
-    // And the real host agent gets there the same way.
+    // The real host agent: the guest agent announces itself to it (protocol 2), connecting
+    // to CID 2, which vhost-device-vsock delivers to the host agent's `<uds>_5315`.
     let policy = test_policy();
     let mark = vm.console_mark();
     let agent = HostAgent::start(&[&vm], test_host_config());
@@ -896,8 +897,11 @@ fn guest_agent_is_reached_over_af_vsock() {
         "{:?}",
         s.transport
     );
-    let line = vm.wait_for_console_line(mark, "host connected", NOTICE_TIMEOUT);
-    assert!(line.contains("transport=vsock cid 2 port "), "{line}");
+    let line = vm.wait_for_console_line(mark, "host session established", NOTICE_TIMEOUT);
+    assert!(
+        line.contains("transport=vsock cid 2 port 5315 (announced)"),
+        "{line}"
+    );
     println!("guest agent: {line}");
 }
 

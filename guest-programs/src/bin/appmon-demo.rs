@@ -24,6 +24,7 @@
 //! | `appstatus` | `appmon getAppStatus`: green, red or gray, as the guest sees it |
 //! | `exit`    | exits (the image's /init starts it again)                     |
 //! | `reboot`  | reboots the guest (`reboot -f`)                               |
+//! | `reboot-in N` | answers at once, reboots the guest (`reboot -f`) N seconds later (at most 600), heartbeating meanwhile: a guest that reboots by itself, with no host connection open then |
 //! | `burn N`  | keeps one CPU busy for N seconds (at most 600), answering at once |
 //!
 //! The kernel command line sets how it starts: `appmon.demo=heartbeat` (default),
@@ -286,6 +287,19 @@ fn run_command(command: &str, state: &Shared) -> String {
         }
         "exit" => Ok("exiting".to_string()),
         "reboot" => Ok("rebooting".to_string()),
+        other if other.starts_with("reboot-in ") => {
+            match other["reboot-in ".len()..].trim().parse::<u64>() {
+                Ok(secs) if secs <= 600 => {
+                    thread::spawn(move || {
+                        thread::sleep(Duration::from_secs(secs));
+                        println!("appmon-demo: rebooting the guest (reboot -f)");
+                        let _ = Command::new("reboot").arg("-f").status();
+                    });
+                    Ok(format!("rebooting in {secs} s"))
+                }
+                _ => Err("reboot-in takes a number of seconds up to 600".to_string()),
+            }
+        }
         other => match other.strip_prefix("burn ").map(|n| n.trim().parse::<u64>()) {
             Some(Ok(secs)) if secs <= 600 => {
                 thread::spawn(move || burn(Duration::from_secs(secs)));

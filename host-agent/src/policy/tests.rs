@@ -1081,6 +1081,15 @@ fn managed_resets(sim: &Sim) -> Vec<u64> {
         .collect()
 }
 
+/// What went to the guest (status pushes and replies) in the log, with its time.
+fn sent_to_guest(sim: &Sim) -> Vec<(u64, Action)> {
+    sim.log
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::SendStatus(_) | Action::Reply { .. }))
+        .map(|(t, a)| (t.as_millis() as u64, a.clone()))
+        .collect()
+}
+
 #[test]
 fn managed_application_escalation_resets_at_once_without_heartbeats_and_once() {
     let mut sim = Sim::new(Policy {
@@ -1127,6 +1136,72 @@ fn managed_application_escalation_while_paused_resets_nothing() {
 }
 
 #[test]
+fn nothing_is_sent_to_the_guest_from_a_reset_decision_until_its_next_hello() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.feed(Input::GuestState(guest_state(true, Some(0))));
+    sim.run_to(35 * S);
+    assert_eq!(sim.resets().len(), 1);
+    let reset_at = sim.resets()[0].0;
+    let silence_at = sim
+        .log
+        .iter()
+        .position(|(_, a)| matches!(a, Action::Silence))
+        .expect("a Silence action");
+    let reset_pos = sim
+        .log
+        .iter()
+        .position(|(_, a)| matches!(a, Action::Reset { .. }))
+        .expect("the reset");
+    assert!(silence_at < reset_pos, "Silence goes before the reset");
+    sim.at(
+        40 * S,
+        Input::Guest {
+            id: Some(3),
+            request: GuestRequest::GetAppStatus,
+        },
+    );
+    let during: Vec<_> = sent_to_guest(&sim)
+        .into_iter()
+        .filter(|(t, _)| *t >= reset_at)
+        .collect();
+    assert!(during.is_empty(), "sent while silent: {during:?}");
+    assert!(sim.m.silent());
+    sim.at(50 * S, Input::GuestHello { boot_id: [2; 16] });
+    assert!(!sim.m.silent());
+    sim.feed(Input::GuestState(guest_state(true, Some(0))));
+    assert!(
+        sent_to_guest(&sim)
+            .iter()
+            .any(|(t, a)| *t == 50 * S && matches!(a, Action::SendStatus(_))),
+        "the new session gets its status: {:?}",
+        sent_to_guest(&sim)
+    );
+}
+
+#[test]
+fn a_reboot_of_its_own_silences_the_host_until_the_guest_says_hello() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.feed(Input::GuestState(guest_state(true, Some(0))));
+    sim.domain_at(5 * S, DomainEvent::Rebooted);
+    assert!(sim.log.iter().any(|(_, a)| matches!(a, Action::Silence)));
+    assert!(sim.m.silent());
+    let before = sent_to_guest(&sim).len();
+    sim.at(6 * S, Input::Heartbeat);
+    sim.at(7 * S, Input::ChannelClosed);
+    assert_eq!(
+        sent_to_guest(&sim).len(),
+        before,
+        "{:?}",
+        sent_to_guest(&sim)
+    );
+    sim.at(20 * S, Input::GuestHello { boot_id: [2; 16] });
+    assert!(!sim.m.silent());
+    assert!(sim.resets().is_empty());
+}
+
+#[test]
 fn migrated_in_guest_is_reset_one_failure_interval_after_it_falls_silent_without_a_minimum_uptime()
 {
     // vSphere's defaults: minimum uptime 120 s, failure interval 30 s. A guest that did not
@@ -1148,4 +1223,17 @@ fn migrated_in_guest_is_reset_one_failure_interval_after_it_falls_silent_without
         "one failure interval after the Enable, not after the minimum uptime"
     );
     assert!(sim.resets()[0].0 <= 2 * S + fi + 1, "{:?}", sim.resets());
+}
+
+#[test]
+fn no_status_is_pushed_to_a_paused_domain() {
+    let mut sim = Sim::quick();
+    sim.guest_enables(0, 1);
+    sim.feed(Input::GuestState(guest_state(true, Some(0))));
+    let before = sent_to_guest(&sim).len();
+    sim.domain_at(S, DomainEvent::Suspended(PausedReason::User));
+    sim.at(2 * S, Input::Disable);
+    assert_eq!(sent_to_guest(&sim).len(), before);
+    sim.domain_at(3 * S, DomainEvent::Resumed(RunningReason::Unpaused));
+    assert!(sent_to_guest(&sim).len() > before, "pushed on resume");
 }

@@ -26,6 +26,12 @@ pub enum SessionError {
         #[source]
         source: appmon_wire::hybrid::HybridError,
     },
+    #[error("cannot listen for guest announcements on {path}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("connecting to {endpoint} timed out")]
     ConnectTimeout { endpoint: String },
     #[error("the domain has no virtio-serial channel named {name} with a socket path")]

@@ -255,6 +255,13 @@ impl Session {
             Event::Command(HostCmd::Request { id, msg }) => {
                 out.push(Action::Send(Frame::request(id, msg)))
             }
+            Event::Command(HostCmd::CloseForReset) => {
+                out.push(Action::End(SessionEnd::ClosedForReset));
+            }
+            Event::Command(HostCmd::Quiet) => {
+                // The guest is rebooting: no more pings, and no verdict on its silence.
+                self.link.keepalive = None;
+            }
             Event::Tick => self.tick(now, &mut out),
         }
         if out.iter().any(|a| matches!(a, Action::End(_))) {

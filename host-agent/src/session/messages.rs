@@ -71,6 +71,13 @@ pub enum HostCmd {
     Status(appmon_wire::AppStatus),
     /// The answer to a request.
     Reply { id: RequestId, msg: HostMsg },
+    /// The guest is being reset or rebooted: send it nothing (no keepalive, no dial) until it
+    /// announces itself again.
+    Quiet,
+    /// The host is about to reset the guest: close its connection now, while the guest still
+    /// runs (a connection open in a userspace vsock backend when the guest resets can leave a
+    /// packet for it under way), and keep quiet as for [`HostCmd::Quiet`].
+    CloseForReset,
     /// A request of the host's (launch, poll, signal, read output, release); `id` is one of
     /// [`host_request_id`]'s, so its reply comes back as [`SessionEvent::Reply`].
     Request { id: RequestId, msg: HostMsg },

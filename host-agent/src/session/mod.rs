@@ -49,11 +49,18 @@
 mod messages;
 mod settings;
 
+pub mod admission;
 pub mod endpoint;
+pub mod listener;
 pub mod machine;
 pub mod shell;
+pub mod vsock;
+
+/// Commands queued per connection before its session counts as stuck.
+const SESSION_QUEUE: usize = 32;
 
 pub use self::endpoint::{ChannelLookup, Endpoint, GuestIo, SessionError};
+pub use self::listener::{listen, Acceptor};
 pub use self::machine::{Link, LinkKind, Opening};
 pub use self::messages::{
     host_request_id, is_host_request, HostCmd, SessionEvent, SessionMsg, VmId,

@@ -23,6 +23,8 @@ pub struct SessionConfig {
     /// The keepalive of a dialed link.
     pub keepalive: Keepalive,
     pub reconnect_max: Duration,
+    /// No announcement this long after a listener started: dial (see [`super::admission`]).
+    pub dial_after: Duration,
     pub limits: SessionLimits,
 }
 
@@ -45,6 +47,7 @@ impl SessionConfig {
                 dead_after: config.ping_interval * config.dead_after_pings,
             },
             reconnect_max: config.reconnect_max,
+            dial_after: config.dial_after,
             limits: config.session.clone(),
         }
     }

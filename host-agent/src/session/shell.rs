@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appmon_control::SessionEnd;
-use appmon_wire::HostCodec;
+use appmon_wire::{Frame, GuestMsg, HostCodec};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -48,20 +48,51 @@ where
     F: Fn(SessionEvent) -> Fut,
     Fut: Future<Output = bool>,
 {
-    let limits = &config.limits;
     let (r, w) = tokio::io::split(io);
-    let mut reader = FramedRead::with_capacity(
+    let reader = frame_reader(r, config);
+    serve_framed(reader, w, None, link, config, domain, cmds, deliver).await
+}
+
+/// The frame reader of a link: the codec's frame limit, a read buffer that starts small.
+pub fn frame_reader<R: AsyncRead>(r: R, config: &SessionConfig) -> FramedRead<R, HostCodec> {
+    let limits = &config.limits;
+    FramedRead::with_capacity(
         r,
         HostCodec::with_max_frame(limits.max_frame),
         limits.read_buffer,
-    );
+    )
+}
+
+/// [`serve_link`] of a link whose first frame (`first`, the guest's Hello of an announcement)
+/// was read already, by `reader`, which may hold what followed it.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_framed<R, W, F, Fut>(
+    mut reader: FramedRead<R, HostCodec>,
+    w: W,
+    first: Option<Frame<GuestMsg>>,
+    link: Link,
+    config: &SessionConfig,
+    domain: &str,
+    cmds: &mut mpsc::Receiver<HostCmd>,
+    deliver: F,
+) -> Served
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: Fn(SessionEvent) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let limits = &config.limits;
     let mut writer = FramedWrite::new(w, HostCodec::with_max_frame(limits.max_frame));
     // The default 8 KiB write buffer would be most of a session's memory; host frames are small
     // and the buffer grows on demand.
     *writer.write_buffer_mut() = bytes::BytesMut::with_capacity(limits.read_buffer);
 
-    let (mut session, first) = Session::open(config, link, domain, now());
-    let mut todo: VecDeque<Action> = first.into();
+    let (mut session, opening) = Session::open(config, link, domain, now());
+    let mut todo: VecDeque<Action> = opening.into();
+    if let Some(frame) = first {
+        todo.extend(session.handle(config, Event::Frame(frame), now()));
+    }
     loop {
         while let Some(action) = todo.pop_front() {
             let failed = match action {

@@ -73,7 +73,26 @@ impl Executor {
         });
     }
 
-    pub(super) fn reset(&self, vm: VmId, domain: DomainRef, method: ResetMethod) {
+    /// Resets (or power-cycles) the domain, `after` from now: a reset decided on the guest's
+    /// own request waits until its answer has reached the guest (see `ANSWER_SETTLE`).
+    pub(super) fn reset(
+        &self,
+        vm: VmId,
+        domain: DomainRef,
+        method: ResetMethod,
+        after: std::time::Duration,
+    ) {
+        if !after.is_zero() {
+            let this = Executor {
+                hv: self.hv.clone(),
+                tx: self.tx.clone(),
+            };
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                this.reset(vm, domain, method, std::time::Duration::ZERO);
+            });
+            return;
+        }
         self.spawn(move |hv| {
             let result = match method {
                 ResetMethod::Reset => hv.reset(&domain),

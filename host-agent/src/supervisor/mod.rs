@@ -73,6 +73,12 @@ use crate::session::{self, HostCmd, SessionConfig, SessionEvent, SessionMsg, VmI
 
 /// Commands queued per session before it counts as stuck.
 const SESSION_QUEUE: usize = 32;
+/// How long a reset waits after the guest's connection was closed for it (and after an answer
+/// to the guest in the same decision, the reply to the needReset that asked for it): a host →
+/// guest packet still under way when the guest reboots inside QEMU can wedge a userspace vsock
+/// backend (vhost-device-vsock 0.3.0), and a local socket's close or write reaches a running
+/// guest in well under this.
+const ANSWER_SETTLE: Duration = Duration::from_millis(200);
 /// Session messages handled before timers are looked at again.
 const DRAIN_BATCH: usize = 8192;
 
@@ -134,6 +140,9 @@ pub struct Supervisor {
     counts: metrics::HostCounts,
     /// MON's alarm view: the rules of `[[mon.alarm]]` and every counter's alarm state.
     alarms: AlarmView,
+    /// The host's AF_VSOCK listeners for kernel vhost-vsock guests, by port: opened only when
+    /// a monitored VM uses kernel vsock.
+    vsock_routes: HashMap<u32, (Arc<session::vsock::Routes>, tokio::task::JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -177,6 +186,7 @@ impl Supervisor {
             libvirt_lost: None,
             history_flush_at: None,
             counts: metrics::HostCounts::default(),
+            vsock_routes: HashMap::new(),
         }
     }
 
@@ -296,6 +306,9 @@ impl Supervisor {
 
     fn execute(&mut self, id: VmId, actions: Vec<Action>, now: Duration) {
         let mut persist = false;
+        // An answer to the guest went out in this batch (the needReset that asked for the
+        // reset): the reset waits until it has reached the guest.
+        let mut answered = false;
         for action in actions {
             let Some(vm) = self.vms.get_mut(&id) else {
                 return;
@@ -320,7 +333,14 @@ impl Supervisor {
                     tracing::debug!(domain = %vm.domain.name, %status, "status to the guest");
                     vm.send(HostCmd::Status(status));
                 }
-                Action::Reply { id: request, msg } => vm.send(HostCmd::Reply { id: request, msg }),
+                Action::Reply { id: request, msg } => {
+                    answered = true;
+                    vm.send(HostCmd::Reply { id: request, msg });
+                }
+                Action::Silence => {
+                    tracing::info!(domain = %vm.domain.name, "the guest is sent nothing until it announces itself again");
+                    vm.send(HostCmd::Quiet);
+                }
                 Action::Persist => persist = true,
                 Action::Alarm { reason } => {
                     tracing::error!(domain = %vm.domain.name, alarm = %reason, "ALARM: not resetting again until the window has room or an operator clears it");
@@ -328,7 +348,15 @@ impl Supervisor {
                 Action::Reset { method, cause } => {
                     tracing::warn!(domain = %vm.domain.name, method = method.as_str(), %cause, "resetting");
                     self.counts.reset(&cause);
-                    self.executor.reset(id, vm.domain.clone(), method);
+                    // Close the guest's connection while it still runs, and reset once the
+                    // close (and an answer of this batch) has reached it.
+                    let after = if answered || vm.session.is_some() {
+                        vm.send(HostCmd::CloseForReset);
+                        ANSWER_SETTLE
+                    } else {
+                        Duration::ZERO
+                    };
+                    self.executor.reset(id, vm.domain.clone(), method, after);
                 }
             }
         }
@@ -648,40 +676,44 @@ impl Supervisor {
             }
             SessionPlan::Unreachable(error) => {
                 self.stop_session(id, now);
-                let error = error_chain(&error);
-                let Some(vm) = self.vms.get_mut(&id) else {
-                    return;
-                };
-                if vm.unreachable.as_deref() != Some(error.as_str()) {
-                    tracing::warn!(domain = %vm.domain.name, %error, "cannot reach the guest agent");
-                    vm.unreachable = Some(error.clone());
-                    self.note(
-                        id,
-                        now,
-                        Level::Warn,
-                        HistoryKind::Guest(GuestEvent::Unreachable { error }),
-                    );
-                }
+                self.unreachable(id, now, error_chain(&error));
             }
             SessionPlan::Start(endpoint) => {
                 self.stop_session(id, now);
                 let task = self.next_task;
                 self.next_task += 1;
+                let acceptor = match self.acceptor(&endpoint) {
+                    Ok(acceptor) => acceptor,
+                    Err(error) => {
+                        self.unreachable(id, now, error_chain(&error));
+                        return;
+                    }
+                };
                 let Some(vm) = self.vms.get_mut(&id) else {
                     return;
                 };
                 let desc = endpoint.describe();
                 let (tx, rx) = mpsc::channel(SESSION_QUEUE);
                 tracing::info!(domain = %vm.domain.name, endpoint = %desc, "guest session started");
-                let join = tokio::spawn(session::run(
-                    id,
-                    task,
+                let (name, config, to) = (
                     vm.domain.name.clone(),
-                    endpoint,
                     self.session_config.clone(),
                     self.session_tx.clone(),
-                    rx,
-                ));
+                );
+                let join = match acceptor {
+                    // The guest announces itself; dialing is for protocol-1 guest agents.
+                    Some(acceptor) => tokio::spawn(session::listen(
+                        id,
+                        task,
+                        name,
+                        acceptor,
+                        Some(endpoint),
+                        config,
+                        to,
+                        rx,
+                    )),
+                    None => tokio::spawn(session::run(id, task, name, endpoint, config, to, rx)),
+                };
                 vm.unreachable = None;
                 vm.session = Some(SessionHandle {
                     task,
@@ -690,6 +722,52 @@ impl Supervisor {
                     join,
                 });
             }
+        }
+    }
+
+    /// Where a VM's guest agent announces itself, for the transports that deliver guest → host
+    /// connections (hybrid and kernel vsock); `None` for a virtio-serial channel, which the
+    /// host opens.
+    fn acceptor(
+        &mut self,
+        endpoint: &session::Endpoint,
+    ) -> Result<Option<session::Acceptor>, session::SessionError> {
+        match endpoint {
+            session::Endpoint::Hybrid { path, port } => {
+                session::Acceptor::bind_hybrid(path, *port).map(Some)
+            }
+            session::Endpoint::Vsock { cid, port } => {
+                let routes = self.vsock_routes.entry(*port).or_insert_with(|| {
+                    let routes = Arc::new(session::vsock::Routes::default());
+                    let port = *port;
+                    let serving = routes.clone();
+                    let join = tokio::spawn(async move {
+                        if let Err(e) = session::vsock::serve_vsock(port, serving).await {
+                            tracing::error!(port, error = %e, "cannot listen for guest announcements on AF_VSOCK");
+                        }
+                    });
+                    (routes, join)
+                });
+                Ok(Some(session::Acceptor::Routed(routes.0.register(*cid))))
+            }
+            session::Endpoint::Channel { .. } | session::Endpoint::ChannelByName { .. } => Ok(None),
+        }
+    }
+
+    /// Records, once per cause, that the VM's guest agent cannot be reached.
+    fn unreachable(&mut self, id: VmId, now: Duration, error: String) {
+        let Some(vm) = self.vms.get_mut(&id) else {
+            return;
+        };
+        if vm.unreachable.as_deref() != Some(error.as_str()) {
+            tracing::warn!(domain = %vm.domain.name, %error, "cannot reach the guest agent");
+            vm.unreachable = Some(error.clone());
+            self.note(
+                id,
+                now,
+                Level::Warn,
+                HistoryKind::Guest(GuestEvent::Unreachable { error }),
+            );
         }
     }
 

@@ -47,6 +47,7 @@ pub fn test_config(dir: &Path) -> Config {
         hello_timeout: ms(500),
         channel_timeout: ms(1000),
         reconnect_max: ms(200),
+        dial_after: ms(100),
         ..Config::default()
     };
     c.defaults.failure_interval = ms(1000);
@@ -126,9 +127,23 @@ impl Lab {
 
     /// A running domain `short` monitored over hybrid vsock at `self.sock(short)`, where `guest`
     /// serves until the returned task is aborted (or dropped with the runtime).
-    pub fn guest_domain(&self, short: &str, guest: &sim::GuestSim) -> (JoinHandle<()>, DomainRef) {
+    /// A running domain of hybrid-vsock transport whose guest agent the host dials (protocol
+    /// 1: it never announces itself).
+    pub fn dialed_guest_domain(
+        &self,
+        short: &str,
+        guest: &sim::GuestSim,
+    ) -> (JoinHandle<()>, DomainRef) {
         let path = self.sock(short);
         let serving = guest.listen(&path, true).expect("listen");
+        let domain = self.running(short, Some(&hybrid_spec(&path)));
+        (serving, domain)
+    }
+
+    /// A running domain of hybrid-vsock transport whose guest announces itself (protocol 2).
+    pub fn guest_domain(&self, short: &str, guest: &sim::GuestSim) -> (JoinHandle<()>, DomainRef) {
+        let path = self.sock(short);
+        let serving = guest.announce(&path, 5315);
         let domain = self.running(short, Some(&hybrid_spec(&path)));
         (serving, domain)
     }

@@ -116,7 +116,7 @@ fn run(once: bool, stop: Arc<AtomicBool>) -> ExitCode {
         min_uptime: Duration::from_secs(10),
         max_resets: 3,
         reset_window: Duration::from_secs(3600),
-        reset_method: ResetMethod::PowerCycle,
+        reset_method: ResetMethod::Reset,
     };
     println!("appmon demo: VM and application high availability for KVM/QEMU hosts run by libvirt");
     println!();
@@ -151,11 +151,9 @@ fn run(once: bool, stop: Arc<AtomicBool>) -> ExitCode {
     enable.extend(enable_args(&policy));
     println!("  operator    {}", enable.join(" "));
     println!(
-        "              (power-cycle, not reset: vhost-device-vsock 0.3.0 wedges when a guest is reset"
+        "              (reset: the guest agent announces itself when the guest is back, and the host"
     );
-    println!(
-        "              inside QEMU; the host agent would notice and power-cycle, after a wait)"
-    );
+    println!("              agent sends it nothing meanwhile)");
     agent.enable(&vm, &policy);
     println!();
 
