@@ -23,7 +23,8 @@ const DEBIAN_BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 /// to reach the console (through journald, often after the host already saw the same event).
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The guest's phases (kernel command line; vm-tests/debian-guest/usr/local/bin/appmon-test-app).
-const ENABLE_DELAY: Duration = Duration::from_secs(8);
+/// Long enough that the test sees Gray even when the ready marker reaches the console late.
+const ENABLE_DELAY: Duration = Duration::from_secs(15);
 const SHELL_PHASE: Duration = Duration::from_secs(20);
 const C_PHASE: Duration = Duration::from_secs(20);
 
