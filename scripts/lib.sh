@@ -7,7 +7,9 @@
 #   tools/    vhost-device-vsock (cargo install --root)
 #   run/      pid files of daemons the rig started; run/t/ per-test dirs of the VM tests
 #   logs/     libvirtd and build logs
-#   images/   guest initramfs images (APPMON_GUEST_IMAGE overrides the image path: one per checkout)
+#   images/   guest initramfs images (APPMON_GUEST_IMAGE overrides the image path: one per checkout);
+#             debian-12/, the cached Debian base, and the Debian disk images built from it
+#             (APPMON_DEBIAN_IMAGE, default beside the initramfs image: <image>-debian.img)
 
 # Used by the scripts that source this file (hence SC2034 above).
 APPMON_RIG_DIR=${APPMON_RIG_DIR:-/var/tmp/appmon-rig}
@@ -19,6 +21,7 @@ LIBVIRTD_LOG=$RIG/logs/libvirtd.log
 VHOST_DEVICE_VSOCK=$RIG/tools/bin/vhost-device-vsock
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 GUEST_IMAGE=${APPMON_GUEST_IMAGE:-$RIG/images/appmon-guest.cpio.gz}
+DEBIAN_IMAGE=${APPMON_DEBIAN_IMAGE:-${GUEST_IMAGE%.cpio.gz}-debian.img}
 SCRIPT_NAME=${SCRIPT_NAME:-$(basename "$0")}
 
 # usage: prints the running script's --help, which is its header comment: the comment lines after
@@ -175,4 +178,18 @@ build_host_binaries() {
   [ -x "$APPMONCTL_BIN" ] || die "cargo build -p appmon-host-agent --bins produced no appmonctl"
   export APPMON_HOST_BIN APPMONCTL_BIN
   log "host agent: $APPMON_HOST_BIN, $APPMONCTL_BIN"
+}
+
+# build_debian_payload DIR: writes the Debian VM test's payload to DIR (emptied first): the units
+# and scripts of vm-tests/debian-guest/, and vm-tests/guest-c/appmon-heartbeat.c compiled with cc
+# against libappmon's header and the release libappmon.so (scripts/build-packages builds it).
+build_debian_payload() {
+  local dir=$1 lib=$REPO_ROOT/target/release
+  [ -f "$lib/libappmon.so" ] || die "no $lib/libappmon.so (run scripts/build-packages)"
+  rm -rf "$dir" && mkdir -p "$dir"
+  cp -a "$REPO_ROOT/vm-tests/debian-guest/." "$dir/"
+  mkdir -p "$dir/usr/local/bin"
+  cc -std=c99 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -o "$dir/usr/local/bin/appmon-heartbeat" \
+    "$REPO_ROOT/vm-tests/guest-c/appmon-heartbeat.c" -I "$REPO_ROOT/libappmon/include" \
+    -L "$lib" -lappmon || die "cc failed to build appmon-heartbeat against libappmon"
 }

@@ -26,6 +26,7 @@ use crate::machine::{Action, Event, LinkId, Machine, Settings, Ticket};
 use crate::monitors;
 use crate::processes::ProcessManager;
 use crate::transport::{self, TransportError};
+use appmon_systemd::notify::Notifier;
 
 /// Where the kernel tells this boot's id.
 pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
@@ -81,6 +82,16 @@ impl DaemonHandle {
     /// Asks the daemon to stop.
     pub async fn shutdown(&self) {
         let _ = self.inputs.send(Input::Shutdown).await;
+    }
+
+    /// Whether the owner task answers a request (the systemd watchdog's probe).
+    pub async fn answers(&self) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let request = Input::App {
+            request: crate::api::ApiRequest::Status,
+            reply,
+        };
+        self.inputs.send(request).await.is_ok() && answer.await.is_ok()
     }
 
     /// Whether the daemon has stopped.
@@ -629,10 +640,12 @@ pub fn catch_signals() -> std::io::Result<signal_hook_tokio::Signals> {
     signal_hook_tokio::Signals::new([SIGHUP, SIGINT, SIGTERM])
 }
 
-/// Forwards SIGHUP to [`Input::Reload`] and SIGTERM/SIGINT to [`Input::Shutdown`].
+/// Forwards SIGHUP to [`Input::Reload`] and SIGTERM/SIGINT to [`Input::Shutdown`] (telling
+/// systemd the daemon stops).
 pub fn forward_signals(
     mut signals: signal_hook_tokio::Signals,
     handle: DaemonHandle,
+    notifier: Notifier,
 ) -> JoinHandle<()> {
     use futures::StreamExt;
     tokio::spawn(async move {
@@ -642,6 +655,7 @@ pub fn forward_signals(
                 handle.reload().await;
             } else {
                 info!(signal, "stop signal");
+                let _ = notifier.stopping();
                 handle.shutdown().await;
                 return;
             }
@@ -649,12 +663,14 @@ pub fn forward_signals(
     })
 }
 
-/// Everything `appmon-guest` does after parsing its arguments: start, serve, stop on a
-/// signal. Runs on a current-thread runtime: the agent is small and mostly idle.
+/// Everything `appmon-guest` does after parsing its arguments: start, tell systemd it is ready
+/// (when `notifier` has a service manager), serve with watchdog keepalives, stop on a signal.
+/// Runs on a current-thread runtime: the agent is small and mostly idle.
 pub fn run_daemon(
     config: Config,
     config_path: Option<PathBuf>,
     log: Option<LogHandle>,
+    notifier: Notifier,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -664,9 +680,23 @@ pub fn run_daemon(
         // handled, not fatal.
         let signals = catch_signals()?;
         let (daemon, handle) = Daemon::start(config, config_path, Tuning::default(), log)?;
-        let signals = forward_signals(signals, handle);
+        if let Some(problem) = notifier.problem() {
+            warn!("{problem}");
+        }
+        if let Err(e) = notifier.ready("serving applications and the host") {
+            warn!(error = %e, "cannot tell systemd the agent is ready");
+        }
+        let probe = handle.clone();
+        let watchdog = appmon_systemd::watchdog::spawn(notifier.clone(), move || {
+            let probe = probe.clone();
+            async move { probe.answers().await }
+        });
+        let signals = forward_signals(signals, handle, notifier);
         daemon.run().await;
         signals.abort();
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
+        }
         Ok(())
     })
 }

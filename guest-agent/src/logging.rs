@@ -1,5 +1,6 @@
 //! Logs through `tracing` to stderr: plain text without colours unless stderr is a terminal, so
-//! journald, syslog and the VM rig's console read it as it is.
+//! syslog and the VM rig's console read it as it is; under systemd, journald's form (a `<N>`
+//! priority, no timestamp: `appmon_systemd::journal`).
 
 use std::io::IsTerminal;
 
@@ -25,13 +26,23 @@ impl LogHandle {
 /// Installs the global subscriber. Returns `None` if one is installed already (tests).
 pub fn init(level: LogLevel) -> Option<LogHandle> {
     let (filter, handle) = reload::Layer::new(LevelFilter::from_level(level.as_tracing()));
-    let output = fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
+    let journal = appmon_systemd::journal::stderr_is_journal();
+    let (plain, journald) = if journal {
+        let output = fmt::layer()
+            .with_writer(std::io::stderr)
+            .event_format(appmon_systemd::journal::JournalFormat::default());
+        (None, Some(output))
+    } else {
+        let output = fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false);
+        (Some(output), None)
+    };
     tracing_subscriber::registry()
         .with(filter)
-        .with(output)
+        .with(plain)
+        .with(journald)
         .try_init()
         .ok()?;
     Some(LogHandle(handle))

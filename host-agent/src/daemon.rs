@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use appmon_libvirt_backend::{BackendEvent, Hypervisor};
-use tokio::sync::{mpsc, watch};
+use appmon_systemd::notify::Notifier;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
-use crate::control::{self, ControlError};
+use crate::control::{self, ControlError, ControlRequest};
 use crate::mon;
 use crate::persist::{PersistError, StateDir};
 use crate::supervisor::{Inputs, Supervisor};
@@ -54,6 +55,19 @@ pub async fn run(
     reload: mpsc::Receiver<Config>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
+    run_notifying(config, hv, backend, reload, shutdown, Notifier::default()).await
+}
+
+/// [`run`], telling systemd through `notifier` when the control socket serves (`READY=1`) and
+/// petting its watchdog while the supervisor answers.
+pub async fn run_notifying(
+    config: Config,
+    hv: Arc<dyn Hypervisor>,
+    backend: mpsc::UnboundedReceiver<BackendEvent>,
+    reload: mpsc::Receiver<Config>,
+    shutdown: watch::Receiver<bool>,
+    notifier: Notifier,
+) -> Result<(), DaemonError> {
     let state = StateDir::open(&config.state_dir)?;
     let (records, problems) = state.load_all()?;
     for problem in &problems {
@@ -74,12 +88,24 @@ pub async fn run(
     let socket = config.control_socket.clone();
     tracing::info!(socket = %socket.display(), uri = %config.uri, "appmon-host ready");
     let (control_tx, control_rx) = mpsc::channel(64);
+    // The supervisor answers a control request only from its loop: a keepalive proves the loop.
+    let probe = control_tx.clone();
+    let watchdog = appmon_systemd::watchdog::spawn(notifier.clone(), move || {
+        let probe = probe.clone();
+        async move {
+            let (reply, answer) = oneshot::channel();
+            probe.send((ControlRequest::List, reply)).await.is_ok() && answer.await.is_ok()
+        }
+    });
     let server = tokio::spawn(control::serve(listener, control_tx, shutdown.clone()));
     let (mon_tx, mon_rx) = mpsc::channel(256);
     let mon = mon_listener.map(|listener| {
         let router = mon::http::router(mon_tx.clone(), &config.mon);
         tokio::spawn(mon::http::serve(listener, router, shutdown.clone()))
     });
+    if let Err(e) = notifier.ready(&format!("control socket {}", socket.display())) {
+        tracing::warn!(error = %e, "cannot tell systemd the agent is ready");
+    }
     let supervisor = Supervisor::new(config, hv, writer, records, host_boot_id());
     supervisor
         .run(Inputs {
@@ -94,6 +120,9 @@ pub async fn run(
     drop(mon_tx);
     if let Some(mon) = mon {
         mon.abort();
+    }
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
     }
     let _ = std::fs::remove_file(&socket);
     tracing::info!("appmon-host stopped");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use appmon_host_agent::config::{Config, DEFAULT_CONFIG_PATH};
 use appmon_host_agent::daemon::Args;
 use appmon_libvirt_backend::{ConnectOptions, LibvirtHypervisor};
+use appmon_systemd::notify::Notifier;
 use appmon_wire::report::error_chain;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
@@ -30,17 +31,26 @@ fn load(path: &std::path::Path) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread.
+    let notifier = Notifier::from_env();
     let args = Args::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal: a log file, journald or syslog gets
-        // plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if appmon_systemd::journal::stderr_is_journal() {
+        // journald stamps each line and reads the `<N>` priority.
+        logs.event_format(appmon_systemd::journal::JournalFormat::default())
+            .init();
+    } else {
+        // Colour codes only for a person at a terminal: a log file or syslog gets plain text.
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+    if let Some(problem) = notifier.problem() {
+        tracing::warn!("{problem}");
+    }
     let config = match load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -63,7 +73,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, args.config)) {
+    match runtime.block_on(serve(config, args.config, notifier)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("appmon-host: {e}");
@@ -72,12 +82,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
+async fn serve(config: Config, config_path: PathBuf, notifier: Notifier) -> Result<(), String> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (reload_tx, reload) = mpsc::channel(4);
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT: {e}"))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP: {e}"))?;
+    let stopping = notifier.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -89,6 +100,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
                 },
             }
         }
+        let _ = stopping.stopping();
         let _ = shutdown_tx.send(true);
     });
 
@@ -113,7 +125,14 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
             _ = wait.changed() => return Ok(()),
         }
     };
-    appmon_host_agent::daemon::run(config, Arc::new(hv), events, reload, shutdown)
-        .await
-        .map_err(|e| error_chain(&e))
+    appmon_host_agent::daemon::run_notifying(
+        config,
+        Arc::new(hv),
+        events,
+        reload,
+        shutdown,
+        notifier,
+    )
+    .await
+    .map_err(|e| error_chain(&e))
 }

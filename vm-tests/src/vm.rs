@@ -94,6 +94,7 @@ pub struct VmConfig {
     watchdog: WatchdogAction,
     metadata_xml: String,
     extra_devices_xml: String,
+    kernel: Option<PathBuf>,
     initrd: Option<PathBuf>,
     guest_files: Vec<GuestFile>,
     vsock: bool,
@@ -111,6 +112,7 @@ impl VmConfig {
             watchdog: WatchdogAction::Reset,
             metadata_xml: String::new(),
             extra_devices_xml: String::new(),
+            kernel: None,
             initrd: None,
             guest_files: Vec::new(),
             vsock: true,
@@ -167,6 +169,12 @@ impl VmConfig {
     /// Raw XML appended to `<devices>` (e.g. a virtio-serial `<channel>`).
     pub fn extra_devices_xml(mut self, xml: impl Into<String>) -> VmConfig {
         self.extra_devices_xml = xml.into();
+        self
+    }
+
+    /// A different kernel than the rig's (the Debian guest boots its own).
+    pub fn kernel(mut self, path: impl Into<PathBuf>) -> VmConfig {
+        self.kernel = Some(path.into());
         self
     }
 
@@ -756,7 +764,11 @@ impl TestVm {
             name: self.name.clone(),
             memory_mib: self.config.memory_mib,
             vcpus: self.config.vcpus,
-            kernel: self.rig.kernel.clone(),
+            kernel: self
+                .config
+                .kernel
+                .clone()
+                .unwrap_or_else(|| self.rig.kernel.clone()),
             initrd,
             cmdline: self.config.cmdline(),
             on_reboot: self.config.on_reboot,

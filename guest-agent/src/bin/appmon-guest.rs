@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use appmon_guest_agent::config::{Config, DEFAULT_CONFIG_PATH};
 use appmon_guest_agent::daemon::Args;
 use appmon_guest_agent::{daemon, logging};
+use appmon_systemd::notify::Notifier;
 use appmon_wire::report::error_chain;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: taken out of the environment of what the agent starts.
+    let notifier = Notifier::from_env();
     let args = Args::parse();
     let path = args
         .config
@@ -31,7 +34,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let log = logging::init(config.log_level);
-    match daemon::run_daemon(config, Some(path), log) {
+    match daemon::run_daemon(config, Some(path), log, notifier) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{}", error_chain(e.as_ref()));
