@@ -49,7 +49,9 @@ pub struct VmView {
     pub status: Option<Status>,
     pub enabled: bool,
     pub need_reset: bool,
-    /// Since the last heartbeat this host agent read: its own measurement.
+    /// While monitoring is enabled, the age of the policy's failure clock (the Enable, the
+    /// last heartbeat read, the domain running again); otherwise since the last heartbeat this
+    /// host agent read.
     pub last_heartbeat_age_ms: Option<u64>,
     /// The age of the last heartbeat as the guest agent claims it (its `State`, aged since it
     /// arrived): the guest's word, not a measurement, and never shown as one.

@@ -11,6 +11,7 @@ use appmon_wire::{format_boot_id, AppStatus};
 
 use super::guest::{application_view, monitor_view, process_view};
 use super::vm::Vm;
+use crate::policy::Monitoring;
 
 pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -36,6 +37,13 @@ pub(super) fn view(vm: &Vm, now: Duration, with_history: bool) -> VmView {
         reset_method: p.reset_method,
         channel_timeout_ms: millis(p.channel_timeout),
     });
+    // While monitoring is enabled: the failure clock the policy judges by (from the Enable,
+    // every heartbeat read, the domain running again). Otherwise the last heartbeat this host
+    // agent read. Never the age a guest claims on its own: that is `claimed_heartbeat_age_ms`.
+    let heartbeat = match m.monitoring() {
+        Monitoring::Enabled { last_heartbeat } => Some(last_heartbeat),
+        _ => vm.last_heartbeat,
+    };
     VmView {
         name: vm.domain.name.clone(),
         uuid: vm.domain.uuid.clone(),
@@ -44,7 +52,7 @@ pub(super) fn view(vm: &Vm, now: Duration, with_history: bool) -> VmView {
         status: m.status(now).map(status),
         enabled: m.enabled(),
         need_reset: m.need_reset(),
-        last_heartbeat_age_ms: vm.last_heartbeat.map(|h| millis(now.saturating_sub(h))),
+        last_heartbeat_age_ms: heartbeat.map(|h| millis(now.saturating_sub(h))),
         claimed_heartbeat_age_ms: vm
             .claimed_heartbeat
             .map(|(at, age)| age.saturating_add(millis(now.saturating_sub(at)))),
