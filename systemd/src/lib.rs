@@ -6,6 +6,8 @@
 //! - [`watchdog`]: the keepalive task. It pets systemd's watchdog only after the daemon's owner
 //!   task answered a probe, so a wedged owner (not merely a live runtime) gets the daemon
 //!   restarted.
+//! - `testing` (feature `testing`): a stand-in for the service manager's end, and the check
+//!   every daemon's own test runs under it.
 //! - [`journal`]: log lines for journald: no timestamp of our own (journald stamps every line)
 //!   and a `<N>` syslog priority prefix, so `journalctl -p warning` filters appmon's lines.
 //!
@@ -15,4 +17,6 @@
 
 pub mod journal;
 pub mod notify;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod watchdog;
