@@ -58,6 +58,12 @@ pub const ANNOUNCE_MAX: Duration = Duration::from_secs(3);
 /// A link that lived this long was a session, not a failed attempt: the next announcement
 /// starts from [`ANNOUNCE_MIN`] again.
 const ANNOUNCE_SETTLED: Duration = Duration::from_secs(10);
+/// The least pause after a link that connected has ended. A host agent closes the session just
+/// before it resets the guest and sends that guest nothing until the new boot announces itself;
+/// an announcement from the old boot in between is host -> guest traffic in flight at the reset
+/// (the host's refusal), which wedges a userspace vsock backend (the Debian guest's reset did
+/// so under load). A restarted host agent still sees every guest within this much plus a pause.
+pub const AFTER_SESSION: Duration = Duration::from_secs(2);
 
 /// The pauses between announcements: exponential from `min`, capped at `max`, each drawn
 /// uniformly from its upper half so that guests rebooted together do not dial in step.
@@ -189,9 +195,11 @@ pub async fn announce<C, F, S>(
 {
     let mut failures = 0u32;
     loop {
+        let mut least = Duration::ZERO;
         match connect().await {
             Ok(stream) => {
                 failures = 0;
+                least = AFTER_SESSION;
                 let started = tokio::time::Instant::now();
                 run_link(
                     LinkKind::Stream,
@@ -218,7 +226,7 @@ pub async fn announce<C, F, S>(
         if inputs.is_closed() {
             return;
         }
-        tokio::time::sleep(backoff.pause()).await;
+        tokio::time::sleep(backoff.pause().max(least)).await;
     }
 }
 
