@@ -64,6 +64,8 @@ const ANNOUNCE_SETTLED: Duration = Duration::from_secs(10);
 /// (the host's refusal), which wedges a userspace vsock backend (the Debian guest's reset did
 /// so under load). A restarted host agent still sees every guest within this much plus a pause.
 pub const AFTER_SESSION: Duration = Duration::from_secs(2);
+/// A link that lived this long counts as a session for [`AFTER_SESSION`].
+const SESSION_HELD: Duration = Duration::from_secs(1);
 
 /// The pauses between announcements: exponential from `min`, capped at `max`, each drawn
 /// uniformly from its upper half so that guests rebooted together do not dial in step.
@@ -199,7 +201,6 @@ pub async fn announce<C, F, S>(
         match connect().await {
             Ok(stream) => {
                 failures = 0;
-                least = AFTER_SESSION;
                 let started = tokio::time::Instant::now();
                 run_link(
                     LinkKind::Stream,
@@ -212,6 +213,12 @@ pub async fn announce<C, F, S>(
                 .await;
                 if started.elapsed() >= ANNOUNCE_SETTLED {
                     backoff.reset();
+                }
+                // A link that was a session for a while: the host may have closed it to reset
+                // the guest. One that ended at once (a refused or replaced link) is retried at
+                // the backoff's pace, so that what the application asks meanwhile is not held.
+                if started.elapsed() >= SESSION_HELD {
+                    least = AFTER_SESSION;
                 }
             }
             Err(e) => {
