@@ -328,6 +328,7 @@ impl Supervisor {
                         level,
                         HistoryKind::Decision(decision),
                     );
+                    vm::flush_after(&mut self.history_flush_at, now);
                 }
                 Action::SendStatus(status) => {
                     tracing::debug!(domain = %vm.domain.name, %status, "status to the guest");
@@ -368,7 +369,6 @@ impl Supervisor {
         }
     }
 
-    /// Adds a history entry to VM `id` at `now`.
     /// Records a change of the libvirt connection in every VM's history.
     fn note_all(&mut self, now: Duration, level: Level, event: HypervisorEvent) {
         let ids: Vec<VmId> = self.vms.keys().copied().collect();
@@ -377,11 +377,12 @@ impl Supervisor {
         }
     }
 
+    /// Adds a history entry to VM `id` at `now`.
     fn note(&mut self, id: VmId, now: Duration, level: Level, kind: HistoryKind) {
         let wall = self.clock.wall_ms(now);
         if let Some(vm) = self.vms.get_mut(&id) {
             vm.note(self.config.history_len, wall, level, kind);
-            self.history_flush_at.get_or_insert(now + vm::HISTORY_FLUSH);
+            vm::flush_after(&mut self.history_flush_at, now);
         }
     }
 
@@ -588,6 +589,7 @@ impl Supervisor {
                             error: e.to_string(),
                         }),
                     );
+                    vm::flush_after(&mut self.history_flush_at, now);
                 }
             }
             vm.domain = info.domain.clone();
@@ -859,6 +861,7 @@ impl Supervisor {
                             level,
                             HistoryKind::Alarm(event),
                         );
+                        vm::flush_after(&mut self.history_flush_at, now);
                     }
                 }
             }

@@ -121,3 +121,20 @@ async fn session_restart_carries_out_what_the_closed_channel_decides() {
         ))
     );
 }
+
+#[tokio::test]
+async fn a_policy_decision_in_the_history_is_written_out_like_any_other_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sup = supervisor(dir.path());
+    let now = sup.clock.now();
+    sup.upsert(domain(hybrid(dir.path(), "a.vsock")), 0, now);
+    let id = sup.by_uuid["5f0b6c1e-2d40-4c44-9d3a-000000000001"];
+    sup.flush_histories(true);
+    assert_eq!(sup.history_flush_at, None);
+
+    // The policy's own note ("application enabled monitoring") schedules the write.
+    sup.feed(id, Input::Enable, now);
+
+    assert!(sup.vms[&id].history_unsaved);
+    assert_eq!(sup.history_flush_at, Some(now + vm::HISTORY_FLUSH));
+}

@@ -59,6 +59,12 @@ impl History {
 /// directory: a burst of events costs one write per VM, and a crash loses at most this much.
 pub(super) const HISTORY_FLUSH: Duration = Duration::from_secs(1);
 
+/// The history flush rule, for every place that notes an entry: the first entry after a write
+/// sets the flush time, one [`HISTORY_FLUSH`] on.
+pub(super) fn flush_after(flush_at: &mut Option<Duration>, now: Duration) {
+    flush_at.get_or_insert(now + HISTORY_FLUSH);
+}
+
 pub(super) struct Vm {
     pub domain: DomainRef,
     pub state: DomainState,
