@@ -214,7 +214,7 @@ impl Demo<'_> {
         });
         ready?;
         self.say(
-            "the guest runs; its guest agent listens on vsock port 5315, the host agent connects",
+            "the guest runs; its guest agent announces itself to the host agent (vsock CID 2, port 5315)",
         );
         let boot = self.vm.boot_ids().last().cloned().unwrap_or_default();
         let green = self.until("Green", GREEN_TIMEOUT, |_, s| {
