@@ -13,6 +13,8 @@
 //!   [`Decision`], a libvirt [`DomainEvent`], a [`GuestEvent`], an [`OperatorAction`]).
 //! - [`view`]: [`VmView`] and [`PolicyView`], one VM as `list` and `show` see it.
 //! - [`counters`]: [`CountersView`], one VM's counters as `counters` sees them.
+//! - [`alarms`]: MON's alarm view: a rule ([`AlarmRuleSpec`]), the raised alarms, `alarms`'
+//!   answer ([`AlarmsView`]).
 //! - this file: the control socket's [`Request`] and [`Response`], and the versioned documents
 //!   `appmonctl --json` prints ([`ListDocument`], [`ShowDocument`], [`CountersDocument`],
 //!   [`SCHEMA_VERSION`]).
@@ -36,6 +38,10 @@
 //! {"cmd":"processes","domain":"vm1"}
 //! {"cmd":"counters","domain":"vm1"}
 //! {"cmd":"counters","domain":"vm1","entity":"CPU"}
+//! {"cmd":"alarms"}
+//! {"cmd":"alarms","domain":"vm1"}
+//! {"cmd":"alarm_set","rule":{"domain":"vm*","entity":"CPU","counter":"CPU Total","alarm_above":90,"hysteresis":5}}
+//! {"cmd":"alarm_remove","domain":"vm*","entity":"CPU","counter":"CPU Total"}
 //! ```
 //!
 //! # Versions
@@ -46,6 +52,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod alarms;
 pub mod counters;
 pub mod domain;
 pub mod guest;
@@ -53,6 +60,10 @@ pub mod history;
 pub mod reset;
 pub mod view;
 
+pub use alarms::{
+    AlarmRuleSpec, AlarmRuleView, AlarmRulesFile, AlarmsDocument, AlarmsView, RaisedAlarm,
+    RuleOrigin,
+};
 pub use counters::{CounterView, CountersView, EntityView};
 pub use domain::{
     DomainEvent, DomainState, PausedReason, RunningReason, ShutOffReason, StartedReason,
@@ -72,8 +83,8 @@ pub use view::{LibvirtLost, PolicyView, Status, VmView};
 /// The version of the schema of this crate's JSON (see the crate documentation).
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// A request on the control socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A request on the control socket. Not `Eq`: alarm thresholds are floats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     List,
@@ -130,6 +141,23 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         entity: Option<String>,
     },
+    /// MON's alarm view: its rules and raised alarms, only `domain`'s raised alarms (and the
+    /// rules matching it) when named; answered with `alarms`.
+    Alarms {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+    },
+    /// Sets a run-time alarm rule (kept across restarts), replacing the rule with the same
+    /// domain glob, entity and counter, host.toml's included.
+    AlarmSet {
+        rule: AlarmRuleSpec,
+    },
+    /// Removes the run-time alarm rule with this domain glob, entity and counter.
+    AlarmRemove {
+        domain: String,
+        entity: String,
+        counter: String,
+    },
 }
 
 /// The answer to a [`Request`]. Not `Eq`: counter values are floats.
@@ -139,6 +167,7 @@ pub enum Response {
     List { domains: Vec<VmView> },
     Show { domain: Box<VmView> },
     Counters { counters: Box<CountersView> },
+    Alarms { alarms: Box<AlarmsView> },
     Done { message: String },
     Error { kind: ErrorKind, message: String },
     Process { process: ProcessView },
@@ -159,6 +188,10 @@ pub enum ErrorKind {
     NoSession,
     /// The guest agent refused the request (not on its allowlist, unknown id, ...).
     GuestRefused,
+    /// `alarm_remove` named a rule that is not a run-time rule.
+    UnknownRule,
+    /// The host agent could not write its state directory.
+    StateWrite,
 }
 
 /// What `appmonctl --json list` prints.

@@ -138,30 +138,13 @@ pub struct MonConfig {
     pub alarms: Vec<AlarmRuleConfig>,
 }
 
-/// One `[[mon.alarm]]`: thresholds on a counter of the domains `domain` (a glob) matches.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlarmRuleConfig {
-    #[serde(default = "all_domains")]
-    pub domain: String,
-    pub entity: String,
-    pub counter: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub alarm_below: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub alarm_above: Option<f64>,
-    #[serde(default)]
-    pub hysteresis: f64,
-}
+/// One `[[mon.alarm]]`: thresholds on a counter of the domains `domain` (a glob) matches; the
+/// control schema's type, so that a rule set at run time is the same thing.
+pub use appmon_control::AlarmRuleSpec as AlarmRuleConfig;
 
-fn all_domains() -> String {
-    "*".into()
-}
-
-impl AlarmRuleConfig {
-    pub fn threshold(&self) -> Result<Threshold, ThresholdError> {
-        Threshold::new(self.alarm_below, self.alarm_above, self.hysteresis)
-    }
+/// The threshold `rule` describes, checked.
+pub fn threshold_of(rule: &AlarmRuleConfig) -> Result<Threshold, ThresholdError> {
+    Threshold::new(rule.alarm_below, rule.alarm_above, rule.hysteresis)
 }
 
 impl Default for MonConfig {
@@ -351,7 +334,7 @@ impl Config {
             return invalid("mon.user", "user and password go together");
         }
         for (i, rule) in self.mon.alarms.iter().enumerate() {
-            if let Err(e) = rule.threshold() {
+            if let Err(e) = threshold_of(rule) {
                 return Err(ConfigError::Alarm {
                     file: file.to_path_buf(),
                     index: i + 1,
@@ -446,7 +429,7 @@ mod tests {
         );
         assert_eq!(good.mon.alarms[0].domain, "*");
         assert_eq!(
-            good.mon.alarms[0].threshold().map(|t| t.above()),
+            threshold_of(&good.mon.alarms[0]).map(|t| t.above()),
             Ok(Some(90.0))
         );
         let message = overlap.expect_err("overlapping bands").to_string();

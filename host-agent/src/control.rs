@@ -61,7 +61,7 @@ pub enum ControlError {
 }
 
 /// What the control socket asks the supervisor: a [`Request`] with its spec parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ControlRequest {
     List,
     Show {
@@ -87,6 +87,19 @@ pub enum ControlRequest {
     /// The guest's launched processes as last reported.
     Processes {
         domain: String,
+    },
+    /// MON's alarm view (rules and raised alarms), of one domain when named.
+    Alarms {
+        domain: Option<String>,
+    },
+    /// Sets a run-time alarm rule (checked by the supervisor, which keeps the rules).
+    AlarmSet {
+        rule: appmon_control::AlarmRuleSpec,
+    },
+    AlarmRemove {
+        domain: String,
+        entity: String,
+        counter: String,
     },
 }
 
@@ -183,6 +196,17 @@ impl ControlRequest {
                 ),
             },
             Request::Processes { domain } => ControlRequest::Processes { domain },
+            Request::Alarms { domain } => ControlRequest::Alarms { domain },
+            Request::AlarmSet { rule } => ControlRequest::AlarmSet { rule },
+            Request::AlarmRemove {
+                domain,
+                entity,
+                counter,
+            } => ControlRequest::AlarmRemove {
+                domain,
+                entity,
+                counter,
+            },
             Request::Launch { domain, launch } => ControlRequest::Guest {
                 domain,
                 call: GuestCall::Launch(launch_spec(launch)?),

@@ -2,7 +2,8 @@
 //! socket; the daemon writes domain metadata for `enable` and `disable`.
 //!
 //! Exit codes: 0 success; 1 the daemon or libvirt failed the request; 2 bad usage; 3 the daemon
-//! cannot be reached; 4 unknown domain (or counter entity). 2 and 3 mean what they mean for the guest's `appmon`
+//! cannot be reached; 4 unknown domain (or counter entity, or run-time alarm rule); 5 `alarms`
+//! found an alarm raised. 2 and 3 mean what they mean for the guest's `appmon`
 //! (`appmon_wire::report::exit`).
 
 use std::io::Write;
@@ -15,8 +16,9 @@ use appmon_wire::{escape, DEFAULT_VSOCK_PORT};
 use clap::{Args, Parser, Subcommand};
 
 use appmon_control::{
-    CountersDocument, CountersView, ErrorKind, ListDocument, ProcessView, ProcessesDocument,
-    Request, Response, ShowDocument, VmView,
+    AlarmRuleSpec, AlarmSide, AlarmsDocument, AlarmsView, CountersDocument, CountersView,
+    ErrorKind, ListDocument, ProcessView, ProcessesDocument, Request, Response, RuleOrigin,
+    ShowDocument, VmView,
 };
 
 use crate::control;
@@ -29,6 +31,8 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = exit::USAGE as i32;
 pub const EXIT_NO_DAEMON: i32 = exit::UNREACHABLE as i32;
 pub const EXIT_UNKNOWN_DOMAIN: i32 = 4;
+/// `alarms`: at least one alarm of MON's alarm view is raised.
+pub const EXIT_ALARM_RAISED: i32 = 5;
 
 /// Operate appmon's host agent: list and show the monitored domains, enable and disable
 /// monitoring, clear a domain's alarm.
@@ -36,7 +40,7 @@ pub const EXIT_UNKNOWN_DOMAIN: i32 = 4;
 #[command(
     name = "appmonctl",
     version,
-    after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 host agent not reachable, 4 unknown domain or entity."
+    after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 host agent not reachable, 4 unknown domain, entity or alarm rule, 5 an alarm is raised (alarms)."
 )]
 pub struct Cli {
     /// The host agent's control socket.
@@ -47,7 +51,7 @@ pub struct Cli {
         default_value = "/run/appmon/host.sock"
     )]
     pub socket: PathBuf,
-    /// Print JSON instead of text (list, show, counters).
+    /// Print JSON instead of text (list, show, counters, ps, alarms).
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -86,6 +90,45 @@ pub enum Command {
         /// Only this entity's counters (`CPU`, `Memory`, a custom entity...).
         entity: Option<String>,
     },
+    /// MON's alarm view: the raised alarms and the rules in force (of one domain when named).
+    /// Exits 5 when an alarm is raised, 0 when none is.
+    Alarms {
+        /// Only this domain's raised alarms and the rules that match it.
+        domain: Option<String>,
+    },
+    /// Set an alarm rule at run time: kept in the state directory across restarts, it
+    /// replaces the rule with the same domain glob, entity and counter (host.toml's included)
+    /// and comes before host.toml's rules.
+    AlarmSet(AlarmSetArgs),
+    /// Remove a run-time alarm rule (host.toml's rules are changed in host.toml).
+    AlarmRemove {
+        /// The counter's entity (`CPU`, a custom entity...).
+        entity: String,
+        counter: String,
+        /// The rule's domain glob.
+        #[arg(long, default_value = "*")]
+        domain: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("bound").required(true).multiple(true).args(["below", "above"])))]
+pub struct AlarmSetArgs {
+    /// The counter's entity (`CPU`, `Memory`, a custom entity...).
+    pub entity: String,
+    pub counter: String,
+    /// The domains (a glob: `*`, `?`) the rule applies to.
+    #[arg(long, default_value = "*")]
+    pub domain: String,
+    /// Raise the below alarm when a value is under this.
+    #[arg(long, allow_negative_numbers = true)]
+    pub below: Option<f64>,
+    /// Raise the above alarm when a value is over this.
+    #[arg(long, allow_negative_numbers = true)]
+    pub above: Option<f64>,
+    /// How far back a value must come before a raised alarm clears (the counter's units).
+    #[arg(long, default_value_t = 0.0)]
+    pub hysteresis: f64,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +284,28 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             domain: domain.clone(),
             entity: entity.clone(),
         },
+        Command::Alarms { domain } => Request::Alarms {
+            domain: domain.clone(),
+        },
+        Command::AlarmSet(a) => Request::AlarmSet {
+            rule: AlarmRuleSpec {
+                domain: a.domain.clone(),
+                entity: a.entity.clone(),
+                counter: a.counter.clone(),
+                alarm_below: a.below,
+                alarm_above: a.above,
+                hysteresis: a.hysteresis,
+            },
+        },
+        Command::AlarmRemove {
+            entity,
+            counter,
+            domain,
+        } => Request::AlarmRemove {
+            domain: domain.clone(),
+            entity: entity.clone(),
+            counter: counter.clone(),
+        },
         Command::Enable(args) => match args.spec() {
             Ok(spec) => Request::Enable {
                 domain: args.domain.clone(),
@@ -286,6 +351,18 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         Response::Counters { counters } if cli.json => {
             write_json(out, &CountersDocument::new((**counters).clone()))
         }
+        Response::Alarms { alarms } => {
+            let written = if cli.json {
+                write_json(out, &AlarmsDocument::new((**alarms).clone()))
+            } else {
+                write_alarms(out, alarms)
+            };
+            return match written {
+                Err(_) => EXIT_FAILED,
+                Ok(()) if alarms.raised.is_empty() => EXIT_OK,
+                Ok(()) => EXIT_ALARM_RAISED,
+            };
+        }
         Response::List { domains } => write_list(out, domains),
         Response::Show { domain } => write_show(out, domain),
         Response::Counters { counters } => write_counters(out, counters),
@@ -299,10 +376,71 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
 /// The exit code of a control error.
 pub fn exit_code(kind: ErrorKind) -> i32 {
     match kind {
-        ErrorKind::UnknownDomain | ErrorKind::UnknownEntity => EXIT_UNKNOWN_DOMAIN,
+        ErrorKind::UnknownDomain | ErrorKind::UnknownEntity | ErrorKind::UnknownRule => {
+            EXIT_UNKNOWN_DOMAIN
+        }
         ErrorKind::BadRequest => EXIT_USAGE,
-        ErrorKind::Libvirt | ErrorKind::NoSession | ErrorKind::GuestRefused => EXIT_FAILED,
+        ErrorKind::Libvirt
+        | ErrorKind::NoSession
+        | ErrorKind::GuestRefused
+        | ErrorKind::StateWrite => EXIT_FAILED,
     }
+}
+
+/// `alarms`: the raised alarms, then the rules in force.
+fn write_alarms(out: &mut dyn Write, a: &AlarmsView) -> std::io::Result<()> {
+    let side = |s: AlarmSide| match s {
+        AlarmSide::Below => "below",
+        AlarmSide::Above => "above",
+    };
+    let number = |v: Option<f64>| v.map_or_else(|| "-".into(), format_value);
+    if a.raised.is_empty() {
+        writeln!(out, "no alarm raised")?;
+    } else {
+        writeln!(
+            out,
+            "{:<24} {:<20} {:<24} {:<6} THRESHOLD",
+            "RAISED ON", "ENTITY", "COUNTER", "SIDE"
+        )?;
+        for r in &a.raised {
+            writeln!(
+                out,
+                "{:<24} {:<20} {:<24} {:<6} {}",
+                r.domain,
+                r.entity,
+                r.counter,
+                side(r.side),
+                format_value(r.threshold)
+            )?;
+        }
+    }
+    writeln!(out)?;
+    if a.rules.is_empty() {
+        return writeln!(out, "no alarm rule");
+    }
+    writeln!(
+        out,
+        "{:<10} {:<24} {:<20} {:<24} {:<10} {:<10} HYSTERESIS",
+        "RULE FROM", "DOMAINS", "ENTITY", "COUNTER", "BELOW", "ABOVE"
+    )?;
+    for v in &a.rules {
+        let r = &v.rule;
+        writeln!(
+            out,
+            "{:<10} {:<24} {:<20} {:<24} {:<10} {:<10} {}",
+            match v.origin {
+                RuleOrigin::HostToml => "host.toml",
+                RuleOrigin::RunTime => "run time",
+            },
+            escape(&r.domain),
+            escape(&r.entity),
+            escape(&r.counter),
+            number(r.alarm_below),
+            number(r.alarm_above),
+            format_value(r.hysteresis)
+        )?;
+    }
+    Ok(())
 }
 
 fn write_processes(out: &mut dyn Write, processes: &[ProcessView]) -> std::io::Result<()> {

@@ -328,3 +328,141 @@ async fn an_alarm_rises_past_its_threshold_once_and_clears_past_the_hysteresis()
     assert!(!metrics.contains("appmon_alarm_raised{"), "{metrics}");
     host.stop().await;
 }
+
+/// `appmonctl --json alarms ARGS`: its exit code and, when it printed one, its document.
+async fn alarms(host: &Host, args: &[&str]) -> (i32, Option<appmon_control::AlarmsDocument>) {
+    use appmon_host_agent::ctl::{EXIT_ALARM_RAISED, EXIT_OK};
+    let mut argv = vec!["--json", "alarms"];
+    argv.extend_from_slice(args);
+    let (code, out, err) = host.ctl(&argv).await;
+    let doc = (code == EXIT_OK || code == EXIT_ALARM_RAISED).then(|| {
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("alarms --json: {e}\n{out}\n{err}"))
+    });
+    (code, doc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarm_rules_set_at_run_time_override_host_toml_and_survive_a_restart() {
+    use appmon_control::{AlarmSide, RuleOrigin};
+    use appmon_host_agent::config::AlarmRuleConfig;
+    use appmon_host_agent::ctl::{EXIT_ALARM_RAISED, EXIT_OK, EXIT_UNKNOWN_DOMAIN, EXIT_USAGE};
+    let lab = Lab::in_process("mon-rules");
+    let mut config = lab.config();
+    let glob = format!("{}-*", lab.prefix);
+    config.mon.alarms = vec![AlarmRuleConfig {
+        domain: glob.clone(),
+        entity: "Demo".into(),
+        counter: "requests".into(),
+        alarm_below: None,
+        alarm_above: Some(50.0),
+        hysteresis: 5.0,
+    }];
+    let host = lab.start_host(config.clone()).await;
+    let (guest, vm) = guest_with_counters(&lab, &host).await;
+    // 42 is under host.toml's 50: nothing raised.
+    let (code, doc) = alarms(&host, &[&vm]).await;
+    let doc = doc.expect("a document");
+    assert_eq!(code, EXIT_OK, "{doc:?}");
+    assert_eq!(doc.alarms.rules.len(), 1);
+    assert_eq!(doc.alarms.rules[0].origin, RuleOrigin::HostToml);
+
+    // Bad rules and names are refused with their exit codes and change nothing.
+    let refused = [
+        (vec!["alarm-set", "Demo", "requests"], EXIT_USAGE),
+        (
+            vec![
+                "alarm-set",
+                "Demo",
+                "requests",
+                "--below",
+                "45",
+                "--above",
+                "46",
+                "--hysteresis",
+                "2",
+            ],
+            EXIT_USAGE,
+        ),
+        (
+            vec!["alarm-remove", "Demo", "requests", "--domain", "nobody*"],
+            EXIT_UNKNOWN_DOMAIN,
+        ),
+        (vec!["alarms", "no-such-domain"], EXIT_UNKNOWN_DOMAIN),
+    ];
+    for (args, want) in refused {
+        let (code, _, err) = host.ctl(&args).await;
+        assert_eq!(code, want, "{args:?}: {err}");
+        assert!(!err.is_empty(), "{args:?} says why");
+    }
+    assert!(!config.state_dir.join("mon/alarm-rules.json").exists());
+
+    // A run-time rule on the same key replaces host.toml's: 42 is over its 40.
+    let (code, out, err) = host
+        .ctl(&[
+            "alarm-set",
+            "Demo",
+            "requests",
+            "--domain",
+            &glob,
+            "--above",
+            "40",
+            "--hysteresis",
+            "1",
+        ])
+        .await;
+    assert_eq!(code, EXIT_OK, "{out}{err}");
+    assert!(
+        guest.send(Frame::event(GuestMsg::CounterValues(CounterValues {
+            generation: 1,
+            unix_ms: 0,
+            values: vec![(1, 42.0)],
+        })))
+    );
+    host.wait_show(&vm, ms(3000), |v| !alarm_events(v).is_empty())
+        .await;
+    let (code, doc) = alarms(&host, &[&vm]).await;
+    let doc = doc.expect("a document").alarms;
+    assert_eq!(code, EXIT_ALARM_RAISED, "{doc:?}");
+    assert_eq!(doc.raised.len(), 1, "{doc:?}");
+    let raised = &doc.raised[0];
+    assert_eq!(
+        (
+            raised.domain.as_str(),
+            raised.counter.as_str(),
+            raised.side,
+            raised.threshold
+        ),
+        (vm.as_str(), "requests", AlarmSide::Above, 40.0)
+    );
+    assert_eq!(doc.rules.len(), 1, "host.toml's rule is replaced: {doc:?}");
+    assert_eq!(doc.rules[0].origin, RuleOrigin::RunTime);
+    let (code, text, _) = host.ctl(&["alarms"]).await;
+    assert_eq!(code, EXIT_ALARM_RAISED);
+    assert!(text.contains("run time") && text.contains(&vm), "{text}");
+    host.stop().await;
+
+    // The rule survives the restart; removing it brings host.toml's back.
+    assert!(config.state_dir.join("mon/alarm-rules.json").exists());
+    let host = lab.start_host(config).await;
+    let (_, doc) = alarms(&host, &[]).await;
+    let rules = doc.expect("a document").alarms.rules;
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(
+        (rules[0].origin, rules[0].rule.alarm_above),
+        (RuleOrigin::RunTime, Some(40.0))
+    );
+    let (code, _, err) = host
+        .ctl(&["alarm-remove", "Demo", "requests", "--domain", &glob])
+        .await;
+    assert_eq!(code, EXIT_OK, "{err}");
+    let (_, doc) = alarms(&host, &[]).await;
+    let rules = doc.expect("a document").alarms.rules;
+    assert_eq!(
+        rules
+            .iter()
+            .map(|r| (r.origin, r.rule.alarm_above))
+            .collect::<Vec<_>>(),
+        [(RuleOrigin::HostToml, Some(50.0))]
+    );
+    host.stop().await;
+}

@@ -16,7 +16,7 @@
 //! them from host.toml. An [`AlarmView`] holds [`AlarmRule`]s (a domain glob, an entity, a counter, a threshold) and
 //! the state of each (domain, entity, counter) a rule matched; [`AlarmView::value`] judges one
 //! value. It does no I/O and reads no clock: the supervisor feeds it every value it stores and
-//! logs and records what it returns. Not wired into the supervisor yet.
+//! logs and records what it returns.
 
 use std::collections::HashMap;
 

@@ -6,7 +6,9 @@
 //! - [`format`]: an answer as a tree of the seed's elements and its XML, JSON and UDL
 //!   renderings; pure.
 //! - [`alarms`]: MON's background alarms as a pure machine (thresholds with hysteresis, the
-//!   alarm view of rules by domain glob); not wired into the supervisor yet.
+//!   alarm view of rules by domain glob).
+//! - [`rules`]: the alarm view's rules: host.toml's and the run-time ones (kept in the state
+//!   directory), merged.
 //! - [`http`]: the HTTP service (axum), a thin shell: auth, parse, ask the supervisor (the one
 //!   owner of the counters) for the tree, render.
 //! - this file: [`answer`], the tree a query asks for, from the VMs' counter stores.
@@ -20,6 +22,7 @@ pub mod alarms;
 pub mod format;
 pub mod http;
 pub mod query;
+pub mod rules;
 
 pub use format::{Element, Value};
 pub use query::{Call, Depth, Format, MonQuery, QueryError, Selector};

@@ -30,6 +30,7 @@
 //! invalidation: a heartbeat only moves a deadline later, so it costs no heap operation; an
 //! entry that no longer matches its VM's deadline is skipped when it comes up.
 
+mod alarm_rules;
 mod clock;
 mod counters;
 mod executor;
@@ -65,8 +66,9 @@ use self::reconcile::SessionPlan;
 use self::vm::{History, SessionHandle, Vm};
 use crate::config::Config;
 use crate::control::{ControlCall, ControlRequest};
-use crate::mon::alarms::{AlarmRule, AlarmView};
+use crate::mon::alarms::AlarmView;
 use crate::mon::http::MonCall;
+use crate::mon::rules::RunTimeRules;
 use crate::persist::{unix_ms_now, VmRecord, Writer};
 use crate::policy::{Action, Input, VmMachine};
 use crate::session::{self, HostCmd, SessionConfig, SessionEvent, SessionMsg, VmId};
@@ -97,23 +99,6 @@ pub struct Inputs {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// The alarm view's rules in `config` (checked when it was read).
-fn alarm_rules(config: &Config) -> Vec<AlarmRule> {
-    config
-        .mon
-        .alarms
-        .iter()
-        .filter_map(|r| {
-            r.threshold().ok().map(|threshold| AlarmRule {
-                domain: r.domain.clone(),
-                entity: r.entity.clone(),
-                counter: r.counter.clone(),
-                threshold,
-            })
-        })
-        .collect()
-}
-
 /// See the module documentation.
 pub struct Supervisor {
     config: Config,
@@ -140,6 +125,8 @@ pub struct Supervisor {
     counts: metrics::HostCounts,
     /// MON's alarm view: the rules of `[[mon.alarm]]` and every counter's alarm state.
     alarms: AlarmView,
+    /// The alarm rules set at run time (`appmonctl alarm-set`), kept in the state directory.
+    run_time_rules: RunTimeRules,
     /// The host's AF_VSOCK listeners for kernel vhost-vsock guests, by port: opened only when
     /// a monitored VM uses kernel vsock.
     vsock_routes: HashMap<u32, (Arc<session::vsock::Routes>, tokio::task::JoinHandle<()>)>,
@@ -165,8 +152,13 @@ impl Supervisor {
     ) -> Self {
         let (session_tx, session_rx) = mpsc::channel(4096);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let (run_time_rules, problems) = RunTimeRules::load(&config.state_dir);
+        for problem in problems {
+            tracing::error!(%problem, "run-time alarm rules: left out");
+        }
         Supervisor {
-            alarms: AlarmView::new(alarm_rules(&config)),
+            alarms: AlarmView::new(alarm_rules::in_force(&config, &run_time_rules)),
+            run_time_rules,
             session_config: Arc::new(SessionConfig::new(&config, host_boot_id)),
             config,
             executor: Executor::new(hv, internal_tx),
@@ -969,6 +961,24 @@ impl Supervisor {
                     None => self.unknown(&domain),
                 }
             }
+            ControlRequest::Alarms { domain } => self.alarms_view(domain),
+            ControlRequest::AlarmSet { rule } => {
+                let what = format!(
+                    "alarm rule set on {:?} {:?} / {:?}",
+                    rule.domain, rule.entity, rule.counter
+                );
+                let set = self.run_time_rules.set(rule);
+                self.rules_changed(set.map(|()| what))
+            }
+            ControlRequest::AlarmRemove {
+                domain,
+                entity,
+                counter,
+            } => {
+                let what = format!("alarm rule removed from {domain:?} {entity:?} / {counter:?}");
+                let removed = self.run_time_rules.remove(&domain, &entity, &counter);
+                self.rules_changed(removed.map(|()| what))
+            }
             ControlRequest::SetSpec { domain: key, spec } => {
                 match self.find(&key).and_then(|id| self.vms.get(&id)) {
                     Some(vm) => {
@@ -1018,7 +1028,8 @@ impl Supervisor {
         }
         let host_boot = self.session_config.hello.boot_id;
         self.session_config = Arc::new(SessionConfig::new(&config, host_boot));
-        self.alarms.set_rules(alarm_rules(&config));
+        self.alarms
+            .set_rules(alarm_rules::in_force(&config, &self.run_time_rules));
         self.config = config;
         let now = self.clock.now();
         let ids: Vec<VmId> = self.vms.keys().copied().collect();
