@@ -419,5 +419,7 @@ impl CounterStore {
     }
 }
 
+pub mod monitors;
+
 #[cfg(test)]
 mod tests;

@@ -33,21 +33,25 @@ use crate::counters::CounterStore;
 pub type Thresholds<'a> = &'a dyn Fn(&str, &str, &str) -> Option<alarms::Threshold>;
 
 /// The answer to `query` at `timestamp` (Unix seconds, the root's attribute) over `vms`
-/// (domain name, its counters), in the order given.
+/// (domain name, its counter stores: the guest's, then the host's own of the guest, such as
+/// the `Application monitors` entity), in the order given.
 pub fn answer<'a>(
     query: &MonQuery,
     timestamp: u64,
-    vms: impl IntoIterator<Item = (&'a str, &'a CounterStore)>,
+    vms: impl IntoIterator<Item = (&'a str, Vec<&'a CounterStore>)>,
     thresholds: Thresholds<'_>,
 ) -> Element {
     let mut root = Element::new("response").attr("timestamp", Value::Number(timestamp as f64));
-    for (domain, store) in vms {
+    for (domain, stores) in vms {
         if !query.apps.matches(domain) {
             continue;
         }
         let mut app = Element::new("appliance").text("name", domain);
         if query.call != Call::Desc(Depth::Appliances) {
-            app.children = entities(query, domain, store, thresholds);
+            for store in stores {
+                app.children
+                    .extend(entities(query, domain, store, thresholds));
+            }
         }
         root.children.push(app);
     }
@@ -173,7 +177,7 @@ mod tests {
         format::xml(&answer(
             &q,
             1194967464,
-            stores.iter().copied(),
+            stores.iter().map(|&(d, s)| (d, vec![s])),
             &|_, _, _| None,
         ))
     }

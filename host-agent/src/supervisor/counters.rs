@@ -15,6 +15,7 @@ use appmon_control::{
 };
 use appmon_wire::{escape, CounterSchema, CounterValues};
 
+use crate::counters::monitors::MonitorCounters;
 use crate::counters::{CounterError, CounterStore, Latest};
 use crate::mon::alarms::{AlarmView, Side, Transition};
 use crate::mon::{self, Element, MonQuery};
@@ -26,10 +27,17 @@ pub(super) const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub(super) struct VmCounters {
     pub store: CounterStore,
+    /// The host's counters of the guest's application monitors (`Application monitors`).
+    pub monitors: MonitorCounters,
     log: RefusalLog,
 }
 
 impl VmCounters {
+    /// The guest's counter store, then the host's of the guest.
+    pub fn stores(&self) -> [&CounterStore; 2] {
+        [&self.store, self.monitors.store()]
+    }
+
     /// A new session of the VM's guest: its values wait for that session's schema.
     pub fn session_started(&mut self) {
         self.store.session_started();
@@ -104,16 +112,19 @@ impl RefusalLog {
 
 /// The answer to `counters DOMAIN [ENTITY]`: an unknown entity is an error naming it.
 pub(super) fn answer(domain: &str, counters: &VmCounters, entity: Option<&str>) -> Response {
-    let store = &counters.store;
     if let Some(wanted) = entity {
-        if !store.entities().contains(&wanted) {
+        let known: Vec<&str> = counters
+            .stores()
+            .into_iter()
+            .flat_map(|s| s.entities())
+            .collect();
+        if !known.contains(&wanted) {
             return Response::Error {
                 kind: ErrorKind::UnknownEntity,
                 message: format!(
                     "{domain} has no counter entity {:?} (its entities: {})",
                     escape(wanted),
-                    store
-                        .entities()
+                    known
                         .iter()
                         .map(|e| format!("{:?}", escape(e)))
                         .collect::<Vec<_>>()
@@ -192,9 +203,9 @@ pub(super) fn mon_answer<'a>(
     vms: impl Iterator<Item = (&'a str, &'a VmCounters)>,
     alarms: &AlarmView,
 ) -> Element {
-    let mut appliances: Vec<(&str, &CounterStore)> = vms
-        .filter(|(_, c)| c.store.has_schema())
-        .map(|(name, c)| (name, &c.store))
+    let mut appliances: Vec<(&str, Vec<&CounterStore>)> = vms
+        .filter(|(_, c)| c.stores().iter().any(|s| s.has_schema()))
+        .map(|(name, c)| (name, c.stores().to_vec()))
         .collect();
     appliances.sort_unstable_by_key(|(name, _)| *name);
     mon::answer(query, unix_secs, appliances, &|d, e, c| {
@@ -206,7 +217,8 @@ pub(super) fn mon_answer<'a>(
 pub(super) fn view(domain: &str, counters: &VmCounters, entity: Option<&str>) -> CountersView {
     let store = &counters.store;
     let mut entities: Vec<EntityView> = Vec::new();
-    for latest in store.latest(entity) {
+    let all = counters.stores().into_iter().flat_map(|s| s.latest(entity));
+    for latest in all {
         let counter = counter_view(&latest);
         match entities.last_mut() {
             Some(last) if last.name == latest.entity => last.counters.push(counter),

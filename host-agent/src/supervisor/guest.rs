@@ -606,15 +606,52 @@ impl Supervisor {
         self.schedule(id, now);
     }
 
-    pub(super) fn guest_monitors(&mut self, id: VmId, monitors: Vec<MonitorStatus>) {
+    pub(super) fn guest_monitors(&mut self, id: VmId, monitors: Vec<MonitorStatus>, now: Duration) {
         if let Some(vm) = self.vms.get_mut(&id) {
+            let unix_ms = self.clock.wall_ms(now);
+            let values = vm.counters.monitors.statuses(&monitors, unix_ms);
             vm.guest.monitors = monitors;
+            self.monitor_counters_changed(id, values, unix_ms, now);
         }
     }
 
     pub(super) fn guest_monitor(&mut self, id: VmId, event: MonitorEvent, now: Duration) {
         let (level, note) = monitor_note(&event);
         self.note_guest(id, now, level, HistoryKind::Monitor(note));
+        if let Some(vm) = self.vms.get_mut(&id) {
+            let unix_ms = self.clock.wall_ms(now);
+            let values = vm.counters.monitors.event(&event, unix_ms);
+            self.monitor_counters_changed(id, values, unix_ms, now);
+        }
+    }
+
+    /// The `Application monitors` counters took `values`: judged by the alarm view as the
+    /// guest's own counters are.
+    fn monitor_counters_changed(
+        &mut self,
+        id: VmId,
+        values: Option<appmon_wire::CounterValues>,
+        unix_ms: u64,
+        now: Duration,
+    ) {
+        let (Some(values), Some(vm)) = (values, self.vms.get_mut(&id)) else {
+            return;
+        };
+        let changed = super::counters::judge(
+            &mut self.alarms,
+            &vm.domain.name,
+            vm.counters.monitors.store(),
+            &values,
+        );
+        for (level, event) in changed {
+            vm.note(
+                self.config.history_len,
+                unix_ms,
+                level,
+                HistoryKind::Alarm(event),
+            );
+            super::vm::flush_after(&mut self.history_flush_at, now);
+        }
     }
 
     /// The guest answered request `request`.

@@ -103,7 +103,12 @@ pub(super) fn exposition(
                 .get_or_create(&vec![("domain", domain.clone())])
                 .inc_by(store.refused_frames());
         }
-        for latest in store.latest(None) {
+        let all = vm
+            .counters
+            .stores()
+            .into_iter()
+            .flat_map(|s| s.latest(None));
+        for latest in all {
             if let Some((_, value)) = latest.value {
                 counters
                     .get_or_create(&vec![

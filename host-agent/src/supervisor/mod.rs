@@ -830,7 +830,7 @@ impl Supervisor {
                 self.guest_session_down(id, now);
             }
             SessionEvent::Process(status) => self.guest_process(id, status, now),
-            SessionEvent::Monitors(monitors) => self.guest_monitors(id, monitors),
+            SessionEvent::Monitors(monitors) => self.guest_monitors(id, monitors, now),
             SessionEvent::Monitor(event) => self.guest_monitor(id, event, now),
             SessionEvent::Reply { id: request, msg } => self.guest_reply(id, request, msg, now),
             SessionEvent::CounterSchema(part) => {
