@@ -1035,6 +1035,27 @@ fn printed_monitors(vm: &TestVm, mark: ConsoleMark) -> Vec<appmon_wire::MonitorS
         .unwrap_or_else(|e| vm.fail(format!("appmon monitors --json: {e}: {json}")))
 }
 
+/// The values of the host's `Application monitors` counters of `vm` (`appmonctl --json
+/// counters VM "Application monitors"`), by counter name; `None` until the entity exists.
+fn monitor_counters(
+    agent: &HostAgent,
+    vm: &TestVm,
+) -> Option<std::collections::BTreeMap<String, f64>> {
+    let out = agent
+        .ctl_ok(&["--json", "counters", vm.name(), "Application monitors"])
+        .ok()?;
+    let doc: appmon_control::CountersDocument = serde_json::from_str(&out)
+        .unwrap_or_else(|e| vm.fail(format!("appmonctl counters --json: {e}: {out}")));
+    Some(
+        doc.counters
+            .entities
+            .iter()
+            .flat_map(|e| &e.counters)
+            .filter_map(|c| c.value.map(|v| (c.name.clone(), v)))
+            .collect(),
+    )
+}
+
 /// The console of the first boot only.
 fn first_boot(text: &str) -> &str {
     match text.match_indices("APPMON-INIT boot_id=").nth(1) {
@@ -1138,6 +1159,33 @@ fn application_monitors_restart_then_need_reset_and_the_host_resets() {
                 && matches!(m.phase, MonitorPhase::GaveUp | MonitorPhase::Healthy)
         })
     });
+    // And as counters of the `Application monitors` entity: six per monitor.
+    let counters = vm.wait_for(NOTICE_TIMEOUT, "hang's failure as a counter", || {
+        monitor_counters(&agent, &vm).filter(|c| {
+            c.get("hang failures").is_some_and(|&v| v >= 1.0)
+                && c.get("hang failure actions").is_some_and(|&v| v >= 1.0)
+        })
+    });
+    for monitor in ["monapp", "hang"] {
+        for counter in [
+            "state",
+            "healthy",
+            "restarts",
+            "restart count",
+            "failures",
+            "failure actions",
+        ] {
+            let name = format!("{monitor} {counter}");
+            assert!(counters.contains_key(&name), "no {name}: {counters:?}");
+        }
+    }
+    assert_eq!(counters.len(), 12, "{counters:?}");
+    assert_eq!(
+        counters.get("monapp restart count"),
+        Some(&2.0),
+        "{counters:?}"
+    );
+    println!("Application monitors after hang gave up: {counters:?}");
     let hang_failed = |r: &MonitorReport| matches!(r, MonitorReport::Failed { reason } if reason.contains("timed out"));
     let notified = |r: &MonitorReport| {
         *r == MonitorReport::ActionTaken {
@@ -1188,6 +1236,14 @@ fn application_monitors_restart_then_need_reset_and_the_host_resets() {
         !s.reset_decisions().is_empty()
     });
     let decision = s.reset_decisions()[0].clone();
+    // The kills were counted as monapp's failures (the third may be cut by the reset).
+    let counters =
+        monitor_counters(&agent, &vm).unwrap_or_else(|| vm.fail("no Application monitors"));
+    assert!(
+        counters.get("monapp failures").is_some_and(|&v| v >= 2.0),
+        "{counters:?}"
+    );
+    println!("Application monitors at the reset: {counters:?}");
     // The host kept the monitor's restarts in its history before the reset.
     for attempt in [1, 2] {
         assert!(
