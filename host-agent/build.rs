@@ -24,12 +24,13 @@ fn main() {
         let path = dir.join(file);
         println!("cargo:rerun-if-changed={}", path.display());
         if !path.is_file() {
-            panic!(
-                "{} is missing: the MON page's chart library (uPlot) is installed from the npm \
+            eprintln!(
+                "error: {} is missing: the MON page's chart library (uPlot) is installed from the npm \
                  registry by `npm ci --ignore-scripts --prefix host-agent/web` (run from the \
                  repository's root; scripts/setup installs npm and runs it)",
                 path.display()
             );
+            std::process::exit(1);
         }
     }
     println!("cargo:rustc-env=APPMON_UPLOT_DIR={}", dir.display());
