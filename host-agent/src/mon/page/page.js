@@ -188,7 +188,10 @@ async function refreshCharts() {
     }
     if (!state.charts.includes(drawn)) return; // the pane changed meanwhile
     drawn.plot.setData(align(answers));
-    drawn.plot.setScale("x", { min: since / 1000, max: now / 1000 });
+    // From the chart's span or its first point, whichever is later, to now: a young series
+    // fills the chart rather than hugging its right edge.
+    const first = Math.min(...answers.filter((a) => a.t.length).map((a) => a.t[0]), now);
+    drawn.plot.setScale("x", { min: Math.max(since, first) / 1000, max: now / 1000 });
     const gone = answers.filter((a) => a.gone);
     drawn.gone.textContent = gone.length
       ? "Gone (no VM has it now): " + gone.map((a) => `${a.domain} / ${a.entity} / ${a.counter}`).join(", ")
