@@ -134,12 +134,28 @@ proc_alive() {
 # proc_gone PID: the opposite of proc_alive (a zombie counts as gone: it no longer runs).
 proc_gone() { ! proc_alive "$1"; }
 
+# web_deps: installs the MON page's npm packages (uPlot, which host-agent/build.rs embeds, and
+# puppeteer-core, which drives Chromium in the page's tests) from host-agent/web/package-lock.json
+# with `npm ci --ignore-scripts`, unless the installed ones are as new as the lock file. Every
+# build of the host agent needs them (scripts/setup installs npm).
+web_deps() {
+  local web="$REPO_ROOT/host-agent/web"
+  if [ -f "$web/node_modules/.package-lock.json" ] && [ ! "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
+    return 0
+  fi
+  command -v npm >/dev/null || die "npm not found: scripts/setup installs it (apt-get install npm)"
+  log "npm ci --ignore-scripts --prefix host-agent/web"
+  npm ci --ignore-scripts --no-audit --no-fund --prefix "$web" >&2 ||
+    die "npm ci --ignore-scripts --prefix host-agent/web failed (is the npm registry reachable?)"
+}
+
 # cargo_executables CARGO-BUILD-ARGS...: builds with `cargo build --locked ARGS` in the repository
 # and prints the path of each executable it produced, one a line (honours CARGO_TARGET_DIR like any
 # cargo build). Fails, naming the command, when the build fails.
 cargo_executables() {
   local json
   command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup)"
+  web_deps
   if ! json=$(cd "$REPO_ROOT" && cargo build --locked "$@" --message-format=json-render-diagnostics); then
     die "building failed (cargo build --locked $*; see the compiler output above)"
   fi

@@ -100,7 +100,8 @@ pub async fn run_notifying(
     let server = tokio::spawn(control::serve(listener, control_tx, shutdown.clone()));
     let (mon_tx, mon_rx) = mpsc::channel(256);
     let mon = mon_listener.map(|listener| {
-        let router = mon::http::router(mon_tx.clone(), &config.mon);
+        let views = mon::page::views::ViewStore::new(config.state_dir.join("views"));
+        let router = mon::http::router(mon_tx.clone(), &config.mon, views);
         tokio::spawn(mon::http::serve(listener, router, shutdown.clone()))
     });
     if let Err(e) = notifier.ready(&format!("control socket {}", socket.display())) {

@@ -3,7 +3,10 @@
 //! serves the hybrid vsock `CONNECT`/`OK` handshake (or none, as a virtio-serial channel),
 //! answers the host's Hello with its own and its state, heartbeats at a set interval, answers
 //! pings, enables when it is told Gray, and records what the host says. A load generator for the
-//! benchmarks ([`farm`]) and a peer whose every move a test controls.
+//! benchmarks ([`farm`]) and a peer whose every move a test controls. [`browser`] drives the
+//! MON page in headless Chromium.
+
+pub mod browser;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

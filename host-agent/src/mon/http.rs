@@ -6,7 +6,9 @@
 //!
 //! `/metrics` is the supervisor's Prometheus exposition, asked for the same way.
 //!
-//! HTTP basic auth guards `/monapi` (not `/metrics`) when a user is configured: the expected header is computed
+//! The MON page (`/mon/`, [`super::page`]) is routed here too, behind the same credentials.
+//!
+//! HTTP basic auth guards `/monapi` and `/mon/` (not `/metrics`) when a user is configured: the expected header is computed
 //! once and compared in constant time; a wrong or missing one is a 401 that does not say which
 //! part was wrong.
 
@@ -33,21 +35,30 @@ pub enum MonCall {
     Query(MonQuery, oneshot::Sender<Element>),
     /// `/metrics`: the exposition text.
     Metrics(oneshot::Sender<String>),
+    /// The MON page's data (`/mon/api/...`, [`super::page`]).
+    Page(super::page::Ask, oneshot::Sender<super::page::Answer>),
 }
 
 /// How long a handler waits for the supervisor.
 const ANSWER_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
-struct Shared {
+pub(super) struct Shared {
     supervisor: mpsc::Sender<MonCall>,
+    /// The MON page's saved views.
+    pub(super) views: super::page::views::ViewStore,
     /// `Basic <base64(user:password)>` when auth is on.
     expected: Option<Vec<u8>>,
     realm: String,
 }
 
-/// The service's routes, answering through `supervisor`.
-pub fn router(supervisor: mpsc::Sender<MonCall>, config: &MonConfig) -> Router {
+/// The service's routes, answering through `supervisor`; the MON page keeps its views in
+/// `views`.
+pub fn router(
+    supervisor: mpsc::Sender<MonCall>,
+    config: &MonConfig,
+    views: super::page::views::ViewStore,
+) -> Router {
     let expected = match (&config.user, &config.password) {
         (Some(user), Some(password)) => {
             Some(format!("Basic {}", base64(format!("{user}:{password}").as_bytes())).into_bytes())
@@ -56,6 +67,7 @@ pub fn router(supervisor: mpsc::Sender<MonCall>, config: &MonConfig) -> Router {
     };
     let shared = Arc::new(Shared {
         supervisor,
+        views,
         expected,
         realm: config.title.replace(['"', '\\'], "_"),
     });
@@ -64,6 +76,7 @@ pub fn router(supervisor: mpsc::Sender<MonCall>, config: &MonConfig) -> Router {
         .route("/monapi/", get(monapi))
         .route("/monapi/{*rest}", get(monapi))
         .route("/metrics", get(metrics))
+        .merge(super::page::routes::routes())
         .with_state(shared)
 }
 
@@ -92,7 +105,7 @@ pub async fn serve(
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response {
+pub(super) fn text(status: StatusCode, body: String) -> Response {
     let mut r = (status, body).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -102,12 +115,8 @@ fn text(status: StatusCode, body: String) -> Response {
 }
 
 async fn monapi(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
-    if !shared.authorized(&headers) {
-        let mut r = text(StatusCode::UNAUTHORIZED, "authentication required\n".into());
-        if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{}\"", shared.realm)) {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        return r;
+    if let Some(refused) = shared.refused(&headers) {
+        return refused;
     }
     let query = match query::parse(uri.path(), uri.query()) {
         Ok(q) => q,
@@ -149,7 +158,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 /// Sends `call` to the supervisor and waits for its answer on `rx`; a 503 when it does not
 /// come.
-async fn ask<T>(shared: &Shared, call: MonCall, rx: oneshot::Receiver<T>) -> Result<T, Response> {
+pub(super) async fn ask<T>(
+    shared: &Shared,
+    call: MonCall,
+    rx: oneshot::Receiver<T>,
+) -> Result<T, Response> {
     let unavailable = |why: &str| text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
     if shared.supervisor.send(call).await.is_err() {
         return Err(unavailable("the host agent is shutting down"));
@@ -162,6 +175,19 @@ async fn ask<T>(shared: &Shared, call: MonCall, rx: oneshot::Receiver<T>) -> Res
 }
 
 impl Shared {
+    /// The 401 asking for credentials when `headers` lack the right ones; `None` when they are
+    /// right or none are configured.
+    pub(super) fn refused(&self, headers: &HeaderMap) -> Option<Response> {
+        if self.authorized(headers) {
+            return None;
+        }
+        let mut r = text(StatusCode::UNAUTHORIZED, "authentication required\n".into());
+        if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{}\"", self.realm)) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        Some(r)
+    }
+
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(expected) = &self.expected else {
             return true;

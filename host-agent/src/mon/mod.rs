@@ -11,6 +11,8 @@
 //!   directory), merged.
 //! - [`http`]: the HTTP service (axum), a thin shell: auth, parse, ask the supervisor (the one
 //!   owner of the counters) for the tree, render.
+//! - [`page`]: the web page at `/mon/`: the VMs at a glance, saved views of live charts
+//!   (uPlot), the raised alarms.
 //! - this file: [`answer`], the tree a query asks for, from the VMs' counter stores.
 //!
 //! The names: an `appliance` is a domain (its libvirt name), an `entity` a counter group as the
@@ -21,6 +23,7 @@
 pub mod alarms;
 pub mod format;
 pub mod http;
+pub mod page;
 pub mod query;
 pub mod rules;
 

@@ -1013,6 +1013,19 @@ impl Supervisor {
                     now,
                 ));
             }
+            MonCall::Page(ask, reply) => {
+                let now = self.clock.now();
+                let vms = self
+                    .vms
+                    .values()
+                    .map(|vm| (self.view(vm, now, true), &vm.counters.store));
+                let _ = reply.send(crate::mon::page::answer(
+                    &ask,
+                    unix_ms_now(),
+                    vms,
+                    self.alarms.raised(),
+                ));
+            }
         }
     }
 

@@ -12,7 +12,12 @@
 //!
 //!     appmon-rig-demo [--once]
 //!
-//! `--once` runs the scenario once and exits 0 when the status came back to Green, 1 if not.
+//! MON's page (`http://127.0.0.1:8315/mon/#demo`, user `mon`, password `appmon-demo`) shows the
+//! same story: the demo saves a view of the guest's CPU and of a custom counter its feeder
+//! script publishes (`Demo/requests`).
+//!
+//! `--once` runs the scenario once and exits 0 when the status came back to Green and the MON
+//! page answered with the guest's counters, 1 if not.
 //!
 //! This program never opens AF_VSOCK (the machine's own /dev/vsock belongs to its
 //! infrastructure): it reaches the guest through vhost-device-vsock's hybrid-vsock Unix socket.
@@ -25,6 +30,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use appmon_host_agent::mon::page::views::ViewStore;
+use appmon_vm_tests::demo::mon_page;
 use appmon_vm_tests::{
     enable_args, markers, test_host_config, Defaults, HistoryEntry, HostAgent, ResetMethod, Status,
     TestVm, VmConfig, VmView, DEFAULT_BOOT_TIMEOUT,
@@ -120,10 +127,22 @@ fn run(once: bool, stop: Arc<AtomicBool>) -> ExitCode {
     };
     println!("appmon demo: VM and application high availability for KVM/QEMU hosts run by libvirt");
     println!();
-    let vm = TestVm::new(VmConfig::new("demo"));
+    let vm = TestVm::new(
+        VmConfig::new("demo")
+            .guest_file("/etc/ccad.conf", mon_page::CCAD_CONF)
+            .guest_script("/etc/appmon/init.d/feeder", mon_page::FEEDER),
+    );
     vm.rig().require_guest_program("appmon-guest");
     vm.rig().require_guest_program("appmon-demo");
-    let agent = HostAgent::start(&[&vm], test_host_config());
+    let mut config = test_host_config();
+    config.mon.listen = Some(mon_page::ADDR.parse().expect("a socket address"));
+    config.mon.user = Some(mon_page::USER.into());
+    config.mon.password = Some(mon_page::PASSWORD.into());
+    let agent = HostAgent::start(&[&vm], config);
+    let views = ViewStore::new(agent.state_dir().join("views"));
+    if let Err(e) = views.save(&mon_page::view(vm.name())) {
+        eprintln!("appmon-rig-demo: cannot save the MON page's demo view: {e}");
+    }
     println!(
         "  guest       {} (QEMU under libvirt, qemu:///system; software emulation)",
         vm.name()
@@ -149,6 +168,17 @@ fn run(once: bool, stop: Arc<AtomicBool>) -> ExitCode {
         vm.vsock_uds().display().to_string(),
     ];
     enable.extend(enable_args(&policy));
+    println!(
+        "  MON page    http://{}/mon/#{} (user {}, password {}): the VM's status and history, a",
+        mon_page::ADDR,
+        mon_page::VIEW,
+        mon_page::USER,
+        mon_page::PASSWORD
+    );
+    println!(
+        "              view of its CPU and its custom counter Demo/requests, live; point a browser"
+    );
+    println!("              there (from elsewhere: ssh -L 8315:127.0.0.1:8315 this-host)");
     println!("  operator    {}", enable.join(" "));
     println!(
         "              (reset: the guest agent announces itself when the guest is back, and the host"
@@ -167,7 +197,16 @@ fn run(once: bool, stop: Arc<AtomicBool>) -> ExitCode {
         last_printed: None,
     };
     let code: u8 = match demo.scenario() {
-        Ok(()) if once => 0,
+        Ok(()) if once => match mon_page::check(vm.name()) {
+            Ok(seen) => {
+                println!("MON page answered: {seen}");
+                0
+            }
+            Err(why) => {
+                eprintln!("appmon-rig-demo: FAILED: the MON page: {why}");
+                1
+            }
+        },
         Ok(()) => {
             demo.interactive();
             0
