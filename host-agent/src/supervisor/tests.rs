@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use appmon_control::{Decision, GuestEvent, ResetCause};
+use appmon_control::{Decision, GuestEvent, HistoryEntry, ResetCause};
 use appmon_libvirt_backend::{
     LibvirtHypervisor, MonitorSpec, PausedReason, RunningReason, SpecError, Transport,
 };
@@ -145,8 +145,12 @@ async fn a_policy_decision_in_the_history_is_written_out_like_any_other_entry() 
 const UUID: &str = "5f0b6c1e-2d40-4c44-9d3a-000000000001";
 
 fn decisions(history: &History) -> Vec<Decision> {
-    history
-        .iter()
+    decisions_of(history.iter())
+}
+
+fn decisions_of<'a>(entries: impl IntoIterator<Item = &'a HistoryEntry>) -> Vec<Decision> {
+    entries
+        .into_iter()
         .filter_map(|h| h.decision().cloned())
         .collect()
 }
@@ -184,7 +188,8 @@ async fn of_two_owners_of_a_migrating_vm_neither_resets_it() {
     control.feed(id, Input::Tick, t0 + silence);
     assert_eq!(resets(&control.vms[&id].history), 1, "the control resets");
 
-    let (mut source, id, t0) = enabled_guest(dir.path());
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let (mut source, id, t0) = enabled_guest(source_dir.path());
     let vm_ref = source.vms[&id].domain.clone();
     source.on_domain_event(
         vm_ref.clone(),
@@ -208,6 +213,15 @@ async fn of_two_owners_of_a_migrating_vm_neither_resets_it() {
         "{:?}",
         kept.history
     );
+    let left = Decision::Left {
+        why: "migrated away".into(),
+    };
+    assert_eq!(decisions_of(&kept.history).last(), Some(&left));
+    // Written to the state directory at once (dropping the supervisor flushes its writer).
+    drop(source);
+    let file = source_dir.path().join(format!("state/{UUID}.json"));
+    let text = std::fs::read_to_string(&file).expect("the state file");
+    assert!(text.contains("migrated away"), "{text}");
 
     let mut dest = supervisor(dir.path());
     let t0 = dest.clock.now();
