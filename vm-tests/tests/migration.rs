@@ -550,6 +550,16 @@ fn live_migration_moves_monitoring_without_a_reset() {
     hold_no_reset(&agent_b, &vm, 2 * fi, "green on b");
     let to = migrate_and_arrive(&two, &[&agent_a, &agent_b], &vm, &boot);
     assert_eq!(to.label(), "a");
+    // a kept what it knew of the guest when it left, and took it up again on its return.
+    let s = agent_a.status(&vm);
+    let left = Decision::Left {
+        why: "migrated away".into(),
+    };
+    assert!(
+        s.find(|h| h.decision() == Some(&left)).is_some(),
+        "a's history does not say that the guest left:\n{}",
+        s.history_text()
+    );
     hold_no_reset(&agent_a, &vm, 2 * fi, "green on a again");
     assert_eq!(
         vm.boot_ids(),
