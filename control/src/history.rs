@@ -236,6 +236,11 @@ pub enum Decision {
     },
     /// The domain arrived by migration: Gray until the guest enables.
     ArrivedByMigration,
+    /// The domain is no longer here (`why`: migrated away, undefined, vanished); its record,
+    /// this entry included, is kept in the state directory for a return.
+    Left {
+        why: String,
+    },
     /// The guest rebooted by itself; its channel is awaited for `wait_ms`.
     RebootedAwaitingChannel {
         wait_ms: u64,
@@ -333,6 +338,7 @@ impl fmt::Display for Decision {
                 "operator cleared the alarm and {forgotten} reset(s) of the window"
             ),
             Decision::ArrivedByMigration => f.write_str("arrived by migration: Gray until Enable"),
+            Decision::Left { why } => write!(f, "left this host ({why}): no longer monitored here"),
             Decision::RebootedAwaitingChannel { wait_ms } => write!(
                 f,
                 "guest rebooted by itself; waiting {wait_ms} ms for its channel"

@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 
 /// PCI slot of the vhost-user-vsock device on bus pci.0. libvirt fills slots from the bottom.
 pub const VSOCK_PCI_SLOT: u32 = 0x1e;
+/// QEMU's id of the vhost-user-vsock device, so that it can be unplugged (`device_del`) before a
+/// migration and plugged in again after it (MIGRATION.md).
+pub const VSOCK_DEVICE_ID: &str = "vhuvsock0";
+/// QEMU's id of the socket chardev that connects the device to vhost-device-vsock.
+pub const VSOCK_CHARDEV_ID: &str = "chr-vhu-vsock0";
 
 /// What QEMU does when the guest reboots (`<on_reboot>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,18 +148,55 @@ impl DomainSpec {
                 x,
                 "  <qemu:commandline>
     <qemu:arg value='-chardev'/>
-    <qemu:arg value='socket,id=chr-vhu-vsock0,path={sock}'/>
+    <qemu:arg value='socket,id={chardev},path={sock}'/>
     <qemu:arg value='-device'/>
-    <qemu:arg value='vhost-user-vsock-pci,chardev=chr-vhu-vsock0,bus=pci.0,addr={slot:#x}'/>
+    <qemu:arg value='vhost-user-vsock-pci,id={device},chardev={chardev},bus=pci.0,addr={slot:#x}'/>
   </qemu:commandline>
 ",
                 sock = p(sock),
+                chardev = VSOCK_CHARDEV_ID,
+                device = VSOCK_DEVICE_ID,
                 slot = VSOCK_PCI_SLOT,
             );
         }
         x.push_str("</domain>\n");
         x
     }
+}
+
+/// The XML a guest whose vsock device was unplugged migrates with (`virsh migrate --xml`), from
+/// the source's `dumpxml --migratable`: without the `<qemu:commandline>` that adds the device
+/// (the destination QEMU must match the device-less source), and with the hybrid vsock path
+/// `from_uds` of the monitoring metadata replaced by the destination's own `to_uds` (two hosts
+/// on one machine cannot share a path, as for channels in MIGRATION.md).
+pub fn without_vsock_device(xml: &str, from_uds: &str, to_uds: &str) -> Result<String, String> {
+    let start = xml
+        .find("<qemu:commandline>")
+        .ok_or("no <qemu:commandline> in the domain XML")?;
+    let end = xml[start..]
+        .find("</qemu:commandline>")
+        .map(|e| start + e + "</qemu:commandline>".len())
+        .ok_or("no </qemu:commandline> in the domain XML")?;
+    if !xml[start..end].contains("vhost-user-vsock-pci") {
+        return Err("the <qemu:commandline> of the domain XML adds no vhost-user-vsock-pci".into());
+    }
+    let line_start = xml[..start].rfind('\n').map_or(start, |i| i + 1);
+    let line_end = if xml[end..].starts_with('\n') {
+        end + 1
+    } else {
+        end
+    };
+    let stripped = format!("{}{}", &xml[..line_start], &xml[line_end..]);
+    with_vsock_uds(&stripped, from_uds, to_uds)
+}
+
+/// `xml` with the hybrid vsock path `from_uds` (in the monitoring metadata) replaced by `to_uds`.
+pub fn with_vsock_uds(xml: &str, from_uds: &str, to_uds: &str) -> Result<String, String> {
+    let (from, to) = (escape(from_uds), escape(to_uds));
+    if !xml.contains(&from) {
+        return Err(format!("the domain XML does not name {from_uds}"));
+    }
+    Ok(xml.replace(&from, &to))
 }
 
 /// Escapes text for XML element content and single- or double-quoted attributes.
@@ -208,7 +250,9 @@ mod tests {
         let xml = spec().to_xml();
         assert!(xml.contains("<on_reboot>destroy</on_reboot>"));
         assert!(xml.contains("path=/rig/run/t/12-0/vhu.sock'"));
-        assert!(xml.contains("bus=pci.0,addr=0x1e'"));
+        assert!(xml.contains(
+            "vhost-user-vsock-pci,id=vhuvsock0,chardev=chr-vhu-vsock0,bus=pci.0,addr=0x1e'"
+        ));
         assert!(xml.contains("<source type='memfd'/>"));
         assert!(!xml.contains("<metadata>"));
     }
@@ -221,6 +265,29 @@ mod tests {
         assert!(!xml.contains("vhost-user-vsock"), "{xml}");
         assert!(!xml.contains("<qemu:commandline>"), "{xml}");
         assert!(xml.ends_with("  </devices>\n</domain>\n"), "{xml}");
+    }
+
+    #[test]
+    fn migration_xml_drops_the_vsock_device_and_takes_the_destinations_path() {
+        let mut s = spec();
+        s.metadata_xml = "<m:x path='/rig/run/t/12-0/vsock.uds'/>".into();
+        let xml = s.to_xml();
+        let out = without_vsock_device(
+            &xml,
+            "/rig/run/t/12-0/vsock.uds",
+            "/rig/run/t/12-1/vsock.uds",
+        )
+        .expect("migration XML");
+        assert!(!out.contains("qemu:commandline"), "{out}");
+        assert!(!out.contains("vhost-user-vsock"), "{out}");
+        assert!(
+            out.contains("<m:x path='/rig/run/t/12-1/vsock.uds'/>"),
+            "{out}"
+        );
+        assert!(out.ends_with("  </devices>\n</domain>\n"), "{out}");
+        assert!(without_vsock_device(&out, "/a", "/b").is_err());
+        let err = without_vsock_device(&xml, "/not/there", "/b").expect_err("unknown path");
+        assert!(err.contains("/not/there"), "{err}");
     }
 
     #[test]

@@ -32,10 +32,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::domain_xml::{
+    with_vsock_uds, without_vsock_device, VSOCK_CHARDEV_ID, VSOCK_DEVICE_ID, VSOCK_PCI_SLOT,
+};
 use crate::rig::Rig;
 use crate::sweep::{pid_alive, remove_domain_on, running_for};
 use crate::virsh::{list_all_domains_on, virsh_on, virsh_on_timeout, VirshError};
-use crate::vm::{next_instance, sweep_once, TestVm};
+use crate::vm::{next_instance, sweep_once, TestVm, VsockBackend};
 use crate::wait::wait_until;
 
 /// The two hosts' names and directories in a [`TwoHosts`] directory.
@@ -59,6 +62,8 @@ const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(90);
 const DAEMON_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound for one `virsh migrate`: TCG, a 128 MiB guest, about 2 s here.
 pub const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound for the guest to ack the unplug of its vsock device (about 0.2 s here).
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(20);
 /// Ports per host in its migration range.
 const PORTS_PER_HOST: u16 = 32;
 
@@ -328,6 +333,19 @@ pub struct Migration {
     pub wall: Duration,
 }
 
+/// What a [`TwoHosts::migrate_vsock`] took, step by step.
+#[derive(Debug, Clone, Copy)]
+pub struct VsockMigration {
+    /// `device_del` until QEMU no longer blocks the migration (the guest acked the eject).
+    pub unplug: Duration,
+    /// `virsh migrate`.
+    pub migration: Migration,
+    /// `chardev-add` and `device_add` on the destination.
+    pub replug: Duration,
+    /// When the device was plugged in again on the destination.
+    pub replugged_at: Instant,
+}
+
 /// Two libvirt daemons, "hosts" `a` and `b`. See the module documentation.
 #[derive(Debug)]
 pub struct TwoHosts {
@@ -448,6 +466,110 @@ impl TwoHosts {
         let wall = t0.elapsed();
         vm.set_uri(to.uri());
         Ok(Migration { wall })
+    }
+
+    /// Migrates a guest with a vsock device to the other host, the workaround of MIGRATION.md
+    /// (QEMU 7.2 cannot migrate vhost-user-vsock): `device_del` of the device on the source, a
+    /// wait until QEMU no longer blocks the migration, `virsh migrate` with a live XML without
+    /// the device and a persistent XML with it on `dest`'s vhost-user socket (both with the
+    /// hybrid vsock path of the monitoring metadata moved to `dest`'s), then `chardev-add` and
+    /// `device_add` on the destination, connected to `dest`. Open vsock connections are reset,
+    /// as kernel vhost-vsock resets them on a migration. `from` is the backend the guest uses
+    /// now (its hybrid path is the one in the metadata). Fails the test on any error.
+    pub fn migrate_vsock(
+        &self,
+        vm: &TestVm,
+        from: (&Path, &Path),
+        dest: &VsockBackend,
+    ) -> VsockMigration {
+        let (from_uds, from_vhu) = from;
+        let source = self
+            .host_of(&vm.uri())
+            .unwrap_or_else(|| vm.fail(format!("{} is on none of the two hosts", vm.uri())));
+        let qmp = |host: &LibvirtHost, cmd: String| {
+            host.virsh(&["qemu-monitor-command", vm.name(), &cmd])
+                .unwrap_or_else(|e| vm.fail(format!("host {}: QMP {cmd}: {e}", host.label())))
+        };
+        let t0 = Instant::now();
+        qmp(
+            source,
+            format!(r#"{{"execute":"device_del","arguments":{{"id":"{VSOCK_DEVICE_ID}"}}}}"#),
+        );
+        vm.wait_until(
+            UNPLUG_TIMEOUT,
+            "QEMU to stop blocking the migration (the guest acking the unplug)",
+            || {
+                source
+                    .virsh(&[
+                        "qemu-monitor-command",
+                        vm.name(),
+                        r#"{"execute":"query-migrate"}"#,
+                    ])
+                    .is_ok_and(|out| !out.contains("blocked-reasons"))
+            },
+        );
+        qmp(
+            source,
+            format!(r#"{{"execute":"chardev-remove","arguments":{{"id":"{VSOCK_CHARDEV_ID}"}}}}"#),
+        );
+        let unplug = t0.elapsed();
+        let text = |p: &Path| p.to_string_lossy().into_owned();
+        let (from_uds, from_vhu) = (text(from_uds), text(from_vhu));
+        let (to_uds, to_vhu) = (text(&dest.vsock_uds()), text(&dest.vhost_user_socket()));
+        let dump = |args: &[&str]| {
+            source
+                .virsh(args)
+                .unwrap_or_else(|e| vm.fail(format!("host {}: dumpxml: {e}", source.label())))
+        };
+        let live = without_vsock_device(
+            &dump(&["dumpxml", "--migratable", vm.name()]),
+            &from_uds,
+            &to_uds,
+        )
+        .unwrap_or_else(|e| vm.fail(format!("the live XML to migrate with: {e}")));
+        let persistent = with_vsock_uds(
+            &dump(&["dumpxml", "--migratable", "--inactive", vm.name()]),
+            &from_uds,
+            &to_uds,
+        )
+        .and_then(|x| with_vsock_uds(&x, &from_vhu, &to_vhu))
+        .unwrap_or_else(|e| vm.fail(format!("the persistent XML to migrate with: {e}")));
+        let live_path = vm.dir().join("migrate-live.xml");
+        let persistent_path = vm.dir().join("migrate-persistent.xml");
+        for (path, xml) in [(&live_path, &live), (&persistent_path, &persistent)] {
+            if let Err(e) = fs::write(path, xml) {
+                vm.fail(format!("cannot write {}: {e}", path.display()));
+            }
+        }
+        let (live_arg, persistent_arg) = (text(&live_path), text(&persistent_path));
+        let migration = self
+            .try_migrate(
+                vm,
+                &["--xml", &live_arg, "--persistent-xml", &persistent_arg],
+            )
+            .unwrap_or_else(|e| vm.fail(format!("migration failed: {e}")));
+        let to = self
+            .host_of(&vm.uri())
+            .unwrap_or_else(|| vm.fail("the guest is on no host after its migration"));
+        let t0 = Instant::now();
+        qmp(
+            to,
+            format!(
+                r#"{{"execute":"chardev-add","arguments":{{"id":"{VSOCK_CHARDEV_ID}","backend":{{"type":"socket","data":{{"addr":{{"type":"unix","data":{{"path":"{to_vhu}"}}}},"server":false}}}}}}}}"#
+            ),
+        );
+        qmp(
+            to,
+            format!(
+                r#"{{"execute":"device_add","arguments":{{"driver":"vhost-user-vsock-pci","id":"{VSOCK_DEVICE_ID}","chardev":"{VSOCK_CHARDEV_ID}","bus":"pci.0","addr":"{VSOCK_PCI_SLOT:#x}"}}}}"#
+            ),
+        );
+        VsockMigration {
+            unplug,
+            migration,
+            replug: t0.elapsed(),
+            replugged_at: Instant::now(),
+        }
     }
 
     /// [`TwoHosts::try_migrate`]; fails the test with the guest's diagnostics.

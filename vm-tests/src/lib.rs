@@ -54,12 +54,12 @@ pub use host_agent::{
     enable_args, policy_matches, test_host_config, test_policy, unix_ms_now, Config, CtlError,
     Defaults, HistoryEntry, HostAgent, HostBins, PolicyView, ResetMethod, Status, VmView,
 };
-pub use hosts::{LibvirtHost, Migration, TwoHosts};
+pub use hosts::{LibvirtHost, Migration, TwoHosts, VsockMigration};
 pub use hybrid::{hybrid_connect, hybrid_connect_timeout, HybridConnectError};
 pub use initrd::GuestFile;
 pub use rig::Rig;
 pub use virsh::{DomainState, VirshError};
-pub use vm::{BootTimes, TestVm, VmConfig, BASE_CMDLINE, DEFAULT_BOOT_TIMEOUT};
+pub use vm::{BootTimes, TestVm, VmConfig, VsockBackend, BASE_CMDLINE, DEFAULT_BOOT_TIMEOUT};
 pub use wait::{hold_for, wait_for, wait_until, HoldBroken, WaitTimeout};
 
 /// Prefix of every domain (and nothing else) the harness creates; the sweeper only ever touches

@@ -57,6 +57,9 @@ const LOG_TAIL_LINES: usize = 20;
 /// The host agent's log says most about an HA test's failure.
 const ATTACHED_LOG_TAIL_LINES: usize = 40;
 
+/// vhost-device-vsock's log in a test directory.
+const BACKEND_LOG: &str = "vhost-device-vsock.log";
+
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 static SWEEP: Once = Once::new();
 
@@ -648,7 +651,7 @@ impl TestVm {
     // --- setup and teardown ---------------------------------------------------------------------
 
     fn backend_log_path(&self) -> PathBuf {
-        self.dir.join("vhost-device-vsock.log")
+        self.dir.join(BACKEND_LOG)
     }
 
     fn prepare_dir(&mut self) {
@@ -680,65 +683,8 @@ impl TestVm {
     }
 
     fn start_backend(&mut self) {
-        let log = File::create(self.backend_log_path()).unwrap_or_else(|e| {
-            self.fail(format!(
-                "cannot create {}: {e}",
-                self.backend_log_path().display()
-            ))
-        });
-        let log2 = log
-            .try_clone()
-            .unwrap_or_else(|e| self.fail(format!("cannot duplicate the backend log handle: {e}")));
-        let vhu = self.vhost_user_socket();
-        let uds = self.vsock_uds();
-        let child = Command::new(&self.rig.vhost_device_vsock)
-            .arg("--guest-cid")
-            .arg(GUEST_CID.to_string())
-            .arg("--socket")
-            .arg(&vhu)
-            .arg("--uds-path")
-            .arg(&uds)
-            .env(
-                "RUST_LOG",
-                std::env::var("APPMON_VDV_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .unwrap_or_else(|e| {
-                self.fail(format!(
-                    "cannot start {}: {e}",
-                    self.rig.vhost_device_vsock.display()
-                ))
-            });
-        let pid = child.id();
-        self.backend = Some(child);
-        // Recorded so a later sweep can stop it if this process dies without unwinding.
-        if let Err(e) = fs::write(self.dir.join(BACKEND_PID_FILE), format!("{pid}\n")) {
-            self.fail(format!(
-                "cannot record the backend pid in {}: {e}",
-                self.dir.display()
-            ));
-        }
-        let started = wait_for(
-            BACKEND_READY_TIMEOUT,
-            "vhost-device-vsock to create its socket",
-            || {
-                if vhu.exists() {
-                    return Some(Ok(()));
-                }
-                match self.backend.as_mut().map(Child::try_wait) {
-                    Some(Ok(Some(status))) => {
-                        Some(Err(format!("vhost-device-vsock exited: {status}")))
-                    }
-                    _ => None,
-                }
-            },
-        );
-        match started {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.fail(e),
+        match spawn_backend(&self.rig, &self.dir) {
+            Ok(child) => self.backend = Some(child),
             Err(e) => self.fail(e),
         }
     }
@@ -861,6 +807,139 @@ impl Drop for TestVm {
                     self.name,
                     self.dir.display()
                 );
+            }
+        }
+    }
+}
+
+/// Starts vhost-device-vsock for a guest with its sockets, log and pid file in `dir`
+/// ([`VHOST_USER_SOCKET`], [`VSOCK_UDS`], [`BACKEND_PID_FILE`]: what the sweep looks for) and
+/// waits for its vhost-user socket. On an error the process is killed and reaped.
+fn spawn_backend(rig: &Rig, dir: &Path) -> Result<Child, String> {
+    let log_path = dir.join(BACKEND_LOG);
+    let log = File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate the backend log handle: {e}"))?;
+    let vhu = dir.join(VHOST_USER_SOCKET);
+    let mut child = Command::new(&rig.vhost_device_vsock)
+        .arg("--guest-cid")
+        .arg(GUEST_CID.to_string())
+        .arg("--socket")
+        .arg(&vhu)
+        .arg("--uds-path")
+        .arg(dir.join(VSOCK_UDS))
+        .env(
+            "RUST_LOG",
+            std::env::var("APPMON_VDV_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", rig.vhost_device_vsock.display()))?;
+    // Recorded so a later sweep can stop it if this process dies without unwinding.
+    let started = fs::write(dir.join(BACKEND_PID_FILE), format!("{}\n", child.id()))
+        .map_err(|e| format!("cannot record the backend pid in {}: {e}", dir.display()))
+        .and_then(|()| {
+            let waited = wait_for(
+                BACKEND_READY_TIMEOUT,
+                "vhost-device-vsock to create its socket",
+                || {
+                    if vhu.exists() {
+                        return Some(Ok(()));
+                    }
+                    match child.try_wait() {
+                        Ok(Some(status)) => {
+                            Some(Err(format!("vhost-device-vsock exited: {status}")))
+                        }
+                        _ => None,
+                    }
+                },
+            );
+            match waited {
+                Ok(r) => r,
+                Err(e) => Err(e.to_string()),
+            }
+        });
+    match started {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+/// A second vhost-device-vsock for a guest, in a test directory of its own: the destination
+/// host's backend when a guest with vsock migrates ([`crate::TwoHosts::migrate_vsock`]).
+/// Dropping it kills and reaps the process and removes the directory; a killed test process's
+/// backend is stopped by the next sweep, as a [`TestVm`]'s is.
+#[derive(Debug)]
+pub struct VsockBackend {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl VsockBackend {
+    /// Starts one in a fresh test directory; panics with what went wrong.
+    pub fn start(rig: &Rig) -> VsockBackend {
+        sweep_once(rig);
+        let dir = rig
+            .tests_dir()
+            .join(format!("{}-{}", std::process::id(), next_instance()));
+        if let Err(e) = fs::create_dir_all(&dir) {
+            panic!("cannot create {}: {e}", dir.display());
+        }
+        let mut backend = VsockBackend { dir, child: None };
+        match spawn_backend(rig, &backend.dir) {
+            Ok(child) => backend.child = Some(child),
+            Err(e) => panic!("{e}"),
+        }
+        backend
+    }
+
+    /// Its `--uds-path` (see [`TestVm::vsock_uds`]).
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.dir.join(VSOCK_UDS)
+    }
+
+    /// Its vhost-user `--socket`, which QEMU connects to.
+    pub fn vhost_user_socket(&self) -> PathBuf {
+        self.dir.join(VHOST_USER_SOCKET)
+    }
+
+    /// Its log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(BACKEND_LOG)
+    }
+}
+
+impl Drop for VsockBackend {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id();
+            if let Err(e) = child.kill() {
+                eprintln!("cleanup: cannot kill vhost-device-vsock pid {pid}: {e}");
+            }
+            if let Err(e) = child.wait() {
+                eprintln!("cleanup: cannot reap vhost-device-vsock pid {pid}: {e}");
+                return;
+            }
+        }
+        if thread::panicking() {
+            let dest = Rig::from_env()
+                .kept_logs_dir()
+                .join(self.dir.file_name().unwrap_or_default());
+            if fs::create_dir_all(&dest).is_ok() {
+                let _ = fs::copy(self.log_path(), dest.join(BACKEND_LOG));
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                eprintln!("cleanup: cannot remove {}: {e}", self.dir.display());
             }
         }
     }

@@ -1,9 +1,9 @@
 //! Monitoring over the virtio-serial channel, and across what moves or stops a guest without
 //! booting it: live migration between two real libvirt daemons (hosts `a` and `b` of
 //! [`TwoHosts`], each with its own real `appmon-host`), an aborted migration, suspend/resume and
-//! save/restore (issue 17, cases 0-4).
+//! save/restore (issue 17, cases 0-4), and a guest on vsock across a migration (case 5).
 //!
-//! The guests have no vsock device (QEMU 7.2 refuses to migrate or save vhost-user-vsock,
+//! The guests of cases 0-4 have no vsock device (QEMU 7.2 refuses to migrate or save vhost-user-vsock,
 //! MIGRATION.md): the guest agent serves the host on the virtio-serial channel
 //! `org.appmon.agent.0`, which the host agent finds in the live domain XML (`appmonctl enable
 //! --channel-name`), and the test steers the application through a second channel,
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use appmon_control::{Decision, DomainEvent, ResetCause, RunningReason};
 use appmon_vm_tests::{
     policy_matches, test_host_config, test_policy, unix_ms_now, ConsoleMark, Defaults, DomainState,
-    HistoryEntry, HostAgent, LibvirtHost, Status, TestVm, TwoHosts, VmConfig, VmView,
+    HistoryEntry, HostAgent, LibvirtHost, Status, TestVm, TwoHosts, VmConfig, VmView, VsockBackend,
     DEFAULT_BOOT_TIMEOUT,
 };
 
@@ -384,33 +384,36 @@ fn job_times(host: &LibvirtHost, vm: &TestVm) -> (Option<u64>, Option<u64>) {
     (field("Time elapsed:"), field("Total downtime:"))
 }
 
-/// Migrates the guest to the other host and checks the arrival: the destination's host agent
-/// took it up Gray (`arrived by migration`) and it is Green there with the same boot; the
-/// source's host agent dropped it without a reset. Returns the destination.
-fn migrate_and_arrive<'a>(
-    two: &'a TwoHosts,
-    agents: &[&HostAgent; 2],
-    vm: &TestVm,
-    boot: &str,
-) -> &'a LibvirtHost {
-    let from = two
-        .host_of(&vm.uri())
-        .unwrap_or_else(|| vm.fail("on no host"));
-    let to = two.other(from);
-    let (src, dst) = if from.label() == "a" {
+/// The source and destination host agents of a guest on `from` (agents of a and b, in order).
+fn agents_of<'h>(
+    from: &LibvirtHost,
+    agents: &[&'h HostAgent; 2],
+) -> (&'h HostAgent, &'h HostAgent) {
+    if from.label() == "a" {
         (agents[0], agents[1])
     } else {
         (agents[1], agents[0])
-    };
-    let m = two.migrate(vm);
+    }
+}
+
+/// When the destination's host agent saw the guest arrive and when the application was enabled
+/// again there (unix ms, its history's times).
+struct Arrival {
+    resumed_ms: u64,
+    enabled_ms: u64,
+}
+
+/// Checks an arrival: the destination's host agent `dst` took the guest up Gray (`arrived by
+/// migration`), it is Green there with the same boot and was enabled again after the arrival,
+/// with no reset; the source's host agent `src` dropped it without a reset.
+fn assert_arrived(src: &HostAgent, dst: &HostAgent, to: &str, vm: &TestVm, boot: &str) -> Arrival {
     let s = green_with_boot(dst, vm, boot, NOTICE_TIMEOUT);
-    let arrived = s
+    let resumed_ms = s
         .find(|h| h.libvirt() == Some(DomainEvent::Resumed(RunningReason::Migrated)))
         .map(|h| h.unix_ms)
         .unwrap_or_else(|| {
             vm.fail(format!(
-                "no Resumed(Migrated) on {}:\n{}",
-                to.label(),
+                "no Resumed(Migrated) on {to}:\n{}",
                 s.history_text()
             ))
         });
@@ -422,7 +425,7 @@ fn migrate_and_arrive<'a>(
                 s.history_text()
             ))
         });
-    let enabled = s
+    let enabled_ms = s
         .history
         .iter()
         .find(|h| h.unix_ms >= gray.unix_ms && h.decision() == Some(&Decision::ApplicationEnabled))
@@ -434,16 +437,6 @@ fn migrate_and_arrive<'a>(
             ))
         });
     assert!(s.reset_decisions().is_empty(), "{}", s.history_text());
-    let (elapsed, downtime) = job_times(to, vm);
-    println!(
-        "migration {} -> {}: virsh migrate {} ms, QEMU job {:?} ms, downtime {:?} ms; gray -> green (enabled again) {} ms after Resumed(Migrated)",
-        from.label(),
-        to.label(),
-        m.wall.as_millis(),
-        elapsed,
-        downtime,
-        enabled.saturating_sub(arrived)
-    );
     // The source let go of it (`appmonctl show` exits 4: unknown domain), without a reset.
     vm.wait_until(NOTICE_TIMEOUT, "the source's host agent to drop it", || {
         src.try_show(vm.name()).is_err_and(|e| e.code() == Some(4))
@@ -452,6 +445,37 @@ fn migrate_and_arrive<'a>(
         !src.log().contains("resetting"),
         "the source's host agent logged a reset:\n{}",
         src.log()
+    );
+    Arrival {
+        resumed_ms,
+        enabled_ms,
+    }
+}
+
+/// Migrates the guest to the other host and checks the arrival ([`assert_arrived`]). Returns
+/// the destination.
+fn migrate_and_arrive<'a>(
+    two: &'a TwoHosts,
+    agents: &[&HostAgent; 2],
+    vm: &TestVm,
+    boot: &str,
+) -> &'a LibvirtHost {
+    let from = two
+        .host_of(&vm.uri())
+        .unwrap_or_else(|| vm.fail("on no host"));
+    let to = two.other(from);
+    let (src, dst) = agents_of(from, agents);
+    let m = two.migrate(vm);
+    let arrival = assert_arrived(src, dst, to.label(), vm, boot);
+    let (elapsed, downtime) = job_times(to, vm);
+    println!(
+        "migration {} -> {}: virsh migrate {} ms, QEMU job {:?} ms, downtime {:?} ms; gray -> green (enabled again) {} ms after Resumed(Migrated)",
+        from.label(),
+        to.label(),
+        m.wall.as_millis(),
+        elapsed,
+        downtime,
+        arrival.enabled_ms.saturating_sub(arrival.resumed_ms)
     );
     to
 }
@@ -526,6 +550,16 @@ fn live_migration_moves_monitoring_without_a_reset() {
     hold_no_reset(&agent_b, &vm, 2 * fi, "green on b");
     let to = migrate_and_arrive(&two, &[&agent_a, &agent_b], &vm, &boot);
     assert_eq!(to.label(), "a");
+    // a kept what it knew of the guest when it left, and took it up again on its return.
+    let s = agent_a.status(&vm);
+    let left = Decision::Left {
+        why: "migrated away".into(),
+    };
+    assert!(
+        s.find(|h| h.decision() == Some(&left)).is_some(),
+        "a's history does not say that the guest left:\n{}",
+        s.history_text()
+    );
     hold_no_reset(&agent_a, &vm, 2 * fi, "green on a again");
     assert_eq!(
         vm.boot_ids(),
@@ -561,6 +595,96 @@ fn live_migration_moves_monitoring_without_a_reset() {
         "host a reset a guest that had left:\n{}",
         agent_a.log()
     );
+}
+
+// --- 5: vsock across a migration ----------------------------------------------------------------
+
+/// Case 5: a guest whose agent talks to the host over vsock migrates a -> b with the workaround
+/// of MIGRATION.md (its vsock device unplugged on a, plugged in again on b against b's own
+/// vhost-device-vsock), which resets its vsock connection as kernel vhost-vsock does on a
+/// migration. The guest agent announces itself to b's host agent (the guest speaks first), b
+/// took the guest up Gray on its arrival and it is Green again with the same boot, with no reset
+/// on either side and the application's heartbeat loop never interrupted.
+#[test]
+fn vsock_guest_announces_itself_to_the_destination_after_migration() {
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(6),
+        min_uptime: Duration::from_secs(10),
+        ..test_policy()
+    };
+    let fi = policy.failure_interval;
+    let two = TwoHosts::start();
+    let config = VmConfig::new("vsockmig")
+        .guest_script("/etc/appmon/init.d/beat", BEAT_SCRIPT)
+        .cmdline_arg("appmon.skip=appmon-demo,vsock-echo");
+    let vm = TestVm::new_on(config, two.a().uri());
+    vm.rig().require_guest_program("appmon-guest");
+    two.attach_logs(&vm);
+    let dest_backend = VsockBackend::start(vm.rig());
+    vm.attach_log("vhost-device-vsock-b", &dest_backend.log_path());
+    let agent_a = HostAgent::start_on(two.a(), &[&vm], test_host_config());
+    let agent_b = HostAgent::start_on(two.b(), &[&vm], test_host_config());
+    agent_a.enable(&vm, &policy);
+    agent_a.wait_for_status(&vm, NOTICE_TIMEOUT, "the policy of appmonctl enable", |s| {
+        s.monitored
+            && s.policy
+                .as_ref()
+                .is_some_and(|p| policy_matches(&policy, p))
+    });
+    let mark = vm.console_mark();
+    vm.start_measured(DEFAULT_BOOT_TIMEOUT);
+    let boot = current_boot_id(&vm);
+    green_with_boot(&agent_a, &vm, &boot, GREEN_TIMEOUT);
+    hold_no_reset(
+        &agent_a,
+        &vm,
+        policy.min_uptime,
+        "green through the minimum uptime",
+    );
+
+    let source_uds = vm.vsock_uds();
+    let m = two.migrate_vsock(&vm, (&source_uds, &vm.vhost_user_socket()), &dest_backend);
+    let replugged_ms = unix_ms_now().saturating_sub(ms(m.replugged_at.elapsed()));
+    assert_eq!(vm.uri(), two.b().uri());
+    let arrival = assert_arrived(&agent_a, &agent_b, "b", &vm, &boot);
+    let s = agent_b.status(&vm);
+    let dest_uds = dest_backend.vsock_uds().to_string_lossy().into_owned();
+    assert!(
+        s.transport
+            .as_deref()
+            .is_some_and(|t| t.contains(&dest_uds)),
+        "b's transport is not its own backend's {dest_uds}: {:?}",
+        s.transport
+    );
+    println!(
+        "vsock migration a -> b: unplug {} ms, virsh migrate {} ms, replug {} ms; gray -> green (enabled again) {} ms after Resumed(Migrated), {} ms after the replug",
+        m.unplug.as_millis(),
+        m.migration.wall.as_millis(),
+        m.replug.as_millis(),
+        arrival.enabled_ms.saturating_sub(arrival.resumed_ms),
+        arrival.enabled_ms.saturating_sub(replugged_ms)
+    );
+    hold_no_reset(&agent_b, &vm, 2 * fi, "green on b");
+    green_with_boot(&agent_b, &vm, &boot, NOTICE_TIMEOUT);
+    assert_eq!(
+        vm.boot_ids(),
+        std::slice::from_ref(&boot),
+        "no boot since the first"
+    );
+    let beats = beats_since(&vm, mark);
+    let longest = assert_uninterrupted(&vm, &beats);
+    println!(
+        "{} heartbeats of one uninterrupted loop through the vsock migration; longest pause {} ms",
+        beats.len(),
+        longest.as_millis()
+    );
+    for agent in [&agent_a, &agent_b] {
+        assert!(
+            !agent.log().contains("resetting"),
+            "a host agent logged a reset:\n{}",
+            agent.log()
+        );
+    }
 }
 
 /// The two-host harness itself: two daemons with their own host UUIDs, no domains of the rig's

@@ -639,12 +639,19 @@ impl Supervisor {
     }
 
     fn remove(&mut self, id: VmId, why: &str) {
+        let now = self.clock.now();
+        let left = HistoryKind::Decision(Decision::Left { why: why.into() });
+        self.note(id, now, Level::Info, left);
         if let Some(vm) = self.vms.remove(&id) {
             tracing::info!(domain = %vm.domain.name, "{why}: no longer monitored here");
             self.by_uuid.remove(&vm.domain.uuid);
-            // Keep its reset history for a later return (a migration back).
-            self.persisted
-                .insert(vm.domain.uuid.clone(), vm.record(&self.clock));
+            // Keep its reset history for a later return (a migration back). A monitored VM's
+            // record is written now: no later flush covers a VM that is gone.
+            let record = vm.record(&self.clock);
+            if matches!(vm.spec, Ok(Some(_))) {
+                self.writer.save(record.clone());
+            }
+            self.persisted.insert(vm.domain.uuid.clone(), record);
         }
     }
 
@@ -795,8 +802,10 @@ impl Supervisor {
                 vm.last_heartbeat = Some(at);
                 self.feed_at(id, Input::Heartbeat, at, now);
             }
+            SessionEvent::Unreachable { error } => self.unreachable(id, now, error),
             SessionEvent::Hello { boot_id, agent } => {
                 vm.connected = true;
+                vm.unreachable = None;
                 vm.guest.hello(boot_id);
                 vm.agent = Some(agent.clone());
                 vm.counters.session_started();

@@ -354,3 +354,41 @@ async fn a_frame_past_the_size_limit_ends_the_session_as_a_bad_frame() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A channel whose socket is not there (yet): the session retries, and tells the supervisor
+/// once, [`UNREACHABLE_REPORT_AFTER`] into the episode, that it cannot reach the guest agent and
+/// why; nothing more while it keeps failing.
+#[tokio::test(start_paused = true)]
+async fn a_channel_that_is_not_there_is_reported_unreachable_once_after_three_seconds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("not-yet.sock");
+    let (tx, mut rx) = mpsc::channel(8);
+    let (_cmd_tx, cmd_rx) = mpsc::channel(8);
+    let t0 = Instant::now();
+    let task = tokio::spawn(run(
+        7,
+        1,
+        "vm".into(),
+        Endpoint::Channel { path: path.clone() },
+        Arc::new(config()),
+        tx,
+        cmd_rx,
+    ));
+    let msg = rx.recv().await.expect("a report");
+    let after = t0.elapsed();
+    assert_eq!((msg.vm, msg.task), (7, 1));
+    match &msg.event {
+        SessionEvent::Unreachable { error } => {
+            assert!(error.contains("not-yet.sock"), "{error}");
+            assert!(error.contains("retrying"), "{error}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    assert!(
+        after >= UNREACHABLE_REPORT_AFTER && after < UNREACHABLE_REPORT_AFTER + ms(3000),
+        "reported after {after:?}"
+    );
+    let more = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
+    assert!(more.is_err(), "reported again: {more:?}");
+    task.abort();
+}
