@@ -66,6 +66,23 @@ fn history_entries_carry_their_kind_typed_and_in_words() {
 }
 
 #[test]
+fn a_vm_that_left_says_why_in_json_and_in_words() {
+    let entry = HistoryEntry::new(
+        9,
+        Level::Info,
+        HistoryKind::Decision(Decision::Left {
+            why: "migrated away".into(),
+        }),
+    );
+    assert_eq!(
+        json(&entry),
+        r#"{"unix_ms":9,"level":"info","kind":{"decision":{"left":{"why":"migrated away"}}},"text":"left this host (migrated away): no longer monitored here"}"#
+    );
+    let back: HistoryEntry = serde_json::from_str(&json(&entry)).expect("parses");
+    assert_eq!(back, entry);
+}
+
+#[test]
 fn libvirt_and_guest_entries_read_as_before() {
     let boot = HistoryEntry::new(
         1,
