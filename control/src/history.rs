@@ -454,6 +454,42 @@ pub enum GuestEvent {
     SessionEnded { reason: SessionEnd },
     /// The guest agent cannot be reached by the VM's transport (recorded once per cause).
     Unreachable { error: String },
+    /// Connecting to the guest agent failed for a reason other than the last one recorded
+    /// (repeats of a reason are counted in `appmonctl show`, not recorded). `held_back`:
+    /// changes of reason since the previous entry that were not recorded, because the VM's
+    /// reason changed more often than the host agent records.
+    ConnectFailed {
+        reason: ConnectFailure,
+        held_back: u64,
+    },
+}
+
+/// Why a connection to the guest agent did not become a session. Every text in it that came
+/// from the guest was escaped by the host agent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectFailure {
+    /// Dialing the guest agent failed: the transport refused the connection, timed out, or
+    /// its handshake (hybrid vsock's `CONNECT`) was answered wrongly or not at all.
+    Dial { error: String },
+    /// A connection the guest opened was closed before it said Hello (nothing, garbage,
+    /// another message first, closed early).
+    NoAnnouncement { why: String },
+    /// The guest's announcement was refused (no common protocol version, a boot older than the
+    /// current session's).
+    Refused { why: String },
+}
+
+impl fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectFailure::Dial { error } => write!(f, "dialing the guest agent failed: {error}"),
+            ConnectFailure::NoAnnouncement { why } => {
+                write!(f, "a guest connection was not an announcement: {why}")
+            }
+            ConnectFailure::Refused { why } => write!(f, "announcement refused: {why}"),
+        }
+    }
 }
 
 impl fmt::Display for GuestEvent {
@@ -465,6 +501,16 @@ impl fmt::Display for GuestEvent {
             GuestEvent::SessionEnded { reason } => write!(f, "session ended: {reason}"),
             GuestEvent::Unreachable { error } => {
                 write!(f, "cannot reach the guest agent: {error}")
+            }
+            GuestEvent::ConnectFailed { reason, held_back } => {
+                write!(f, "no session: {reason}")?;
+                if *held_back > 0 {
+                    write!(
+                        f,
+                        " ({held_back} earlier changes of reason not recorded: too many)"
+                    )?;
+                }
+                Ok(())
             }
         }
     }

@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use appmon_control::SessionEnd;
+use appmon_control::{ConnectFailure, SessionEnd};
 use appmon_wire::report::error_chain;
 use appmon_wire::{
     format_boot_id, negotiate, Frame, GuestMsg, Hello, HostCodec, HostMsg, WireMessage,
@@ -269,24 +269,33 @@ pub async fn listen(
                 }
             },
             Some(greeted) = candidates.next() => {
+                // Failures go to the supervisor, which logs and records changes of reason.
                 let greeted = match greeted {
                     Ok(greeted) => greeted,
                     Err(why) => {
-                        tracing::warn!(domain, reason = %why, "guest connection closed: not an announcement; the session goes on");
+                        if !deliver(SessionEvent::ConnectFailed(ConnectFailure::NoAnnouncement { why })).await {
+                            return;
+                        }
                         continue;
                     }
                 };
                 if let Err(err) = negotiate(&config.hello, &greeted.hello) {
-                    tracing::warn!(domain, error = %err, "announcement refused: no common protocol version");
+                    let why = format!("no common protocol version: {err}");
                     let mut writer = FramedWrite::new(greeted.writer, HostCodec::with_max_frame(config.limits.max_frame));
                     let _ = timeout(config.limits.write_timeout, writer.send(Frame::event(HostMsg::Error(err)))).await;
+                    if !deliver(SessionEvent::ConnectFailed(ConnectFailure::Refused { why })).await {
+                        return;
+                    }
                     continue;
                 }
                 let boot_id = greeted.hello.boot_id;
                 match admission.hello(boot_id, Instant::now().into_std()) {
                     Verdict::Admit => {}
                     Verdict::OlderBoot => {
-                        tracing::warn!(domain, boot_id = %format_boot_id(&boot_id), "announcement refused: its boot is older than the current session's");
+                        let why = format!("boot {} is older than the current session's", format_boot_id(&boot_id));
+                        if !deliver(SessionEvent::ConnectFailed(ConnectFailure::Refused { why })).await {
+                            return;
+                        }
                         continue;
                     }
                     Verdict::BeingReset => {
@@ -313,9 +322,12 @@ pub async fn listen(
                 // An announcement came first, or the guest is being reset: not needed.
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!(domain, error = %error_chain(&e), "dialing the guest agent failed");
                     admission.dial_again(Instant::now().into_std(), dial_pause);
                     dial_pause = (dial_pause * 2).min(config.reconnect_max.max(DIAL_MIN));
+                    let error = error_chain(&e);
+                    if !deliver(SessionEvent::ConnectFailed(ConnectFailure::Dial { error })).await {
+                        return;
+                    }
                 }
             },
             Some((conn, event)) = conn_rx.recv() => {

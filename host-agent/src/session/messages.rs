@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use appmon_control::SessionEnd;
+use appmon_control::{ConnectFailure, SessionEnd};
 use appmon_wire::{
     CounterSchema, CounterValues, GuestMsg, GuestState, HostMsg, MonitorEvent, MonitorStatus,
     ProcessStatus, RequestId,
@@ -35,6 +35,9 @@ pub enum SessionEvent {
     Closed {
         reason: SessionEnd,
     },
+    /// A connection did not become a session (every such failure: the supervisor decides
+    /// which are worth a log line, `supervisor::trouble`).
+    ConnectFailed(ConnectFailure),
     /// A launched process changed state (the guest's `Process` event).
     Process(ProcessStatus),
     /// The state of every application monitor in the guest.

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use appmon_control::SessionEnd;
+use appmon_control::{ConnectFailure, SessionEnd};
 use appmon_wire::{Frame, GuestMsg, HostCodec};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -172,7 +172,6 @@ pub async fn run(
 ) {
     let min_backoff = Duration::from_millis(50);
     let mut backoff = min_backoff;
-    let mut failures = 0u32;
     let deliver = |event| {
         let tx = to_supervisor.clone();
         async move { tx.send(SessionMsg { vm, task, event }).await.is_ok() }
@@ -193,7 +192,6 @@ pub async fn run(
         let connect_limit = config.hello_timeout.max(Duration::from_secs(1));
         match endpoint.connect(connect_limit).await {
             Ok(io) => {
-                failures = 0;
                 let started = Instant::now();
                 match serve_link(io, link, &config, &domain, &mut cmds, &deliver).await {
                     Served::Stopped => return,
@@ -209,12 +207,11 @@ pub async fn run(
                 }
             }
             Err(e) => {
-                failures += 1;
-                let text = appmon_wire::report::error_chain(&e);
-                if failures == 1 {
-                    tracing::warn!(domain, error = %text, "cannot reach the guest agent; retrying");
-                } else {
-                    tracing::debug!(domain, error = %text, failures, "still cannot reach the guest agent");
+                // The supervisor logs and records changes of reason (`supervisor::trouble`).
+                let error = appmon_wire::report::error_chain(&e);
+                let failed = SessionEvent::ConnectFailed(ConnectFailure::Dial { error });
+                if !deliver(failed).await {
+                    return;
                 }
             }
         }
