@@ -293,19 +293,17 @@ fn a_connect_failure_entry_reads_as_its_reason() {
         3,
         Level::Warn,
         HistoryKind::Guest(GuestEvent::ConnectFailed {
-            reason: ConnectFailure::Dial {
-                error: "bad reply \"NOPE\"".into(),
-            },
+            reason: ConnectFailure::new(ConnectFailureKind::DialBadReply, "bad reply \"NOPE\""),
             held_back: 2,
         }),
     );
     assert_eq!(
         entry.text,
-        "no session: dialing the guest agent failed: bad reply \"NOPE\" (2 earlier changes of reason not recorded: too many)"
+        "no session: the vsock backend answered the dial wrongly: bad reply \"NOPE\" (2 earlier changes of reason not recorded: too many)"
     );
     assert_eq!(
         json(&entry.kind),
-        r#"{"guest":{"connect_failed":{"reason":{"dial":{"error":"bad reply \"NOPE\""}},"held_back":2}}}"#
+        r#"{"guest":{"connect_failed":{"reason":{"kind":"dial_bad_reply","detail":"bad reply \"NOPE\""},"held_back":2}}}"#
     );
     let back: HistoryEntry = serde_json::from_str(&json(&entry)).expect("parses");
     assert_eq!(back, entry);

@@ -339,7 +339,7 @@ fn lines_of(name: &str, what: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_are_one_line_and_one_entry_per_change_of_reason() {
-    use appmon_control::ConnectFailure;
+    use appmon_control::ConnectFailureKind;
     log_lines();
     let lab = Lab::in_process("reasons");
     let path = lab.sock("loop");
@@ -382,19 +382,13 @@ async fn connect_failures_are_one_line_and_one_entry_per_change_of_reason() {
     let entries = connect_failures(&view);
     assert_eq!(entries.len(), 3, "{view}");
     let (first, second) = (&entries[0].0, &entries[1].0);
-    assert!(
-        matches!(first, ConnectFailure::NoAnnouncement { .. }),
-        "{first}"
-    );
+    assert_eq!(first.kind, ConnectFailureKind::NotAFrame, "{first}");
     assert_ne!(first, second);
     assert_eq!(
         &entries[2].0, first,
         "garbage again is the first reason again"
     );
-    assert!(
-        matches!(second, ConnectFailure::NoAnnouncement { why } if why == "closed before its Hello"),
-        "{second}"
-    );
+    assert!(second.kind == ConnectFailureKind::ClosedEarly, "{second}");
     assert!(entries.iter().all(|(_, held_back)| *held_back == 0));
     let failure = view.connect_failure.as_ref().expect("the latest reason");
     assert_eq!(&failure.reason, first);
@@ -405,7 +399,7 @@ async fn connect_failures_are_one_line_and_one_entry_per_change_of_reason() {
     // One log line per change of reason, and no other line about these connections.
     let lines = lines_of(&name, "no session with the guest agent");
     assert_eq!(lines.len(), 3, "{lines:#?}");
-    assert_eq!(lines_of(&name, "announcement").len(), 3);
+    assert_eq!(lines_of(&name, "WARN").len(), 3, "no other warning about them");
 
     let (code, out, _) = host.ctl(&["show", &name]).await;
     assert_eq!(code, 0);
@@ -424,14 +418,14 @@ async fn connect_failures_are_one_line_and_one_entry_per_change_of_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_dial_is_one_entry_until_its_reason_changes() {
-    use appmon_control::ConnectFailure;
+    use appmon_control::ConnectFailureKind;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
     log_lines();
     let lab = Lab::in_process("dials");
     let path = lab.sock("nope");
     // A vsock backend whose guest never listens right: four dials answered `NOPE`, then every
-    // one answered with a 64 KiB line that never ends.
+    // one dropped at once, as a backend does when nothing listens on the port in the guest.
     let listener = UnixListener::bind(&path).expect("bind");
     let dials = Arc::new(AtomicU32::new(0));
     let counted = dials.clone();
@@ -443,9 +437,6 @@ async fn a_refused_dial_is_one_entry_until_its_reason_changes() {
                 while matches!(s.read(&mut b).await, Ok(1)) && b[0] != b'\n' {}
                 if n <= 4 {
                     let _ = s.write_all(b"NOPE\n").await;
-                } else {
-                    let _ = s.write_all(&vec![b'A'; 64 * 1024]).await;
-                    until_closed(&mut s).await;
                 }
             });
         }
@@ -462,12 +453,13 @@ async fn a_refused_dial_is_one_entry_until_its_reason_changes() {
     let entries = connect_failures(&view);
     assert_eq!(entries.len(), 2, "{view}");
     assert!(
-        matches!(&entries[0].0, ConnectFailure::Dial { error } if error.contains("\"NOPE\"")),
+        entries[0].0.kind == ConnectFailureKind::DialBadReply
+            && entries[0].0.detail.contains("\"NOPE\""),
         "{:?}",
         entries[0]
     );
     assert!(
-        matches!(&entries[1].0, ConnectFailure::Dial { error } if !error.contains("NOPE")),
+        entries[1].0.kind == ConnectFailureKind::DialRefused,
         "{:?}",
         entries[1]
     );
@@ -487,7 +479,7 @@ async fn a_refused_dial_is_one_entry_until_its_reason_changes() {
     assert_eq!(lines_of(&name, "no session with the guest agent").len(), 2);
     let (_, out, _) = host.ctl(&["show", &name]).await;
     assert!(
-        out.contains("no session: dialing the guest agent failed: "),
+        out.contains("no session: the guest refused the dial: "),
         "{out}"
     );
     host.stop().await;
@@ -541,7 +533,7 @@ fn hello_with_agent_of(len: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_log_line_in_an_announced_agent_name_stays_data() {
-    use appmon_control::{ConnectFailure, GuestEvent};
+    use appmon_control::{ConnectFailureKind, GuestEvent};
     log_lines();
     let lab = Lab::in_process("forged");
     let (forger, huge) = (lab.sock("forger"), lab.sock("huge"));
@@ -617,13 +609,12 @@ async fn a_forged_log_line_in_an_announced_agent_name_stays_data() {
         })
         .await;
     let failure = view.connect_failure.as_ref().expect("refused");
-    match &failure.reason {
-        ConnectFailure::NoAnnouncement { why } => assert!(
-            why.contains("agent name") && why.contains("60000") && why.contains("128"),
-            "{why}"
-        ),
-        other => panic!("{other}"),
-    }
+    assert_eq!(failure.reason.kind, ConnectFailureKind::NotAFrame);
+    let why = &failure.reason.detail;
+    assert!(
+        why.contains("agent name") && why.contains("60000") && why.contains("128"),
+        "{why}"
+    );
     assert_eq!(connect_failures(&view).len(), 1);
     let (_, json, _) = host.ctl(&["--json", "show", &huge_name]).await;
     assert!(

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use appmon_control::{ConnectFailure, SessionEnd};
+use appmon_control::SessionEnd;
 use appmon_wire::{Frame, GuestMsg, HostCodec};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -208,9 +208,7 @@ pub async fn run(
             }
             Err(e) => {
                 // The supervisor logs and records changes of reason (`supervisor::trouble`).
-                let error = appmon_wire::report::error_chain(&e);
-                let failed = SessionEvent::ConnectFailed(ConnectFailure::Dial { error });
-                if !deliver(failed).await {
+                if !deliver(SessionEvent::ConnectFailed(e.connect_failure())).await {
                     return;
                 }
             }
