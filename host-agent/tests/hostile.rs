@@ -399,7 +399,11 @@ async fn connect_failures_are_one_line_and_one_entry_per_change_of_reason() {
     // One log line per change of reason, and no other line about these connections.
     let lines = lines_of(&name, "no session with the guest agent");
     assert_eq!(lines.len(), 3, "{lines:#?}");
-    assert_eq!(lines_of(&name, "WARN").len(), 3, "no other warning about them");
+    assert_eq!(
+        lines_of(&name, "WARN").len(),
+        3,
+        "no other warning about them"
+    );
 
     let (code, out, _) = host.ctl(&["show", &name]).await;
     assert_eq!(code, 0);

@@ -878,8 +878,7 @@ fn a_guest_on_the_wrong_port_shows_why_it_has_no_session() {
         .find(|l| l.contains("no session: "))
         .unwrap_or_else(|| vm.fail(format!("no `no session` line in appmonctl show:\n{text}")));
     assert!(
-        line.contains("no session: dialing the guest agent failed: ")
-            && line.contains(" times since "),
+        line.contains("no session: the guest refused the dial: ") && line.contains(" times since "),
         "{line}"
     );
     println!("appmonctl show: {}", line.trim());
