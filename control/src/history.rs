@@ -460,6 +460,84 @@ pub enum GuestEvent {
     SessionEnded { reason: SessionEnd },
     /// The guest agent cannot be reached by the VM's transport (recorded once per cause).
     Unreachable { error: String },
+    /// Connecting to the guest agent failed for a reason of another kind than the last one
+    /// recorded (repeats of a kind are counted in `appmonctl show`, not recorded). `held_back`:
+    /// changes of reason since the previous entry that were not recorded, because the VM's
+    /// reason changed more often than the host agent records.
+    ConnectFailed {
+        reason: ConnectFailure,
+        held_back: u64,
+    },
+}
+
+/// Why a connection to the guest agent did not become a session: what kind of failure it was
+/// (the host agent's classification, which decides whether the reason changed) and its
+/// details as they were reported (every text in them that came from the guest escaped).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConnectFailure {
+    pub kind: ConnectFailureKind,
+    pub detail: String,
+}
+
+/// The kinds of [`ConnectFailure`]. The same kind with other details (a real vhost-user-vsock
+/// backend drops a refused `CONNECT` as a broken pipe, a reset or a close, at random) is the
+/// same reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectFailureKind {
+    /// Dialing: the transport's socket could not be connected, or not in time.
+    DialUnreachable,
+    /// Dialing: the vsock backend dropped the `CONNECT`: nothing listens on that port in the
+    /// guest.
+    DialRefused,
+    /// Dialing: the vsock backend answered the `CONNECT` with something other than `OK`.
+    DialBadReply,
+    /// A guest connection sent no Hello in time.
+    NoHello,
+    /// A guest connection was closed before its Hello.
+    ClosedEarly,
+    /// A guest connection sent bytes that are not a frame, or a frame over a limit.
+    NotAFrame,
+    /// A guest connection sent another message before its Hello.
+    NotHelloFirst,
+    /// Reading a guest connection failed.
+    ReadFailed,
+    /// The guest's Hello offered no protocol version this host agent speaks.
+    Incompatible,
+    /// The guest's Hello came from a boot older than the current session's.
+    OlderBoot,
+}
+
+impl ConnectFailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectFailureKind::DialUnreachable => "dialing the guest agent failed",
+            ConnectFailureKind::DialRefused => "the guest refused the dial",
+            ConnectFailureKind::DialBadReply => "the vsock backend answered the dial wrongly",
+            ConnectFailureKind::NoHello => "a guest connection sent no Hello",
+            ConnectFailureKind::ClosedEarly => "a guest connection closed before its Hello",
+            ConnectFailureKind::NotAFrame => "a guest connection sent no valid frame",
+            ConnectFailureKind::NotHelloFirst => "a guest connection did not start with its Hello",
+            ConnectFailureKind::ReadFailed => "reading a guest connection failed",
+            ConnectFailureKind::Incompatible => "announcement refused: no common protocol version",
+            ConnectFailureKind::OlderBoot => "announcement refused: an older boot",
+        }
+    }
+}
+
+impl ConnectFailure {
+    pub fn new(kind: ConnectFailureKind, detail: impl Into<String>) -> Self {
+        ConnectFailure {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.detail)
+    }
 }
 
 impl fmt::Display for GuestEvent {
@@ -471,6 +549,16 @@ impl fmt::Display for GuestEvent {
             GuestEvent::SessionEnded { reason } => write!(f, "session ended: {reason}"),
             GuestEvent::Unreachable { error } => {
                 write!(f, "cannot reach the guest agent: {error}")
+            }
+            GuestEvent::ConnectFailed { reason, held_back } => {
+                write!(f, "no session: {reason}")?;
+                if *held_back > 0 {
+                    write!(
+                        f,
+                        " ({held_back} earlier changes of reason not recorded: too many)"
+                    )?;
+                }
+                Ok(())
             }
         }
     }

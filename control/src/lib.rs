@@ -74,11 +74,11 @@ pub use guest::{
     ProcessState, ProcessView,
 };
 pub use history::{
-    AlarmEvent, AlarmSide, Decision, Finite, GuestEvent, HistoryEntry, HistoryKind,
-    HypervisorEvent, Level, OperatorAction, SessionEnd,
+    AlarmEvent, AlarmSide, ConnectFailure, ConnectFailureKind, Decision, Finite, GuestEvent,
+    HistoryEntry, HistoryKind, HypervisorEvent, Level, OperatorAction, SessionEnd,
 };
 pub use reset::{ResetCause, ResetMethod};
-pub use view::{LibvirtLost, PolicyView, Status, VmView};
+pub use view::{ConnectFailureView, LibvirtLost, PolicyView, Status, VmView};
 
 /// The version of the schema of this crate's JSON (see the crate documentation).
 pub const SCHEMA_VERSION: u32 = 1;

@@ -129,6 +129,7 @@ fn show_document_round_trips_with_its_version() {
         guest_agent: Some("appmon-guest 0.1.0".into()),
         domain_state: DomainState::Running(RunningReason::Booted),
         transport: Some("hybrid vsock /x port 5315".into()),
+        connect_failure: None,
         policy: Some(PolicyView {
             failure_interval_ms: 4000,
             min_uptime_ms: 15000,
@@ -301,4 +302,26 @@ fn counters_document_round_trips_with_its_version() {
             .and_then(|c| c.value),
         Some(12.5)
     );
+}
+
+#[test]
+fn a_connect_failure_entry_reads_as_its_reason() {
+    let entry = HistoryEntry::new(
+        3,
+        Level::Warn,
+        HistoryKind::Guest(GuestEvent::ConnectFailed {
+            reason: ConnectFailure::new(ConnectFailureKind::DialBadReply, "bad reply \"NOPE\""),
+            held_back: 2,
+        }),
+    );
+    assert_eq!(
+        entry.text,
+        "no session: the vsock backend answered the dial wrongly: bad reply \"NOPE\" (2 earlier changes of reason not recorded: too many)"
+    );
+    assert_eq!(
+        json(&entry.kind),
+        r#"{"guest":{"connect_failed":{"reason":{"kind":"dial_bad_reply","detail":"bad reply \"NOPE\""},"held_back":2}}}"#
+    );
+    let back: HistoryEntry = serde_json::from_str(&json(&entry)).expect("parses");
+    assert_eq!(back, entry);
 }

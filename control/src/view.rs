@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::DomainState;
 use crate::guest::{ApplicationView, MonitorView, ProcessView};
-use crate::history::HistoryEntry;
+use crate::history::{ConnectFailure, HistoryEntry};
 use crate::reset::ResetMethod;
 
 /// A VM's application status as the host agent reports it to operators: vSphere's colours.
@@ -68,6 +68,10 @@ pub struct VmView {
     pub domain_state: DomainState,
     /// How the guest agent is reached, while a session task runs.
     pub transport: Option<String>,
+    /// While there is no session: why the last attempt at one failed, when, and how often
+    /// that same reason came since it first did.
+    #[serde(default)]
+    pub connect_failure: Option<ConnectFailureView>,
     pub policy: Option<PolicyView>,
     /// While the host agent has no connection to libvirt: since when and why. Nothing is judged
     /// and no reset attempted meanwhile.
@@ -85,6 +89,18 @@ pub struct VmView {
     /// Oldest first. Empty in `list`.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+}
+
+/// The latest reason a VM's guest agent could not be connected, and its repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectFailureView {
+    pub reason: ConnectFailure,
+    /// Wall-clock time of its latest occurrence.
+    pub last_unix_ms: u64,
+    /// Wall-clock time it first occurred (since when it has repeated).
+    pub first_unix_ms: u64,
+    /// How many times it occurred since then, in a row.
+    pub times: u64,
 }
 
 /// The host agent's connection to libvirt is lost.

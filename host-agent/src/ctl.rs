@@ -583,6 +583,17 @@ fn write_show(out: &mut dyn Write, d: &VmView) -> std::io::Result<()> {
             .map(|b| format!(", boot id {b}"))
             .unwrap_or_default()
     )?;
+    if let Some(f) = &d.connect_failure {
+        writeln!(
+            out,
+            "                 no session: {} (at {}, {} {} since {})",
+            f.reason,
+            format_unix_ms(f.last_unix_ms),
+            f.times,
+            if f.times == 1 { "time" } else { "times" },
+            format_unix_ms(f.first_unix_ms)
+        )?;
+    }
     if !d.monitors.is_empty() {
         writeln!(out, "monitors:")?;
         for m in &d.monitors {

@@ -17,7 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use appmon_control::{
-    Decision, FailureAction, MonitorKind, MonitorMode, MonitorPhase, MonitorReport, ResetCause,
+    ConnectFailureKind, Decision, FailureAction, GuestEvent, MonitorKind, MonitorMode,
+    MonitorPhase, MonitorReport, ResetCause,
 };
 use appmon_vm_tests::{
     policy_matches, test_host_config, test_policy, unix_ms_now, Config, ConsoleMark, Defaults,
@@ -810,6 +811,78 @@ fn domain_without_monitoring_metadata_is_never_touched() {
         s.history_text()
     );
     vm.wait_ready_since(mark, DEFAULT_BOOT_TIMEOUT);
+}
+
+// --- 7b ---------------------------------------------------------------------------------------
+
+/// A misconfigured guest (issue 11, finding 3): its agent announces itself on host port 5316,
+/// where no host agent listens, and listens for dials there too. The host agent listens on 5315
+/// and, hearing nothing, dials the guest on 5315 through the real vhost-user-vsock backend,
+/// which refuses every time. `appmonctl show` says why there is no session and how often; the
+/// log and the history say it once per change of reason, not once per dial.
+#[test]
+fn a_guest_on_the_wrong_port_shows_why_it_has_no_session() {
+    let vm = TestVm::new(VmConfig::new("wrongport").guest_config("vsock = true\nport = 5316\n"));
+    vm.rig().require_guest_program("appmon-guest");
+    let agent = HostAgent::start(
+        &[&vm],
+        Config {
+            dial_after: Duration::from_secs(1),
+            ..test_host_config()
+        },
+    );
+    agent.enable(&vm, &test_policy());
+    vm.start_measured(DEFAULT_BOOT_TIMEOUT);
+    vm.wait_for_console_line(
+        Default::default(),
+        "listening for the host on AF_VSOCK",
+        GREEN_TIMEOUT,
+    );
+    // Dials about once a second (the reconnect backoff is at most 1 s here): five of them.
+    let s = agent.wait_for_status(&vm, NOTICE_TIMEOUT, "five failed dials counted", |s| {
+        s.connect_failure.as_ref().is_some_and(|f| f.times >= 5)
+    });
+    assert!(!s.connected, "{}", s.summary());
+    let failure = s.connect_failure.as_ref().expect("a reason");
+    // The real backend drops a refused CONNECT as a broken pipe, a reset or a close: one kind.
+    assert_eq!(
+        failure.reason.kind,
+        ConnectFailureKind::DialRefused,
+        "{}",
+        failure.reason
+    );
+    assert!(failure.reason.detail.contains("5315"), "{}", failure.reason);
+    let entries: Vec<_> = s
+        .history
+        .iter()
+        .filter(|h| matches!(h.guest(), Some(GuestEvent::ConnectFailed { .. })))
+        .collect();
+    // One entry per change of reason (a dial while the guest still boots might fail another
+    // way first), never one per dial.
+    assert!(
+        !entries.is_empty() && entries.len() <= 2,
+        "{}",
+        s.history_text()
+    );
+    let logged = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("no session with the guest agent"))
+        .count();
+    assert_eq!(logged, entries.len(), "{}", agent.log());
+    let text = agent
+        .ctl_ok(&["show", vm.name()])
+        .unwrap_or_else(|e| vm.fail(format!("appmonctl show: {e}")));
+    let line = text
+        .lines()
+        .find(|l| l.contains("no session: "))
+        .unwrap_or_else(|| vm.fail(format!("no `no session` line in appmonctl show:\n{text}")));
+    assert!(
+        line.contains("no session: the guest refused the dial: ") && line.contains(" times since "),
+        "{line}"
+    );
+    println!("appmonctl show: {}", line.trim());
+    assert!(s.reset_decisions().is_empty(), "{}", s.history_text());
 }
 
 // --- 8 ----------------------------------------------------------------------------------------

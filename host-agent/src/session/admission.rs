@@ -14,7 +14,9 @@
 //!   Hello while it is being reset. A new boot is taken at once; after the hold the old boot is
 //!   taken again (the reset failed and the guest runs on).
 //! - **Dialing** (guest agents of protocol 1, which never announce): only a VM that has not
-//!   announced itself since its listener started, and only while the host is not keeping quiet
+//!   connected to its listener since it started (a guest that connects speaks protocol 2, even
+//!   when what it sends is not a valid announcement: dialing it too would only add a second
+//!   reason of failure to its first), and only while the host is not keeping quiet
 //!   ([`Admission::quiet`]: a reset or reboot under way), is dialed, `dial_after` (the host
 //!   agent's configuration) after the listener started, and again after a dialed session ends.
 
@@ -51,6 +53,8 @@ pub struct Admission {
     boots: VecDeque<[u8; 16]>,
     quiet: bool,
     announced: bool,
+    /// A connection arrived on the listener: the guest announces itself (protocol 2).
+    called_in: bool,
     dial_at: Option<Instant>,
     /// The boot being reset, and until when its announcements are refused.
     held: Option<([u8; 16], Instant)>,
@@ -67,6 +71,7 @@ impl Admission {
             boots: VecDeque::new(),
             quiet: false,
             announced: false,
+            called_in: false,
             dial_at: dial_after.map(|d| now + d),
             held: None,
         }
@@ -74,6 +79,7 @@ impl Admission {
 
     /// A connection arrived at `now`: whether to read it (`false`: close it unread).
     pub fn connection(&mut self, now: Instant) -> bool {
+        self.called_in = true;
         self.bucket.take(now)
     }
 
@@ -133,7 +139,7 @@ impl Admission {
 
     /// When to dial the guest agent, if ever (see the module documentation).
     pub fn next_dial(&self) -> Option<Instant> {
-        if self.quiet || self.announced {
+        if self.quiet || self.announced || self.called_in {
             return None;
         }
         self.dial_at
@@ -230,6 +236,16 @@ mod tests {
         assert_eq!(a.next_dial(), None);
         a.dial_again(t0 + WAIT, Duration::from_secs(1));
         assert_eq!(a.next_dial(), Some(t0 + WAIT + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn no_dial_once_the_guest_connected_even_with_no_valid_announcement() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(t0, Some(WAIT));
+        assert!(a.connection(t0));
+        assert_eq!(a.next_dial(), None);
+        a.dial_again(t0, Duration::ZERO);
+        assert_eq!(a.next_dial(), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use appmon_control::{ConnectFailure, ConnectFailureKind};
 use appmon_libvirt_backend::Transport;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
@@ -38,6 +39,39 @@ pub enum SessionError {
     NoChannel { name: String },
     #[error("looking up the channel {name} in the domain XML failed: {reason}")]
     ChannelLookup { name: String, reason: String },
+}
+
+impl SessionError {
+    /// What kind of connection failure this is, for `supervisor::trouble`: a vsock backend
+    /// that drops the `CONNECT` (a broken pipe, a reset or a close without a byte, at random)
+    /// is one kind, a wrong answer another, a socket that cannot be reached a third.
+    pub fn failure_kind(&self) -> ConnectFailureKind {
+        use appmon_wire::hybrid::HybridError;
+        match self {
+            SessionError::Hybrid { source, .. } => match source {
+                HybridError::Send { .. } | HybridError::Receive { .. } => {
+                    ConnectFailureKind::DialRefused
+                }
+                HybridError::Closed { got, .. } if got.is_empty() => {
+                    ConnectFailureKind::DialRefused
+                }
+                HybridError::Closed { .. } | HybridError::Reply { .. } => {
+                    ConnectFailureKind::DialBadReply
+                }
+            },
+            SessionError::NoCid
+            | SessionError::Connect { .. }
+            | SessionError::Listen { .. }
+            | SessionError::ConnectTimeout { .. }
+            | SessionError::NoChannel { .. }
+            | SessionError::ChannelLookup { .. } => ConnectFailureKind::DialUnreachable,
+        }
+    }
+
+    /// This failure as the supervisor takes it.
+    pub fn connect_failure(&self) -> ConnectFailure {
+        ConnectFailure::new(self.failure_kind(), appmon_wire::report::error_chain(self))
+    }
 }
 
 /// Finds a channel's socket path in the live domain XML (blocking; run off the runtime).

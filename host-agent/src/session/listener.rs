@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use appmon_control::SessionEnd;
+use appmon_control::{ConnectFailure, ConnectFailureKind, SessionEnd};
 use appmon_wire::report::error_chain;
 use appmon_wire::{
     format_boot_id, negotiate, Frame, GuestMsg, Hello, HostCodec, HostMsg, WireMessage,
@@ -160,19 +160,26 @@ struct Greeted {
 }
 
 /// Reads a candidate's first frame; it must be a Hello, within the Hello timeout.
-async fn greet(io: Io, config: Arc<SessionConfig>) -> Result<Greeted, String> {
+async fn greet(io: Io, config: Arc<SessionConfig>) -> Result<Greeted, ConnectFailure> {
+    use ConnectFailureKind as Kind;
     let (r, writer) = tokio::io::split(io);
     let mut reader = frame_reader(r, &config);
     let first = match timeout(config.hello_timeout, reader.next()).await {
         Err(_) => {
-            return Err(format!(
-                "no Hello within {} ms",
-                config.hello_timeout.as_millis()
+            let within = config.hello_timeout.as_millis();
+            return Err(ConnectFailure::new(
+                Kind::NoHello,
+                format!("none within {within} ms"),
+            ));
+        }
+        Ok(None) => {
+            return Err(ConnectFailure::new(
+                Kind::ClosedEarly,
+                "closed with no Hello",
             ))
         }
-        Ok(None) => return Err("closed before its Hello".to_owned()),
-        Ok(Some(Err(e))) => return Err(format!("read failed: {e}")),
-        Ok(Some(Ok(Err(e)))) => return Err(format!("not a frame: {}", error_chain(&e))),
+        Ok(Some(Err(e))) => return Err(ConnectFailure::new(Kind::ReadFailed, e.to_string())),
+        Ok(Some(Ok(Err(e)))) => return Err(ConnectFailure::new(Kind::NotAFrame, error_chain(&e))),
         Ok(Some(Ok(Ok(frame)))) => frame,
     };
     match first.msg {
@@ -181,7 +188,10 @@ async fn greet(io: Io, config: Arc<SessionConfig>) -> Result<Greeted, String> {
             writer,
             hello,
         }),
-        other => Err(format!("sent {} before its Hello", other.kind_name())),
+        other => Err(ConnectFailure::new(
+            Kind::NotHelloFirst,
+            format!("sent {} first", other.kind_name()),
+        )),
     }
 }
 
@@ -234,7 +244,7 @@ pub async fn listen(
     };
     let dial_after = dial.as_ref().map(|_| config.dial_after);
     let mut admission = Admission::new(Instant::now().into_std(), dial_after);
-    let mut candidates: Pending<Result<Greeted, String>> = FuturesUnordered::new();
+    let mut candidates: Pending<Result<Greeted, ConnectFailure>> = FuturesUnordered::new();
     let mut dialing: Pending<Result<Io, SessionError>> = FuturesUnordered::new();
     let (conn_tx, mut conn_rx) = mpsc::channel::<(u64, ConnEvent)>(64);
     let mut current: Option<Current> = None;
@@ -269,24 +279,34 @@ pub async fn listen(
                 }
             },
             Some(greeted) = candidates.next() => {
+                // Failures go to the supervisor, which logs and records changes of reason.
                 let greeted = match greeted {
                     Ok(greeted) => greeted,
-                    Err(why) => {
-                        tracing::warn!(domain, reason = %why, "guest connection closed: not an announcement; the session goes on");
+                    Err(failure) => {
+                        if !deliver(SessionEvent::ConnectFailed(failure)).await {
+                            return;
+                        }
                         continue;
                     }
                 };
                 if let Err(err) = negotiate(&config.hello, &greeted.hello) {
-                    tracing::warn!(domain, error = %err, "announcement refused: no common protocol version");
+                    let failure = ConnectFailure::new(ConnectFailureKind::Incompatible, err.to_string());
                     let mut writer = FramedWrite::new(greeted.writer, HostCodec::with_max_frame(config.limits.max_frame));
                     let _ = timeout(config.limits.write_timeout, writer.send(Frame::event(HostMsg::Error(err)))).await;
+                    if !deliver(SessionEvent::ConnectFailed(failure)).await {
+                        return;
+                    }
                     continue;
                 }
                 let boot_id = greeted.hello.boot_id;
                 match admission.hello(boot_id, Instant::now().into_std()) {
                     Verdict::Admit => {}
                     Verdict::OlderBoot => {
-                        tracing::warn!(domain, boot_id = %format_boot_id(&boot_id), "announcement refused: its boot is older than the current session's");
+                        let detail = format!("boot {} is older than the current session's", format_boot_id(&boot_id));
+                        let failure = ConnectFailure::new(ConnectFailureKind::OlderBoot, detail);
+                        if !deliver(SessionEvent::ConnectFailed(failure)).await {
+                            return;
+                        }
                         continue;
                     }
                     Verdict::BeingReset => {
@@ -313,9 +333,11 @@ pub async fn listen(
                 // An announcement came first, or the guest is being reset: not needed.
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!(domain, error = %error_chain(&e), "dialing the guest agent failed");
                     admission.dial_again(Instant::now().into_std(), dial_pause);
                     dial_pause = (dial_pause * 2).min(config.reconnect_max.max(DIAL_MIN));
+                    if !deliver(SessionEvent::ConnectFailed(e.connect_failure())).await {
+                        return;
+                    }
                 }
             },
             Some((conn, event)) = conn_rx.recv() => {

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use appmon_control::SessionEnd;
+use appmon_control::{ConnectFailure, SessionEnd};
 use appmon_wire::{
     CounterSchema, CounterValues, GuestMsg, GuestState, HostMsg, MonitorEvent, MonitorStatus,
     ProcessStatus, RequestId,
@@ -13,19 +13,9 @@ use crate::policy::GuestRequest;
 /// Identifies a VM inside the supervisor.
 pub type VmId = u64;
 
-/// How long a dialing session retries before it reports the guest unreachable: longer than a
-/// channel socket takes to appear on a migration's destination (its QEMU creates it before
-/// `Resumed(Migrated)`, MIGRATION.md), short against any failure interval.
-pub const UNREACHABLE_REPORT_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
-
 /// What a session tells the supervisor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionEvent {
-    /// A dialed endpoint (a channel) could not be connected to for [`UNREACHABLE_REPORT_AFTER`]:
-    /// the session keeps retrying with backoff; said once per episode of failures.
-    Unreachable {
-        error: String,
-    },
     /// The handshake succeeded.
     Hello {
         boot_id: [u8; 16],
@@ -45,6 +35,9 @@ pub enum SessionEvent {
     Closed {
         reason: SessionEnd,
     },
+    /// A connection did not become a session (every such failure: the supervisor decides
+    /// which are worth a log line, `supervisor::trouble`).
+    ConnectFailed(ConnectFailure),
     /// A launched process changed state (the guest's `Process` event).
     Process(ProcessStatus),
     /// The state of every application monitor in the guest.

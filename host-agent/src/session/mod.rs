@@ -64,7 +64,6 @@ pub use self::listener::{listen, Acceptor};
 pub use self::machine::{Link, LinkKind, Opening};
 pub use self::messages::{
     host_request_id, is_host_request, HostCmd, SessionEvent, SessionMsg, VmId,
-    UNREACHABLE_REPORT_AFTER,
 };
 pub use self::settings::{Keepalive, SessionConfig};
 pub use self::shell::run;

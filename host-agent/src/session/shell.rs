@@ -21,7 +21,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::endpoint::Endpoint;
 use super::machine::{Action, BadFrame, Event, Link, LinkKind, Opening, Session};
-use super::messages::{HostCmd, SessionEvent, SessionMsg, VmId, UNREACHABLE_REPORT_AFTER};
+use super::messages::{HostCmd, SessionEvent, SessionMsg, VmId};
 use super::settings::SessionConfig;
 
 /// How a link's service ended.
@@ -172,9 +172,6 @@ pub async fn run(
 ) {
     let min_backoff = Duration::from_millis(50);
     let mut backoff = min_backoff;
-    let mut failures = 0u32;
-    // Since when connecting fails, and whether the supervisor was told (once per episode).
-    let mut failing_since: Option<(Instant, bool)> = None;
     let deliver = |event| {
         let tx = to_supervisor.clone();
         async move { tx.send(SessionMsg { vm, task, event }).await.is_ok() }
@@ -195,8 +192,6 @@ pub async fn run(
         let connect_limit = config.hello_timeout.max(Duration::from_secs(1));
         match endpoint.connect(connect_limit).await {
             Ok(io) => {
-                failures = 0;
-                failing_since = None;
                 let started = Instant::now();
                 match serve_link(io, link, &config, &domain, &mut cmds, &deliver).await {
                     Served::Stopped => return,
@@ -212,23 +207,9 @@ pub async fn run(
                 }
             }
             Err(e) => {
-                failures += 1;
-                let text = appmon_wire::report::error_chain(&e);
-                if failures == 1 {
-                    tracing::warn!(domain, error = %text, "cannot reach the guest agent; retrying");
-                } else {
-                    tracing::debug!(domain, error = %text, failures, "still cannot reach the guest agent");
-                }
-                let (since, told) = failing_since.get_or_insert((Instant::now(), false));
-                if !*told && since.elapsed() >= UNREACHABLE_REPORT_AFTER {
-                    *told = true;
-                    let error = format!(
-                        "{text} (retrying; failing for {} ms, {failures} attempts)",
-                        since.elapsed().as_millis()
-                    );
-                    if !deliver(SessionEvent::Unreachable { error }).await {
-                        return;
-                    }
+                // The supervisor logs and records changes of reason (`supervisor::trouble`).
+                if !deliver(SessionEvent::ConnectFailed(e.connect_failure())).await {
+                    return;
                 }
             }
         }

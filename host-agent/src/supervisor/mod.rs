@@ -37,6 +37,7 @@ mod executor;
 mod guest;
 mod metrics;
 mod reconcile;
+mod trouble;
 mod view;
 mod vm;
 
@@ -49,8 +50,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appmon_control::{
-    Decision, ErrorKind, GuestEvent, HistoryKind, HypervisorEvent, Level, LibvirtLost,
-    OperatorAction, Response, VmView,
+    ConnectFailure, Decision, ErrorKind, GuestEvent, HistoryKind, HypervisorEvent, Level,
+    LibvirtLost, OperatorAction, Response, VmView,
 };
 use appmon_libvirt_backend::{
     BackendError, BackendEvent, DomainEvent, DomainInfo, DomainRef, DomainState, Hypervisor,
@@ -772,6 +773,26 @@ impl Supervisor {
         }
     }
 
+    /// A connection to VM `id`'s guest agent did not become a session: counted, and logged
+    /// and recorded when its reason changed ([`trouble`] decides).
+    fn connect_failed(&mut self, id: VmId, reason: ConnectFailure, now: Duration) {
+        let Some(vm) = self.vms.get_mut(&id) else {
+            return;
+        };
+        match vm.trouble.failed(reason.clone(), now) {
+            trouble::Verdict::Repeat | trouble::Verdict::HeldBack => {}
+            trouble::Verdict::Report { held_back } => {
+                tracing::warn!(domain = %vm.domain.name, %reason, held_back, "no session with the guest agent");
+                self.note(
+                    id,
+                    now,
+                    Level::Warn,
+                    HistoryKind::Guest(GuestEvent::ConnectFailed { reason, held_back }),
+                );
+            }
+        }
+    }
+
     /// Ends the VM's session task, if it has one, and tells its machine the channel is
     /// closed, carrying out what the machine decides then. Returns whether there was one.
     fn stop_session(&mut self, id: VmId, now: Duration) -> bool {
@@ -802,10 +823,10 @@ impl Supervisor {
                 vm.last_heartbeat = Some(at);
                 self.feed_at(id, Input::Heartbeat, at, now);
             }
-            SessionEvent::Unreachable { error } => self.unreachable(id, now, error),
             SessionEvent::Hello { boot_id, agent } => {
                 vm.connected = true;
                 vm.unreachable = None;
+                vm.trouble.connected();
                 vm.guest.hello(boot_id);
                 vm.agent = Some(agent.clone());
                 vm.counters.session_started();
@@ -838,6 +859,7 @@ impl Supervisor {
                 self.feed(id, Input::ChannelClosed, now);
                 self.guest_session_down(id, now);
             }
+            SessionEvent::ConnectFailed(reason) => self.connect_failed(id, reason, now),
             SessionEvent::Process(status) => self.guest_process(id, status, now),
             SessionEvent::Monitors(monitors) => self.guest_monitors(id, monitors, now),
             SessionEvent::Monitor(event) => self.guest_monitor(id, event, now),
@@ -904,6 +926,7 @@ impl Supervisor {
     fn view(&self, vm: &Vm, now: Duration, with_history: bool) -> VmView {
         let mut view = view::view(vm, now, with_history);
         view.libvirt_lost = self.libvirt_lost.as_ref().map(|(_, lost)| lost.clone());
+        view.connect_failure = view::connect_failure(vm, &self.clock);
         view
     }
 

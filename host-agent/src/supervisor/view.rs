@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use appmon_control::{PolicyView, Status, VmView};
+use appmon_control::{ConnectFailureView, PolicyView, Status, VmView};
 use appmon_libvirt_backend::{
     DomainEvent, DomainState, PausedReason, RunningReason, StartedReason,
 };
 use appmon_wire::{format_boot_id, AppStatus};
 
+use super::clock::Clock;
 use super::guest::{application_view, monitor_view, process_view};
 use super::vm::Vm;
 use crate::policy::Monitoring;
@@ -64,6 +65,8 @@ pub(super) fn view(vm: &Vm, now: Duration, with_history: bool) -> VmView {
         guest_agent: vm.agent.clone(),
         domain_state: vm.state,
         transport: vm.session.as_ref().map(|s| s.endpoint.clone()),
+        // Needs the wall clock: `connect_failure` below.
+        connect_failure: None,
         policy,
         libvirt_lost: None,
         monitors: vm.guest.monitors.iter().map(monitor_view).collect(),
@@ -80,6 +83,17 @@ pub(super) fn view(vm: &Vm, now: Duration, with_history: bool) -> VmView {
             Vec::new()
         },
     }
+}
+
+/// While the VM has no session: the latest reason its connections fail, in wall-clock time.
+pub(super) fn connect_failure(vm: &Vm, clock: &Clock) -> Option<ConnectFailureView> {
+    let latest = vm.trouble.latest().filter(|_| !vm.connected)?;
+    Some(ConnectFailureView {
+        reason: latest.reason.clone(),
+        last_unix_ms: clock.wall_ms(latest.last),
+        first_unix_ms: clock.wall_ms(latest.first),
+        times: latest.times,
+    })
 }
 
 /// The domain state an event leaves behind, for display.

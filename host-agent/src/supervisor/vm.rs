@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use super::clock::Clock;
 use super::counters::VmCounters;
 use super::guest::GuestWork;
+use super::trouble::Trouble;
 use crate::persist::{AlarmEntry, ResetEntry, VmRecord};
 use crate::policy::VmMachine;
 use crate::session::HostCmd;
@@ -88,6 +89,8 @@ pub(super) struct Vm {
     pub last_event_seq: u64,
     /// Why the guest agent could not be reached, as last recorded: recorded once per cause.
     pub unreachable: Option<String>,
+    /// Why its connections do not become sessions, while they do not.
+    pub trouble: Trouble,
     /// The history has entries the state directory does not have yet.
     pub history_unsaved: bool,
     /// Its monitors, launched processes, managed applications and requests in flight.
@@ -114,6 +117,7 @@ impl Vm {
             scheduled: None,
             last_event_seq: 0,
             unreachable: None,
+            trouble: Trouble::default(),
             history_unsaved: false,
             guest: GuestWork::default(),
             counters: VmCounters::default(),

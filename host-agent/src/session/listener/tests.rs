@@ -169,6 +169,22 @@ async fn garbage_or_silence_on_a_new_connection_is_closed_and_the_session_goes_o
         .await
         .expect("send");
     closed_by_host(early.into_inner()).await;
+    // Each is a failure for the supervisor to judge, and nothing else.
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        match rig.event().await {
+            SessionEvent::ConnectFailed(failure) => kinds.push(failure.kind),
+            other => panic!("expected a failed announcement, got {other:?}"),
+        }
+    }
+    kinds.sort_by_key(|k| k.as_str());
+    let mut expected = [
+        ConnectFailureKind::NotAFrame,
+        ConnectFailureKind::NoHello,
+        ConnectFailureKind::NotHelloFirst,
+    ];
+    expected.sort_by_key(|k| k.as_str());
+    assert_eq!(kinds, expected);
     rig.no_event_for(ms(100)).await;
 
     beat(&mut guest).await;
@@ -196,6 +212,12 @@ async fn a_new_boot_replaces_the_session_and_an_older_boot_is_refused() {
         .await
         .expect("send");
     closed_by_host(stale.into_inner()).await;
+    match rig.event().await {
+        SessionEvent::ConnectFailed(failure) => {
+            assert_eq!(failure.kind, ConnectFailureKind::OlderBoot, "{failure}");
+        }
+        other => panic!("expected a refused announcement, got {other:?}"),
+    }
     rig.no_event_for(ms(100)).await;
     beat(&mut second).await;
     assert!(matches!(rig.event().await, SessionEvent::Heartbeat { .. }));
