@@ -273,6 +273,9 @@ async fn the_page_in_chromium_charts_a_counter_named_with_markup_as_text() {
     let views_dir = config.state_dir.join("views");
     let host = lab.start_host(config).await;
     let (_guest, vm) = guest_with_counters(&lab, &host).await;
+    // A view file that cannot be read: the page says so, and the others still load.
+    std::fs::create_dir_all(&views_dir).expect("views dir");
+    std::fs::write(views_dir.join("torn.json"), "{\"name\": \"torn\", \"cha").expect("write");
     // Kept after the test, for its log: the path is printed.
     let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("mon-page-hostile.png");
 
@@ -344,6 +347,12 @@ async fn the_page_in_chromium_charts_a_counter_named_with_markup_as_text() {
     assert!(report["pwned"].is_null(), "the guest's markup ran: {text}");
     assert!(
         report["body"].as_str().is_some_and(|b| b.contains(HOSTILE)),
+        "{text}"
+    );
+    assert!(
+        report["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("View file torn.json cannot be read")),
         "{text}"
     );
     // Saved on the host; drawn again after a reload.

@@ -119,6 +119,9 @@ pub mod mon_page {
     /// The view the demo saves and the page opens (`/mon/#demo`).
     pub const VIEW: &str = "demo";
 
+    /// The guest agent's configuration: the standard counters (CPU, ...) every second, so
+    /// the page's CPU chart moves as fast as the custom one (the default is slower).
+    pub const GUEST_CONFIG: &str = "port = 5315\n[counters]\npace_ms = 1000\n";
     /// The guest's custom counter block (seed ccad.conf): `Demo/requests`, fed by [`FEEDER`].
     pub const CCAD_CONF: &str = "counters Demo\n   {\n   pace = 1000\n   pipe = /tmp/cca\n   \
         counter requests: desc = \"Requests served\", units = \"#\"\n   }\n";

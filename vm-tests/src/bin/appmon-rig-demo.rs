@@ -129,6 +129,7 @@ fn run(once: bool, stop: Arc<AtomicBool>) -> ExitCode {
     println!();
     let vm = TestVm::new(
         VmConfig::new("demo")
+            .guest_config(mon_page::GUEST_CONFIG)
             .guest_file("/etc/ccad.conf", mon_page::CCAD_CONF)
             .guest_script("/etc/appmon/init.d/feeder", mon_page::FEEDER),
     );
