@@ -8,7 +8,10 @@
 //! schema of 100 counters in 10 entities and a set of values. The load generator is a small
 //! tokio HTTP/1.1 client in this file: `CONNS` keep-alive connections, each sending its next
 //! request when the answer is in, for a fixed time per case; every request names a VM at
-//! random, so the supervisor builds a different answer each time.
+//! random. Each case runs twice, against a host agent with MON's render cache on (A, the
+//! default: an answer is rendered once per change of the counters and second) and off (B: the
+//! supervisor builds and the handler renders every answer), each with VMs and guests of its
+//! own; the table puts the two side by side.
 //!
 //!     cargo bench -p appmon-host-agent --bench monapi [-- SECONDS [CONNS]]
 //!
@@ -185,12 +188,80 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+type Target = Arc<dyn Fn(u64) -> String + Send + Sync>;
+
+/// The cases: what each connection asks for, given a random number.
+fn cases() -> Vec<(&'static str, Target)> {
+    vec![
+        (
+            "/monapi/val/<one VM> (XML)",
+            Arc::new(|r| format!("/monapi/val/vm-{:03}", r % VMS as u64)),
+        ),
+        (
+            "/monapi/val/<one VM>?fmt=json",
+            Arc::new(|r| format!("/monapi/val/vm-{:03}?fmt=json", r % VMS as u64)),
+        ),
+        (
+            "/monapi/val/<one VM>/<entity>/<counter>",
+            Arc::new(|r| {
+                format!(
+                    "/monapi/val/vm-{:03}/Entity%20{}/Counter%20{}%20of%20{}?fmt=json",
+                    r % VMS as u64,
+                    r % 10,
+                    (r / 10) % 10,
+                    r % 10
+                )
+            }),
+        ),
+        (
+            "/monapi/val (all VMs, XML)",
+            Arc::new(|_| "/monapi/val".into()),
+        ),
+        ("/metrics (all VMs)", Arc::new(|_| "/metrics".into())),
+    ]
+}
+
 fn main() {
     let mut args = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse::<u64>().ok());
     let window = Duration::from_secs(args.next().unwrap_or(5));
     let conns = args.next().unwrap_or(8) as usize;
+    println!(
+        "{VMS} VMs x {} counters, {conns} keep-alive connections, {} s per case, loopback; \
+         A: [mon] render_cache = true (the default), B: render_cache = false (every answer \
+         built by the supervisor and rendered)",
+        ENTITIES * PER_ENTITY,
+        window.as_secs()
+    );
+    let with = run(true, window, conns);
+    let without = run(false, window, conns);
+    println!(
+        "{:<40} {:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10}",
+        "request", "cache", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "KiB", "requests"
+    );
+    for ((name, a), (_, b)) in with.iter().zip(&without) {
+        for (label, o) in [("A", a), ("B", b)] {
+            println!(
+                "{:<40} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7.1} {:>10}",
+                name,
+                label,
+                o.requests as f64 / o.seconds,
+                pct(&o.latencies, 0.50),
+                pct(&o.latencies, 0.99),
+                o.latencies
+                    .last()
+                    .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
+                o.errors,
+                o.bytes as f64 / o.requests.max(1) as f64 / 1024.0,
+                o.requests
+            );
+        }
+    }
+}
+
+/// One host agent with MON's render cache on or off, its VMs and guests; every case run.
+fn run(render_cache: bool, window: Duration, conns: usize) -> Vec<(&'static str, Outcome)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -232,6 +303,7 @@ fn main() {
         ..Config::default()
     };
     config.mon.listen = Some(addr);
+    config.mon.render_cache = render_cache;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (_reload_tx, reload) = mpsc::channel(1);
     let daemon = rt.spawn(appmon_host_agent::daemon::run(
@@ -283,58 +355,9 @@ fn main() {
     });
     assert!(ready, "the counters did not all arrive");
 
-    println!(
-        "{VMS} VMs x {} counters, {conns} keep-alive connections, {} s per case, loopback",
-        ENTITIES * PER_ENTITY,
-        window.as_secs()
-    );
-    println!(
-        "{:<40} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10}",
-        "request", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "KiB", "requests"
-    );
-    type Target = Arc<dyn Fn(u64) -> String + Send + Sync>;
-    let cases: Vec<(&str, Target)> = vec![
-        (
-            "/monapi/val/<one VM> (XML)",
-            Arc::new(|r| format!("/monapi/val/vm-{:03}", r % VMS as u64)),
-        ),
-        (
-            "/monapi/val/<one VM>?fmt=json",
-            Arc::new(|r| format!("/monapi/val/vm-{:03}?fmt=json", r % VMS as u64)),
-        ),
-        (
-            "/monapi/val/<one VM>/<entity>/<counter>",
-            Arc::new(|r| {
-                format!(
-                    "/monapi/val/vm-{:03}/Entity%20{}/Counter%20{}%20of%20{}?fmt=json",
-                    r % VMS as u64,
-                    r % 10,
-                    (r / 10) % 10,
-                    r % 10
-                )
-            }),
-        ),
-        (
-            "/monapi/val (all VMs, XML)",
-            Arc::new(|_| "/monapi/val".into()),
-        ),
-        ("/metrics (all VMs)", Arc::new(|_| "/metrics".into())),
-    ];
-    for (name, target) in cases {
-        let o = rt.block_on(load(addr, conns, window, target));
-        println!(
-            "{:<40} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7.1} {:>10}",
-            name,
-            o.requests as f64 / o.seconds,
-            pct(&o.latencies, 0.50),
-            pct(&o.latencies, 0.99),
-            o.latencies
-                .last()
-                .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
-            o.errors,
-            o.bytes as f64 / o.requests.max(1) as f64 / 1024.0,
-            o.requests
-        );
+    let mut outcomes = Vec::new();
+    for (name, target) in cases() {
+        outcomes.push((name, rt.block_on(load(addr, conns, window, target))));
     }
     let _ = shutdown_tx.send(true);
     let _ = rt.block_on(daemon);
@@ -342,4 +365,5 @@ fn main() {
         task.abort();
     }
     drop(libvirtd);
+    outcomes
 }

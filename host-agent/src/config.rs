@@ -36,6 +36,7 @@
 //! user = "mon"               # HTTP basic auth for /monapi; off without a user
 //! password = "secret"
 //! title = "appmon"           # the seed's title of the service
+//! render_cache = true        # keep rendered /monapi answers until the counters change
 //!
 //! [[mon.alarm]]              # MON's alarm view: thresholds judged on every value
 //! domain = "web-*"           # a glob of domain names (default "*")
@@ -133,6 +134,9 @@ pub struct MonConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     pub title: String,
+    /// Keep rendered `/monapi` answers until the counters change (`crate::mon::cache`); off
+    /// only to measure what it saves.
+    pub render_cache: bool,
     /// `[[mon.alarm]]`: MON's alarm view.
     #[serde(rename = "alarm", skip_serializing_if = "Vec::is_empty")]
     pub alarms: Vec<AlarmRuleConfig>,
@@ -154,6 +158,7 @@ impl Default for MonConfig {
             user: None,
             password: None,
             title: "appmon".into(),
+            render_cache: true,
             alarms: Vec::new(),
         }
     }

@@ -99,15 +99,22 @@ pub async fn run_notifying(
     });
     let server = tokio::spawn(control::serve(listener, control_tx, shutdown.clone()));
     let (mon_tx, mon_rx) = mpsc::channel(256);
+    let render_cache = config.mon.render_cache;
+    let mon_config = config.mon.clone();
+    let views_dir = config.state_dir.join("views");
+    let supervisor = Supervisor::new(config, hv, writer, records, host_boot_id());
     let mon = mon_listener.map(|listener| {
-        let views = mon::page::views::ViewStore::new(config.state_dir.join("views"));
-        let router = mon::http::router(mon_tx.clone(), &config.mon, views);
+        let views = mon::page::views::ViewStore::new(views_dir);
+        let router = mon::http::router(mon_tx.clone(), &mon_config, views);
+        let router = match render_cache {
+            true => mon::http::with_render_cache(router, supervisor.mon_epoch()),
+            false => router,
+        };
         tokio::spawn(mon::http::serve(listener, router, shutdown.clone()))
     });
     if let Err(e) = notifier.ready(&format!("control socket {}", socket.display())) {
         tracing::warn!(error = %e, "cannot tell systemd the agent is ready");
     }
-    let supervisor = Supervisor::new(config, hv, writer, records, host_boot_id());
     supervisor
         .run(Inputs {
             backend,

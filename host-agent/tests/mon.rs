@@ -466,3 +466,37 @@ async fn alarm_rules_set_at_run_time_override_host_toml_and_survive_a_restart() 
     );
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_monapi_answer_gives_way_to_new_values_at_once() {
+    let lab = Lab::in_process("mon-cache");
+    let addr = free_port();
+    let mut config = lab.config();
+    config.mon.listen = Some(addr);
+    assert!(config.mon.render_cache, "on by default");
+    let host = lab.start_host(config).await;
+    let (guest, vm) = guest_with_counters(&lab, &host).await;
+    let path = format!("/monapi/val/{vm}/Demo/requests?fmt=json");
+
+    // Asked twice: the second is served from the cache (within the same second).
+    let (_, first) = get(addr, &path, None).await;
+    let (_, again) = get(addr, &path, None).await;
+    assert!(
+        guest.send(Frame::event(GuestMsg::CounterValues(CounterValues {
+            generation: 1,
+            unix_ms: 0,
+            values: vec![(1, 43.0)],
+        })))
+    );
+    host.wait_counters(&vm, ms(3000), |c| {
+        c.counter("Demo", "requests").and_then(|c| c.value) == Some(43.0)
+    })
+    .await;
+    let (status, after) = get(addr, &path, None).await;
+
+    assert!(first.contains("42"), "{first}");
+    assert!(again.contains("42"), "{again}");
+    assert_eq!(status, 200);
+    assert!(after.contains("43") && !after.contains("42"), "{after}");
+    host.stop().await;
+}

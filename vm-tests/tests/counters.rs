@@ -311,6 +311,46 @@ fn guest_counters_reach_appmonctl_counters_and_cpu_total_follows_a_burn() {
             .join(" | ")
     );
 
+    // A rule set at run time with the real appmonctl replaces host.toml's on the same key:
+    // above 0.5 (no hysteresis), `load` is raised on most samples, and `appmonctl alarms`
+    // exits 5 while it stands.
+    let ctl = |args: &[&str]| {
+        agent
+            .ctl(args)
+            .unwrap_or_else(|e| vm.fail(format!("appmonctl {args:?}: {e}")))
+    };
+    let set = ctl(&[
+        "alarm-set",
+        "Demo",
+        "load",
+        "--domain",
+        domain,
+        "--above",
+        "0.5",
+    ]);
+    assert_eq!(set.code, Some(0), "alarm-set: {}", set.stderr);
+    let raised = vm.wait_for(
+        Duration::from_secs(20),
+        "appmonctl alarms exiting 5 under the run-time rule",
+        || {
+            let out = ctl(&["alarms", domain]);
+            (out.code == Some(5)).then_some(out.stdout)
+        },
+    );
+    assert!(
+        raised.contains("load") && raised.contains("run time") && !raised.contains("host.toml"),
+        "{raised}"
+    );
+    assert_eq!(ctl(&["alarms", "no-such-domain"]).code, Some(4));
+    let removed = ctl(&["alarm-remove", "Demo", "load", "--domain", domain]);
+    assert_eq!(removed.code, Some(0), "alarm-remove: {}", removed.stderr);
+    let rules = ctl(&["alarms", domain]).stdout;
+    assert!(
+        rules.contains("host.toml") && !rules.contains("run time"),
+        "{rules}"
+    );
+    println!("appmonctl alarms under the run-time rule:\n{raised}");
+
     // CPU Total: low while the guest idles, high while the demo application burns a CPU.
     let idle = counters_until(
         &agent,

@@ -21,9 +21,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::cache::{Epoch, RenderCache};
 use super::format::{self, Element};
 use super::query::{self, Format, MonQuery};
 use crate::config::MonConfig;
@@ -114,7 +117,12 @@ pub(super) fn text(status: StatusCode, body: String) -> Response {
     r
 }
 
-async fn monapi(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+async fn monapi(
+    State(shared): State<Arc<Shared>>,
+    cache: Option<Extension<Arc<RenderCache>>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     if let Some(refused) = shared.refused(&headers) {
         return refused;
     }
@@ -123,15 +131,10 @@ async fn monapi(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let format = query.format;
-    let (tx, rx) = oneshot::channel();
-    let tree = match ask(&shared, MonCall::Query(query, tx), rx).await {
-        Ok(tree) => tree,
+    let cache = cache.as_ref().map(|Extension(c)| c.as_ref());
+    let body = match rendered(&shared, cache, &uri, query).await {
+        Ok(body) => body,
         Err(r) => return r,
-    };
-    let body = match format {
-        Format::Xml => format::xml(&tree),
-        Format::Json => format::json(&tree),
-        Format::Udl => format::udl(&tree),
     };
     let mut r = Response::new(Body::from(body));
     r.headers_mut().insert(
@@ -139,6 +142,43 @@ async fn monapi(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
         HeaderValue::from_static(format.content_type()),
     );
     r
+}
+
+/// `router` with MON's render cache ([`super::cache`]) on `/monapi`, invalidated through
+/// `epoch`, which the supervisor bumps.
+pub fn with_render_cache(router: Router, epoch: Epoch) -> Router {
+    router.layer(Extension(Arc::new(RenderCache::new(epoch))))
+}
+
+/// The rendered answer to `query` (asked as `uri`): from `cache` when it holds a current one,
+/// else asked of the supervisor, rendered, and kept.
+async fn rendered(
+    shared: &Shared,
+    cache: Option<&RenderCache>,
+    uri: &Uri,
+    query: MonQuery,
+) -> Result<Bytes, Response> {
+    let key = uri
+        .path_and_query()
+        .map_or_else(|| uri.path(), |p| p.as_str());
+    let second = crate::persist::unix_ms_now() / 1000;
+    if let Some(body) = cache.and_then(|c| c.get(key, second)) {
+        return Ok(body);
+    }
+    // Read before asking: an answer made while the counters change is kept as stale.
+    let epoch = cache.map(RenderCache::epoch);
+    let format = query.format;
+    let (tx, rx) = oneshot::channel();
+    let tree = ask(shared, MonCall::Query(query, tx), rx).await?;
+    let body = Bytes::from(match format {
+        Format::Xml => format::xml(&tree),
+        Format::Json => format::json(&tree),
+        Format::Udl => format::udl(&tree),
+    });
+    if let (Some(cache), Some(epoch)) = (cache, epoch) {
+        cache.put(key.to_owned(), epoch, second, body.clone());
+    }
+    Ok(body)
 }
 
 /// `/metrics`, without credentials (Prometheus scrapes it).

@@ -9,6 +9,7 @@
 //!   alarm view of rules by domain glob).
 //! - [`rules`]: the alarm view's rules: host.toml's and the run-time ones (kept in the state
 //!   directory), merged.
+//! - [`cache`]: rendered `/monapi` answers kept until the counters change.
 //! - [`http`]: the HTTP service (axum), a thin shell: auth, parse, ask the supervisor (the one
 //!   owner of the counters) for the tree, render.
 //! - [`page`]: the web page at `/mon/`: the VMs at a glance, saved views of live charts
@@ -21,6 +22,7 @@
 //! holds what matched, possibly nothing.
 
 pub mod alarms;
+pub mod cache;
 pub mod format;
 pub mod http;
 pub mod page;

@@ -70,6 +70,7 @@ impl Supervisor {
             Ok(message) => {
                 self.alarms
                     .set_rules(in_force(&self.config, &self.run_time_rules));
+                self.mon_epoch.bump();
                 tracing::info!("{message}");
                 Response::Done { message }
             }

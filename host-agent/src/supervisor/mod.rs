@@ -68,6 +68,7 @@ use self::vm::{History, SessionHandle, Vm};
 use crate::config::Config;
 use crate::control::{ControlCall, ControlRequest};
 use crate::mon::alarms::AlarmView;
+use crate::mon::cache::Epoch;
 use crate::mon::http::MonCall;
 use crate::mon::rules::RunTimeRules;
 use crate::persist::{unix_ms_now, VmRecord, Writer};
@@ -126,6 +127,8 @@ pub struct Supervisor {
     counts: metrics::HostCounts,
     /// MON's alarm view: the rules of `[[mon.alarm]]` and every counter's alarm state.
     alarms: AlarmView,
+    /// Bumped whenever something a `/monapi` answer shows changes (MON's render cache).
+    mon_epoch: Epoch,
     /// The alarm rules set at run time (`appmonctl alarm-set`), kept in the state directory.
     run_time_rules: RunTimeRules,
     /// The host's AF_VSOCK listeners for kernel vhost-vsock guests, by port: opened only when
@@ -160,6 +163,7 @@ impl Supervisor {
         Supervisor {
             alarms: AlarmView::new(alarm_rules::in_force(&config, &run_time_rules)),
             run_time_rules,
+            mon_epoch: Epoch::default(),
             session_config: Arc::new(SessionConfig::new(&config, host_boot_id)),
             config,
             executor: Executor::new(hv, internal_tx),
@@ -181,6 +185,11 @@ impl Supervisor {
             counts: metrics::HostCounts::default(),
             vsock_routes: HashMap::new(),
         }
+    }
+
+    /// What MON's render cache watches: bumped on every change a `/monapi` answer could show.
+    pub fn mon_epoch(&self) -> Epoch {
+        self.mon_epoch.clone()
     }
 
     /// Runs until shutdown is signalled.
@@ -644,6 +653,7 @@ impl Supervisor {
         let left = HistoryKind::Decision(Decision::Left { why: why.into() });
         self.note(id, now, Level::Info, left);
         if let Some(vm) = self.vms.remove(&id) {
+            self.mon_epoch.bump();
             tracing::info!(domain = %vm.domain.name, "{why}: no longer monitored here");
             self.by_uuid.remove(&vm.domain.uuid);
             // Keep its reset history for a later return (a migration back). A monitored VM's
@@ -861,16 +871,24 @@ impl Supervisor {
             }
             SessionEvent::ConnectFailed(reason) => self.connect_failed(id, reason, now),
             SessionEvent::Process(status) => self.guest_process(id, status, now),
-            SessionEvent::Monitors(monitors) => self.guest_monitors(id, monitors, now),
-            SessionEvent::Monitor(event) => self.guest_monitor(id, event, now),
+            SessionEvent::Monitors(monitors) => {
+                self.mon_epoch.bump();
+                self.guest_monitors(id, monitors, now);
+            }
+            SessionEvent::Monitor(event) => {
+                self.mon_epoch.bump();
+                self.guest_monitor(id, event, now);
+            }
             SessionEvent::Reply { id: request, msg } => self.guest_reply(id, request, msg, now),
             SessionEvent::CounterSchema(part) => {
+                self.mon_epoch.bump();
                 vm.counters.schema(&vm.domain.name, part, now);
             }
             SessionEvent::CounterValues { values, at } => {
                 let at = self.clock.mono(tokio::time::Instant::from_std(at));
                 let unix_ms = self.clock.wall_ms(at.min(now));
                 if vm.counters.values(&vm.domain.name, &values, unix_ms, now) {
+                    self.mon_epoch.bump();
                     let changed = counters::judge(
                         &mut self.alarms,
                         &vm.domain.name,
