@@ -113,7 +113,7 @@ impl PauseWatch {
             .wall_offset_us
             .replace(offset)
             .map(|before| offset - before)
-            .filter(|d| d.unsigned_abs() >= WALL_JUMP.as_micros() as u128)
+            .filter(|d| d.unsigned_abs() >= WALL_JUMP.as_micros())
             .map(|d| (d / 1000) as i64);
         Wake {
             paused,
