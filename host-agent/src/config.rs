@@ -16,6 +16,7 @@
 //! libvirt_reconnect_max = "10s" # longest wait between attempts to reach a lost libvirtd
 //! dial_after = "10s"         # no announcement by then: dial the guest agent (protocol 1)
 //! history_len = 200          # events kept per VM for `appmonctl show`
+//! scheduling_pause = "1s"    # not scheduled this long: a pause of the host agent, not silence
 //!
 //! [defaults]                 # vSphere's; each can be overridden in a domain's metadata
 //! failure_interval = "30s"
@@ -116,6 +117,11 @@ pub struct Config {
     #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub dial_after: Duration,
     pub history_len: usize,
+    /// The host agent's own loop woke this much later than it planned: it was not scheduled
+    /// (stopped, a host under memory pressure, a stalled disk). The gap is not judged as
+    /// silence: every VM's failure clock restarts from the wake.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
+    pub scheduling_pause: Duration,
     pub defaults: Defaults,
     pub session: SessionLimits,
     pub mon: MonConfig,
@@ -206,6 +212,7 @@ impl Default for Config {
             libvirt_reconnect_max: Duration::from_secs(10),
             dial_after: Duration::from_secs(10),
             history_len: 200,
+            scheduling_pause: Duration::from_secs(1),
             defaults: Defaults::default(),
             session: SessionLimits::default(),
             mon: MonConfig::default(),
@@ -313,6 +320,12 @@ impl Config {
         }
         if self.hello_timeout.is_zero() {
             return invalid("hello_timeout", "must be more than zero");
+        }
+        if self.scheduling_pause < Duration::from_millis(100) {
+            return invalid(
+                "scheduling_pause",
+                "must be at least 100ms (shorter delays are ordinary scheduling)",
+            );
         }
         if self.libvirt_reconnect_max < Duration::from_millis(500) {
             return invalid(

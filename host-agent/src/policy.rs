@@ -42,6 +42,22 @@
 //! crashed, or libvirt unreachable. When the domain runs again the heartbeat clock restarts, so
 //! a heartbeat gap that overlaps such a period is never a failure.
 //!
+//! **Silence is judged on input that was read**: before heartbeats count as stopped on a VM
+//! whose guest channel is up, the machine asks for the guest's pending input to be read
+//! ([`Action::DrainInput`]) and judges when it was ([`Input::InputDrained`]), or at the latest
+//! [`DRAIN_WAIT`] later (a session task that cannot answer is not waited for longer); no status
+//! is pushed while it waits, as the verdict is not in. A
+//! heartbeat that sat unread in a socket because the host agent itself was slow moves the clock
+//! before the verdict and there is none. A needReset is not waited for: it was read.
+//!
+//! **A scheduling pause is not silence**: when the host agent was not scheduled for a while
+//! (stopped, a host under memory pressure, a stalled disk; the supervisor notices its own
+//! timers firing far past their deadlines), it feeds every machine [`Input::SchedulingPause`]
+//! on waking, and every failure clock restarts from that moment, as after a domain pause: the
+//! gap is the host's, not the application's. The wait for a channel after a reset or reboot is
+//! lengthened by the pause. A reset under way is left alone: its outcome is recorded when it
+//! comes, and nothing is decided twice.
+//!
 //! **Rate limit**: at most `max_resets` resets (every reset *attempt*, including failed ones and
 //! the power-cycles that recover a guest whose channel was lost after it rebooted by itself) in
 //! any sliding `reset_window`. The power-cycle that follows a `reset` which did not bring the
@@ -111,6 +127,22 @@ use appmon_wire::{format_boot_id, AppState, AppStatus, GuestState, HostMsg, Requ
 
 /// The smallest step of the clock the rules compare with `>`.
 const EPSILON: Duration = Duration::from_millis(1);
+
+/// The longest a heartbeat verdict waits for the guest's pending input to be read (see
+/// "Silence is judged on input that was read"): a session task that has not answered by then
+/// is stuck, and its guest is judged on what was read.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// Where the machine is in reading the guest's pending input before a heartbeat verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Nothing asked.
+    Idle,
+    /// [`Action::DrainInput`] went out; the verdict waits until the answer or `until`.
+    Asked { until: Duration },
+    /// The pending input was read and applied: the verdict is taken on it.
+    Done,
+}
 
 /// A VM's effective policy: the spec's overrides on top of the host defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +297,14 @@ pub enum Input {
     ApplicationFailed {
         application: String,
     },
+    /// The guest's input that was pending when [`Action::DrainInput`] went out has been read
+    /// and applied.
+    InputDrained,
+    /// The host agent was not scheduled for `paused` and woke now: restart every failure
+    /// clock from now (see "A scheduling pause is not silence").
+    SchedulingPause {
+        paused: Duration,
+    },
     /// Time passed.
     Tick,
 }
@@ -288,6 +328,8 @@ pub enum Action {
     /// From now until the guest's next Hello, send it nothing (see "Silence after a reset or
     /// reboot").
     Silence,
+    /// Read what the guest sent and is not read yet, then feed [`Input::InputDrained`].
+    DrainInput,
     /// A decision and its reason, for the log and the VM's event history.
     Note { level: Level, decision: Decision },
 }
@@ -323,6 +365,8 @@ pub struct VmMachine {
     app_reset: Option<String>,
     /// A reset was decided or the guest rebooted, and no Hello came since: send it nothing.
     silent: bool,
+    /// Reading the guest's pending input before a heartbeat verdict.
+    drain: Drain,
 }
 
 impl VmMachine {
@@ -347,6 +391,7 @@ impl VmMachine {
             back_during_reset: false,
             app_reset: None,
             silent: false,
+            drain: Drain::Idle,
         }
     }
 
@@ -441,7 +486,10 @@ impl VmMachine {
     /// When the machine next wants a [`Input::Tick`]: the earliest deadline after `now`.
     pub fn next_deadline(&self, now: Duration) -> Option<Duration> {
         let policy = self.policy.as_ref()?;
-        let mut candidates: [Option<Duration>; 5] = [None; 5];
+        let mut candidates: [Option<Duration>; 6] = [None; 6];
+        if let Drain::Asked { until } = self.drain {
+            candidates[5] = Some(until);
+        }
         if let Pending::AwaitingChannel { deadline, .. } = self.pending {
             candidates[0] = Some(deadline);
         }
@@ -513,6 +561,7 @@ impl VmMachine {
             && !self.awaiting_state
             && !self.silent
             && self.phase != Phase::Paused
+            && !matches!(self.drain, Drain::Asked { .. })
         {
             if let Some(status) = self.status(now) {
                 if self.status_sent != Some(status) {
@@ -561,6 +610,7 @@ impl VmMachine {
             if let Monitoring::Enabled { last_heartbeat } = &mut self.monitoring {
                 *last_heartbeat = (*last_heartbeat).max(now);
             }
+            self.drain = Drain::Idle;
         }
         self.phase = phase;
     }
@@ -613,6 +663,7 @@ impl VmMachine {
             Input::Heartbeat => {
                 if let Monitoring::Enabled { last_heartbeat } = &mut self.monitoring {
                     *last_heartbeat = (*last_heartbeat).max(now);
+                    self.drain = Drain::Idle;
                 }
             }
             Input::PostAppState(AppState::NeedReset) => {
@@ -641,6 +692,20 @@ impl VmMachine {
     /// The session, libvirt's answers to a reset, the operator, the clock.
     fn other_input(&mut self, input: Input, now: Duration, out: &mut Vec<Action>) {
         match input {
+            Input::InputDrained => {
+                if matches!(self.drain, Drain::Asked { .. }) {
+                    self.drain = Drain::Done;
+                }
+            }
+            Input::SchedulingPause { paused } => {
+                if let Monitoring::Enabled { last_heartbeat } = &mut self.monitoring {
+                    *last_heartbeat = (*last_heartbeat).max(now);
+                }
+                self.drain = Drain::Idle;
+                if let Pending::AwaitingChannel { deadline, .. } = &mut self.pending {
+                    *deadline += paused;
+                }
+            }
             Input::ChannelClosed => {
                 self.channel_up = false;
                 self.status_sent = None;
@@ -1010,11 +1075,28 @@ impl VmMachine {
         {
             ResetCause::HeartbeatsStopped
         } else {
+            // A drain answers for one verdict only.
+            self.drain = Drain::Idle;
             return;
         };
         if self.alarm.is_some() {
             return;
         }
+        if cause == ResetCause::HeartbeatsStopped && self.channel_up {
+            match self.drain {
+                Drain::Done => {}
+                Drain::Asked { until } if now >= until => {}
+                Drain::Asked { .. } => return,
+                Drain::Idle => {
+                    self.drain = Drain::Asked {
+                        until: now + DRAIN_WAIT,
+                    };
+                    out.push(Action::DrainInput);
+                    return;
+                }
+            }
+        }
+        self.drain = Drain::Idle;
         if cause == ResetCause::HeartbeatsStopped {
             Self::note(
                 out,

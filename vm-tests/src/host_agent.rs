@@ -471,6 +471,38 @@ impl HostAgent {
         }
     }
 
+    /// Sends the running daemon `signal` (SIGSTOP and SIGCONT: a host agent that is not
+    /// scheduled).
+    pub fn signal(&self, signal: Signal) {
+        let Some(pid) = self.pid() else {
+            self.fail(format!("signal {signal}: the host agent is not running"));
+        };
+        let raw =
+            i32::try_from(pid).unwrap_or_else(|_| self.fail(format!("pid {pid} out of range")));
+        // The child is ours and not yet reaped, so the pid cannot have been reused.
+        if let Err(e) = kill(Pid::from_raw(raw), signal) {
+            self.fail(format!(
+                "cannot send {signal} to appmon-host pid {pid}: {e}"
+            ));
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to write anything more) and reaps it.
+    pub fn kill(&mut self) -> ExitStatus {
+        let Some(mut child) = self.child.take() else {
+            self.fail("kill: the host agent is not running");
+        };
+        let pid = child.id();
+        let _ = child.kill();
+        match child.wait() {
+            Ok(status) => {
+                let _ = fs::remove_file(self.dir.join(HOST_AGENT_PID_FILE));
+                status
+            }
+            Err(e) => self.fail(format!("cannot reap appmon-host pid {pid}: {e}")),
+        }
+    }
+
     /// Stops and starts the daemon on the same state directory.
     pub fn restart(&mut self) {
         self.stop();

@@ -264,6 +264,30 @@ impl LibvirtHost {
         Ok(())
     }
 
+    /// Kills this host's libvirtd with SIGKILL (its running domains go on: QEMU does not die
+    /// with it), keeps it down for `down`, and starts it again on the same directories, where
+    /// it finds its running domains as after any libvirtd restart. Returns how long it was
+    /// down, from the kill to its first answer.
+    pub fn kill_and_restart(&mut self, down: Duration) -> Result<Duration, String> {
+        let pid = self
+            .pid
+            .take()
+            .ok_or_else(|| format!("host {}: libvirtd is not running", self.label))?;
+        let raw = i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
+        let t0 = Instant::now();
+        kill(Pid::from_raw(raw), Signal::SIGKILL)
+            .map_err(|e| format!("host {}: cannot kill libvirtd pid {pid}: {e}", self.label))?;
+        wait_until(
+            DAEMON_STOP_TIMEOUT,
+            &format!("libvirtd pid {pid} of host {} to die", self.label),
+            || !pid_alive(pid),
+        )
+        .map_err(|e| e.to_string())?;
+        thread::sleep(down.saturating_sub(t0.elapsed()));
+        self.launch()?;
+        Ok(t0.elapsed())
+    }
+
     fn log_tail(&self) -> String {
         let text = fs::read_to_string(self.log_path()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -407,6 +431,10 @@ impl TwoHosts {
 
     pub fn a(&self) -> &LibvirtHost {
         &self.hosts[0]
+    }
+
+    pub fn a_mut(&mut self) -> &mut LibvirtHost {
+        &mut self.hosts[0]
     }
 
     pub fn b(&self) -> &LibvirtHost {

@@ -22,6 +22,8 @@ struct Sim {
     now: Duration,
     /// Answer every reset with ResetDone at once.
     auto_done: bool,
+    /// Answer every [`Action::DrainInput`] with [`Input::InputDrained`] at once.
+    auto_drain: bool,
     log: Vec<(Duration, Action)>,
 }
 
@@ -31,6 +33,7 @@ impl Sim {
             m: VmMachine::new(Duration::ZERO, running(), Some(policy)),
             now: Duration::ZERO,
             auto_done: true,
+            auto_drain: true,
             log: Vec::new(),
         }
     }
@@ -46,9 +49,15 @@ impl Sim {
     fn feed(&mut self, input: Input) {
         let actions = self.m.handle(input, self.now);
         let mut reset = false;
+        let mut drain = false;
         for a in actions {
             reset |= matches!(a, Action::Reset { .. });
+            drain |= matches!(a, Action::DrainInput);
             self.log.push((self.now, a));
+        }
+        // The session task has nothing more to read: it answers at once.
+        if drain && self.auto_drain {
+            self.feed(Input::InputDrained);
         }
         if reset && self.auto_done {
             self.feed(Input::ResetDone);
@@ -1236,4 +1245,209 @@ fn no_status_is_pushed_to_a_paused_domain() {
     assert_eq!(sent_to_guest(&sim).len(), before);
     sim.domain_at(3 * S, DomainEvent::Resumed(RunningReason::Unpaused));
     assert!(sent_to_guest(&sim).len() > before, "pushed on resume");
+}
+
+// --- reading pending input and scheduling pauses ----------------------------------------------
+
+fn reset_times(sim: &Sim) -> Vec<Duration> {
+    sim.resets().into_iter().map(|(t, _, _)| ms(t)).collect()
+}
+
+/// A guest whose channel is up and whose application enabled at 0 (no minimum uptime).
+fn connected(failure_interval: u64) -> Sim {
+    let mut sim = Sim::new(Policy {
+        failure_interval: ms(failure_interval),
+        min_uptime: Duration::ZERO,
+        ..Policy::default()
+    });
+    sim.at(0, Input::GuestHello { boot_id: [1; 16] });
+    sim.at(0, Input::Enable);
+    sim
+}
+
+#[test]
+fn heartbeat_verdict_waits_for_the_pending_input_to_be_read() {
+    let mut sim = connected(5 * S);
+    sim.auto_drain = false;
+
+    sim.run_to(5 * S + 1);
+
+    assert!(sim.resets().is_empty(), "{:?}", sim.resets());
+    assert!(sim
+        .log
+        .iter()
+        .any(|(t, a)| *t == ms(5 * S + 1) && *a == Action::DrainInput));
+    // What was pending is a heartbeat: read before the verdict, it is no failure.
+    sim.at(5 * S + 3, Input::Heartbeat);
+    sim.at(5 * S + 4, Input::InputDrained);
+    sim.run_to(10 * S);
+    assert!(sim.resets().is_empty(), "{:?}", sim.resets());
+}
+
+#[test]
+fn drained_input_without_a_heartbeat_resets_at_once() {
+    let mut sim = connected(5 * S);
+    sim.auto_drain = false;
+
+    sim.run_to(5 * S + 1);
+    sim.at(5 * S + 3, Input::InputDrained);
+
+    assert_eq!(reset_times(&sim), vec![ms(5 * S + 3)]);
+}
+
+#[test]
+fn a_session_that_does_not_answer_the_drain_is_judged_after_the_drain_wait() {
+    let mut sim = connected(5 * S);
+    sim.auto_drain = false;
+
+    sim.run_to(5 * S + 1 + DRAIN_WAIT.as_millis() as u64);
+
+    assert_eq!(reset_times(&sim), vec![ms(5 * S + 1) + DRAIN_WAIT]);
+}
+
+#[test]
+fn a_guest_without_a_channel_is_judged_without_a_drain() {
+    let mut sim = Sim::quick();
+    sim.auto_drain = false;
+    sim.at(0, Input::Enable);
+
+    sim.run_to(31 * S);
+
+    assert_eq!(reset_times(&sim), vec![ms(30 * S + 1)]);
+    assert!(!sim.log.iter().any(|(_, a)| *a == Action::DrainInput));
+}
+
+#[test]
+fn scheduling_pause_restarts_the_failure_clock_from_the_wake() {
+    let mut sim = connected(5 * S);
+    sim.at(4 * S, Input::Heartbeat);
+
+    // Stopped from 4.5 s to 16.5 s: on waking, before any deadline is judged.
+    sim.now = ms(16_500);
+    sim.feed(Input::SchedulingPause { paused: ms(12 * S) });
+    sim.run_to(21_500);
+    assert!(sim.resets().is_empty(), "{:?}", sim.resets());
+
+    // And a really silent application is still reset one failure interval after the wake.
+    sim.run_to(22 * S);
+    assert_eq!(reset_times(&sim), vec![ms(21_501)]);
+}
+
+#[test]
+fn scheduling_pause_during_a_reset_under_way_decides_nothing_twice() {
+    let mut sim = connected(5 * S);
+    sim.auto_done = false;
+    sim.run_to(5 * S + 1);
+    assert_eq!(sim.resets().len(), 1);
+
+    sim.now = ms(20 * S);
+    sim.feed(Input::SchedulingPause { paused: ms(14 * S) });
+    sim.at(20 * S + 5, Input::ResetDone);
+    sim.run_to(21 * S);
+
+    assert_eq!(sim.resets().len(), 1);
+    assert!(sim.log.iter().any(|(_, a)| matches!(
+        a,
+        Action::Note {
+            decision: Decision::ResetDone { .. },
+            ..
+        }
+    )));
+}
+
+/// How long the supervisor must not have been scheduled before it says so
+/// (`scheduling_pause`'s default).
+const PAUSE_BOUND: u64 = S;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// The guest sends a heartbeat at least once per failure interval; the host agent is not
+    /// scheduled during arbitrary stretches (what was sent then is read at the wake). Whatever
+    /// the order of reads, the pause report and the deadlines at a wake, nothing is reset.
+    #[test]
+    fn no_reset_while_heartbeats_were_sent_within_the_interval(
+        fi in 1u64..10,
+        gaps in prop::collection::vec(0.0f64..1.0, 1..40),
+        pauses in prop::collection::vec((0u64..15_000, 0u64..40_000, any::<bool>()), 0..5),
+    ) {
+        let fi = fi * S;
+        let mut m = VmMachine::new(Duration::ZERO, running(), Some(Policy {
+            failure_interval: ms(fi),
+            min_uptime: Duration::ZERO,
+            ..Policy::default()
+        }));
+        m.handle(Input::GuestHello { boot_id: [1; 16] }, Duration::ZERO);
+        m.handle(Input::Enable, Duration::ZERO);
+        // When the guest sends: every gap at most the failure interval.
+        let mut sends = Vec::new();
+        let mut t = 0u64;
+        for g in gaps {
+            t += 1 + (g * (fi - 1) as f64) as u64;
+            sends.push(ms(t));
+        }
+        // When the host agent is not scheduled: [from, to), and whether a deadline is judged
+        // before what was sent meanwhile is read.
+        let mut stops: Vec<(Duration, Duration, bool)> = Vec::new();
+        let mut at = 0u64;
+        for (gap, len, tick_first) in pauses {
+            at += gap;
+            stops.push((ms(at), ms(at + len), tick_first));
+            at += len;
+        }
+        let wake_of = |t: Duration| {
+            stops.iter().find(|(a, b, _)| *a <= t && t < *b).map_or(t, |(_, b, _)| *b)
+        };
+        // Until the last heartbeat was read.
+        let end = wake_of(ms(t));
+        let mut now = Duration::ZERO;
+        let mut read = 0usize;
+        let mut reported = 0usize;
+        let mut actions: Vec<Action> = Vec::new();
+        loop {
+            let deadline = m.next_deadline(now).map(wake_of);
+            let next_read = sends.get(read).map(|&s| wake_of(s));
+            let Some(t) = [deadline, next_read].into_iter().flatten().min() else { break };
+            if t > end {
+                break;
+            }
+            now = t;
+            // Waking from a stop the supervisor notices, before anything else.
+            let mut tick_first = false;
+            while let Some(&(a, b, first)) = stops.get(reported) {
+                if b > now {
+                    break;
+                }
+                reported += 1;
+                if b == now {
+                    tick_first = first;
+                    if b - a > ms(PAUSE_BOUND) {
+                        actions.extend(m.handle(Input::SchedulingPause { paused: b - a }, now));
+                    }
+                }
+            }
+            let due = deadline == Some(now);
+            let readable = |read: usize| sends.get(read).is_some_and(|&s| wake_of(s) <= now);
+            if due && (tick_first || !readable(read)) {
+                let out = m.handle(Input::Tick, now);
+                let drain = out.contains(&Action::DrainInput);
+                actions.extend(out);
+                if drain {
+                    while readable(read) {
+                        read += 1;
+                        actions.extend(m.handle(Input::Heartbeat, now));
+                    }
+                    actions.extend(m.handle(Input::InputDrained, now));
+                }
+            } else {
+                while readable(read) {
+                    read += 1;
+                    actions.extend(m.handle(Input::Heartbeat, now));
+                }
+            }
+            let reset = actions.iter().find(|a| matches!(a, Action::Reset { .. }));
+            prop_assert!(reset.is_none(), "{:?} at {:?}; sends {:?}, stops {:?}", reset, now, sends, stops);
+        }
+        prop_assert_eq!(read, sends.len());
+    }
 }

@@ -252,11 +252,13 @@ pub async fn listen(
     let mut dial_pause = DIAL_MIN;
     let mut unread = 0u64;
     let mut unread_logged: Option<Instant> = None;
+    // The domain is paused: no dial.
+    let mut paused = false;
     tracing::info!(domain, at = %acceptor.describe(), "waiting for the guest agent to announce itself");
     loop {
         let dial_at = admission
             .next_dial()
-            .filter(|_| current.is_none() && dialing.is_empty())
+            .filter(|_| current.is_none() && dialing.is_empty() && !paused)
             .map(Instant::from_std);
         tokio::select! {
             accepted = acceptor.accept() => match accepted {
@@ -378,7 +380,19 @@ pub async fn listen(
                         return;
                     }
                 }
+                // No live connection: nothing to read.
+                Some(HostCmd::Sync) if current.is_none() => {
+                    if !deliver(SessionEvent::Synced).await {
+                        return;
+                    }
+                }
                 Some(cmd) => {
+                    if let HostCmd::DomainPaused(now_paused) = cmd {
+                        paused = now_paused;
+                        if paused {
+                            dialing.clear();
+                        }
+                    }
                     if cmd == HostCmd::Quiet {
                         admission.quiet();
                         dialing.clear();

@@ -163,6 +163,8 @@ pub struct Session {
     ping_id: RequestId,
     bucket: TokenBucket,
     ended: bool,
+    /// The domain is paused: no ping, no verdict on silence.
+    held: bool,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -192,6 +194,7 @@ impl Session {
             ping_id: 0,
             bucket: TokenBucket::new(limits.frames_per_second, limits.burst, now),
             ended: false,
+            held: false,
         };
         let mut out = Vec::new();
         if link.kind == LinkKind::Serial {
@@ -212,7 +215,7 @@ impl Session {
 
     /// When the session wants an [`Event::Tick`]; `None` when only input can move it.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if self.ended {
+        if self.ended || self.held {
             return None;
         }
         if !self.greeted {
@@ -257,6 +260,22 @@ impl Session {
             }
             Event::Command(HostCmd::CloseForReset) => {
                 out.push(Action::End(SessionEnd::ClosedForReset));
+            }
+            Event::Command(HostCmd::Sync) => {
+                // The shell hands this over only once nothing more is readable.
+                out.push(Action::Deliver(SessionEvent::Synced));
+            }
+            Event::Command(HostCmd::DomainPaused(paused)) => {
+                if self.held && !paused {
+                    // The pause was the domain's, not the guest's silence; nor is a Hello that
+                    // a paused guest could not send late.
+                    self.last_rx = now;
+                    self.opened = now;
+                    if let Some(k) = self.link.keepalive {
+                        self.next_ping = now + k.ping_interval;
+                    }
+                }
+                self.held = paused;
             }
             Event::Command(HostCmd::Quiet) => {
                 // The guest is rebooting: no more pings, and no verdict on its silence.
@@ -452,6 +471,9 @@ impl Session {
     }
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.held {
+            return;
+        }
         if !self.greeted {
             if now >= self.opened + self.hello_timeout {
                 out.push(Action::End(SessionEnd::NoHello {

@@ -56,6 +56,9 @@ pub enum SessionEvent {
         values: CounterValues,
         at: Instant,
     },
+    /// The answer to [`HostCmd::Sync`]: everything the guest had sent before it was read and
+    /// delivered ahead of this.
+    Synced,
 }
 
 /// A [`SessionEvent`] with who it is from.
@@ -84,6 +87,13 @@ pub enum HostCmd {
     /// A request of the host's (launch, poll, signal, read output, release); `id` is one of
     /// [`host_request_id`]'s, so its reply comes back as [`SessionEvent::Reply`].
     Request { id: RequestId, msg: HostMsg },
+    /// Read everything the guest has sent that is readable now, deliver it, then answer
+    /// [`SessionEvent::Synced`]: the supervisor judges silence only on input that was read.
+    Sync,
+    /// The domain is paused (by a user, a migration, a save) or runs again: while paused the
+    /// guest is sent nothing the host starts (no ping, no dial) and its silence is not judged;
+    /// at resume the silence clock restarts.
+    DomainPaused(bool),
 }
 
 /// Request ids the supervisor's requests use: the high bit set. The session's own pings count

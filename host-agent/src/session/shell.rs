@@ -90,6 +90,8 @@ where
 
     let (mut session, opening) = Session::open(config, link, domain, now());
     let mut todo: VecDeque<Action> = opening.into();
+    // A Sync waits until nothing more is readable.
+    let mut syncing = false;
     if let Some(frame) = first {
         todo.extend(session.handle(config, Event::Frame(frame), now()));
     }
@@ -117,7 +119,8 @@ where
             }
         }
         let deadline = session.next_deadline().map(Instant::from_std);
-        // `biased`: what the guest sent is read before a deadline is looked at.
+        // `biased`: what the guest sent is read before a deadline is looked at, and before a
+        // Sync is answered.
         let event = tokio::select! {
             biased;
             item = reader.next() => match item {
@@ -126,8 +129,20 @@ where
                 Some(Ok(Ok(frame))) => Event::Frame(frame),
                 Some(Ok(Err(e))) => Event::BadFrame(BadFrame::from(&e)),
             },
+            () = std::future::ready(()), if syncing => {
+                syncing = false;
+                Event::Command(HostCmd::Sync)
+            }
             cmd = cmds.recv() => match cmd {
                 None => return Served::Stopped,
+                Some(HostCmd::Sync) => {
+                    // After a stop, the runtime may not yet have looked at which sockets became
+                    // readable: yielding lets it poll the I/O driver before the reader is
+                    // polled again.
+                    syncing = true;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 Some(cmd) => Event::Command(cmd),
             },
             _ = sleep_or_never(deadline) => Event::Tick,
@@ -218,7 +233,12 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = sleep_until(wake) => break,
-                cmd = cmds.recv() => if cmd.is_none() { return },
+                cmd = cmds.recv() => match cmd {
+                    None => return,
+                    // No link: nothing to read.
+                    Some(HostCmd::Sync) => if !deliver(SessionEvent::Synced).await { return },
+                    Some(_) => {}
+                },
             }
         }
     }

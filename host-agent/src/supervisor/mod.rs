@@ -15,7 +15,8 @@
 //!
 //! # Modules
 //!
-//! - `clock`: monotonic time on the policy's scale, and wall-clock times for the history.
+//! - `clock`: monotonic time on the policy's scale, wall-clock times for the history, and the
+//!   watch that notices when the supervisor itself was not scheduled.
 //! - `vm`: one VM's state here, its session handle and its history ring.
 //! - `reconcile`: listing, lookup and session decisions (pure).
 //! - `executor`: the libvirt calls on the blocking pool.
@@ -29,6 +30,12 @@
 //! Timers are exact per-VM deadlines ([`VmMachine::next_deadline`]) in a min-heap with lazy
 //! invalidation: a heartbeat only moves a deadline later, so it costs no heap operation; an
 //! entry that no longer matches its VM's deadline is skipped when it comes up.
+//!
+//! Silence is judged only on input that was read. Guests' messages already queued are handled
+//! before timers; a heartbeat verdict first asks the VM's session task to read what is
+//! readable ([`HostCmd::Sync`]); and a loop that woke more than `scheduling_pause` after it
+//! planned to was not scheduled (stopped, starved): before any deadline is judged, every
+//! machine is told ([`Input::SchedulingPause`]) and restarts its failure clock from the wake.
 
 mod alarm_rules;
 mod clock;
@@ -62,6 +69,7 @@ use appmon_wire::report::error_chain;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::clock::Clock;
+use self::clock::PauseWatch;
 use self::executor::{Executor, Internal};
 use self::reconcile::SessionPlan;
 use self::vm::{History, SessionHandle, Vm};
@@ -72,7 +80,7 @@ use crate::mon::cache::Epoch;
 use crate::mon::http::MonCall;
 use crate::mon::rules::RunTimeRules;
 use crate::persist::{unix_ms_now, VmRecord, Writer};
-use crate::policy::{Action, Input, VmMachine};
+use crate::policy::{Action, Input, Phase, VmMachine};
 use crate::session::{self, HostCmd, SessionConfig, SessionEvent, SessionMsg, VmId};
 
 /// Commands queued per session before it counts as stuck.
@@ -106,6 +114,8 @@ pub struct Supervisor {
     config: Config,
     executor: Executor,
     clock: Clock,
+    /// Notices that this loop was not scheduled for longer than `scheduling_pause`.
+    pause_watch: PauseWatch,
     session_config: Arc<SessionConfig>,
     session_tx: mpsc::Sender<SessionMsg>,
     session_rx: mpsc::Receiver<SessionMsg>,
@@ -165,6 +175,7 @@ impl Supervisor {
             run_time_rules,
             mon_epoch: Epoch::default(),
             session_config: Arc::new(SessionConfig::new(&config, host_boot_id)),
+            pause_watch: PauseWatch::new(config.scheduling_pause),
             config,
             executor: Executor::new(hv, internal_tx),
             clock: Clock::new(),
@@ -200,6 +211,8 @@ impl Supervisor {
         );
         let mut backend_open = true;
         loop {
+            // A pause of this process first: before any deadline is judged on the gap.
+            self.watch_pause();
             // Guests' messages first: a heartbeat that arrived before a deadline must be seen
             // before that deadline is judged.
             for _ in 0..DRAIN_BATCH {
@@ -210,20 +223,19 @@ impl Supervisor {
             }
             self.fire_timers();
             self.flush_histories(false);
+            // Never asleep for long, so that a timer firing late tells of a pause.
+            let watch_at = self.clock.now() + self.pause_watch.period();
             let next = self
                 .heap
                 .peek()
                 .map(|Reverse((at, _))| *at)
                 .into_iter()
                 .chain(self.history_flush_at)
+                .chain([watch_at])
                 .min()
-                .map(|at| self.clock.instant(at));
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+                .unwrap_or(watch_at);
+            self.pause_watch.plan(next);
+            let sleep = tokio::time::sleep_until(self.clock.instant(next));
             tokio::select! {
                 Some(msg) = self.session_rx.recv() => self.on_session(msg),
                 ev = inputs.backend.recv(), if backend_open => match ev {
@@ -253,6 +265,32 @@ impl Supervisor {
     }
 
     // ---- time ----
+
+    /// Looks whether this loop was not scheduled for longer than `scheduling_pause` (it woke
+    /// that much past its plan) and, if so, tells every machine before any deadline is judged;
+    /// logs a move of the wall clock.
+    fn watch_pause(&mut self) {
+        let now = self.clock.now();
+        let wake = self.pause_watch.woke(now, clock::unix_us_now());
+        if let Some(jump_ms) = wake.wall_jump_ms {
+            tracing::warn!(
+                jump_ms,
+                "the wall clock moved by {jump_ms} ms; decisions use the monotonic clock, history times are the wall clock's"
+            );
+        }
+        let Some(paused) = wake.paused else {
+            return;
+        };
+        let paused_ms = view::millis(paused);
+        tracing::warn!(
+            paused_ms,
+            "process pause detected: the host agent was not scheduled for {paused_ms} ms; every VM's failure clock restarts now"
+        );
+        let ids: Vec<VmId> = self.vms.keys().copied().collect();
+        for id in ids {
+            self.feed(id, Input::SchedulingPause { paused }, now);
+        }
+    }
 
     fn schedule(&mut self, id: VmId, now: Duration) {
         let Some(vm) = self.vms.get_mut(&id) else {
@@ -301,7 +339,13 @@ impl Supervisor {
         let Some(vm) = self.vms.get_mut(&id) else {
             return;
         };
+        let was_paused = vm.machine.phase() == Phase::Paused;
         let actions = vm.machine.handle(input, at.min(now));
+        let paused = vm.machine.phase() == Phase::Paused;
+        if paused != was_paused {
+            // No ping, no dial, no verdict on the channel while the domain is paused.
+            vm.send(HostCmd::DomainPaused(paused));
+        }
         self.execute(id, actions, now);
         self.schedule(id, now);
     }
@@ -345,6 +389,10 @@ impl Supervisor {
                     vm.send(HostCmd::Quiet);
                 }
                 Action::Persist => persist = true,
+                Action::DrainInput => {
+                    tracing::debug!(domain = %vm.domain.name, "heartbeats overdue: reading the guest's pending input first");
+                    vm.send(HostCmd::Sync);
+                }
                 Action::Alarm { reason } => {
                     tracing::error!(domain = %vm.domain.name, alarm = %reason, "ALARM: not resetting again until the window has room or an operator clears it");
                 }
@@ -733,6 +781,9 @@ impl Supervisor {
                     cmds: tx,
                     join,
                 });
+                if vm.machine.phase() == Phase::Paused {
+                    vm.send(HostCmd::DomainPaused(true));
+                }
             }
         }
     }
@@ -870,6 +921,7 @@ impl Supervisor {
                 self.guest_session_down(id, now);
             }
             SessionEvent::ConnectFailed(reason) => self.connect_failed(id, reason, now),
+            SessionEvent::Synced => self.feed(id, Input::InputDrained, now),
             SessionEvent::Process(status) => self.guest_process(id, status, now),
             SessionEvent::Monitors(monitors) => {
                 self.mon_epoch.bump();
@@ -1093,6 +1145,7 @@ impl Supervisor {
         self.session_config = Arc::new(SessionConfig::new(&config, host_boot));
         self.alarms
             .set_rules(alarm_rules::in_force(&config, &self.run_time_rules));
+        self.pause_watch.set_bound(config.scheduling_pause);
         self.config = config;
         let now = self.clock.now();
         let ids: Vec<VmId> = self.vms.keys().copied().collect();

@@ -666,3 +666,134 @@ fn the_host_says_it_takes_processes_and_monitors() {
         caps.contains(Capabilities::PROCESSES | Capabilities::MONITORS | Capabilities::HEARTBEAT)
     );
 }
+
+#[test]
+fn sync_is_answered_synced() {
+    let mut rig = Rig::greeted();
+
+    assert_eq!(
+        rig.at(10).feed(Event::Command(HostCmd::Sync)),
+        [Action::Deliver(SessionEvent::Synced)]
+    );
+}
+
+#[test]
+fn a_paused_domain_is_not_pinged_nor_judged_and_its_silence_restarts_at_resume() {
+    let mut rig = Rig::greeted();
+    rig.run_to(100);
+    rig.at(100)
+        .feed(Event::Command(HostCmd::DomainPaused(true)));
+
+    assert_eq!(rig.session.next_deadline(), None);
+    assert!(rig.tick(5_000).is_empty());
+
+    rig.at(5_000)
+        .feed(Event::Command(HostCmd::DomainPaused(false)));
+    let seen = rig.run_to(6_000);
+    let first_ping = seen
+        .iter()
+        .find(|(_, a)| {
+            matches!(
+                a,
+                Action::Send(Frame {
+                    msg: HostMsg::Ping,
+                    ..
+                })
+            )
+        })
+        .map(|(t, _)| *t);
+    assert_eq!(first_ping, Some(5_200));
+    let ends: Vec<_> = seen
+        .iter()
+        .filter_map(|(t, a)| match a {
+            Action::End(e) => Some((*t, e.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, [(5_600, SessionEnd::ChannelDead { silent_ms: 600 })]);
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// [`config`] with the default flood bounds: a backlog read at once after a stop is no
+    /// flood.
+    fn roomy() -> SessionConfig {
+        let mut c = Config {
+            hello_timeout: ms(500),
+            ping_interval: ms(200),
+            dead_after_pings: 3,
+            ..Config::default()
+        };
+        c.session.write_timeout = ms(300);
+        SessionConfig::new(&c, [1; 16])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        /// The guest sends something at least once per `dead_after` (600 ms); the host agent is
+        /// not scheduled during arbitrary stretches, and reads what was sent meanwhile when it
+        /// wakes, before it looks at a deadline (the shell's `biased` select). The link is
+        /// never declared dead.
+        #[test]
+        fn a_link_whose_guest_speaks_within_dead_after_is_never_dead(
+            gaps in prop::collection::vec(1u64..600, 1..60),
+            stops in prop::collection::vec((0u64..3_000, 0u64..3_000), 0..4),
+        ) {
+            let config = roomy();
+            let t0 = Instant::now();
+            let (mut session, _) = Session::open(&config, dialed(LinkKind::Stream), "vm", t0);
+            session.handle(&config, Event::Frame(guest_hello()), t0);
+            let mut sends = Vec::new();
+            let mut t = 0u64;
+            for g in gaps {
+                t += g;
+                sends.push(t);
+            }
+            let mut windows = Vec::new();
+            let mut at = 0u64;
+            for (gap, len) in stops {
+                at += gap;
+                windows.push((at, at + len));
+                at += len;
+            }
+            let wake_of = |t: u64| {
+                windows.iter().find(|(a, b)| *a <= t && t < *b).map_or(t, |(_, b)| *b)
+            };
+            let end = wake_of(t);
+            let mut read = 0usize;
+            loop {
+                let deadline = session
+                    .next_deadline()
+                    .map(|d| wake_of(d.duration_since(t0).as_millis() as u64));
+                let next_read = sends.get(read).map(|&s| wake_of(s));
+                let Some(now) = [deadline, next_read].into_iter().flatten().min() else {
+                    break;
+                };
+                if now > end {
+                    break;
+                }
+                let at = t0 + ms(now);
+                let mut out = Vec::new();
+                // Input first: everything readable at the wake.
+                while sends.get(read).is_some_and(|&s| wake_of(s) <= now) {
+                    read += 1;
+                    out.extend(session.handle(
+                        &config,
+                        Event::Frame(Frame::event(GuestMsg::MarkActive)),
+                        at,
+                    ));
+                }
+                if deadline == Some(now) {
+                    out.extend(session.handle(&config, Event::Tick, at));
+                }
+                let end = out.iter().find(|a| matches!(a, Action::End(_)));
+                prop_assert!(end.is_none(), "{:?} at {} ms; sends {:?}, stops {:?}", end, now, sends, windows);
+            }
+            prop_assert_eq!(read, sends.len());
+        }
+    }
+}

@@ -355,3 +355,38 @@ async fn a_frame_past_the_size_limit_ends_the_session_as_a_bad_frame() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn sync_is_answered_after_every_frame_that_was_already_readable() {
+    let mut pipe = serve(4096, dialed());
+    pipe.host_says().await;
+    pipe.hello().await;
+    assert!(matches!(
+        pipe.events.recv().await,
+        Some(SessionEvent::Hello { .. })
+    ));
+
+    // Three heartbeats wait in the pipe when the supervisor asks for a sync.
+    for _ in 0..3 {
+        pipe.guest_says(Frame::event(GuestMsg::MarkActive)).await;
+    }
+    pipe.commands
+        .send(HostCmd::Sync)
+        .await
+        .expect("session runs");
+
+    let mut seen = Vec::new();
+    while let Some(event) = pipe.events.recv().await {
+        let synced = event == SessionEvent::Synced;
+        seen.push(event);
+        if synced {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(
+        seen[..3]
+            .iter()
+            .all(|e| matches!(e, SessionEvent::Heartbeat { .. })),
+        "{seen:?}"
+    );
+}
