@@ -63,7 +63,7 @@ pub use guest::{
     ProcessState, ProcessView,
 };
 pub use history::{
-    AlarmEvent, AlarmSide, Decision, Finite, GuestEvent, HistoryEntry, HistoryKind,
+    AlarmEvent, AlarmSide, Decision, Escalation, Finite, GuestEvent, HistoryEntry, HistoryKind,
     HypervisorEvent, Level, OperatorAction, SessionEnd,
 };
 pub use reset::{ResetCause, ResetMethod};

@@ -22,6 +22,7 @@ use appmon_control::{
 use crate::control;
 use appmon_wire::report::{error_chain, exit};
 
+mod config_file;
 mod run;
 
 pub const EXIT_OK: i32 = 0;
@@ -126,6 +127,26 @@ pub struct EnableArgs {
     /// written into the metadata with the rest.
     #[arg(long)]
     pub applications: Option<PathBuf>,
+    /// The Pacemaker resource (`ocf:heartbeat:VirtualDomain`) that runs this domain: appmon
+    /// escalates to the cluster what it cannot recover in place (host-agent README, "Inside a
+    /// Pacemaker cluster").
+    #[arg(long, value_parser = resource_id)]
+    pub cluster_resource: Option<String>,
+    /// Write the monitoring element into this domain XML file (a VirtualDomain resource's
+    /// `config=`) instead of the live domain: the cluster creates the domain from it at every
+    /// start.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+fn resource_id(text: &str) -> Result<String, String> {
+    if appmon_libvirt_backend::spec::is_resource_id(text) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a Pacemaker resource id (a letter or _, then letters, digits, _ - .)"
+        ))
+    }
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -184,6 +205,7 @@ impl EnableArgs {
             reset_method: self.reset_method,
             transport,
             applications: Vec::new(),
+            cluster_resource: self.cluster_resource.clone(),
         };
         match &self.applications {
             None => Ok(spec),
@@ -215,6 +237,40 @@ fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot make {} absolute: {e}", path.display()))
 }
 
+/// `enable --config FILE`: the spec written into the domain XML file, not the live domain.
+fn enable_in_file(args: &EnableArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let Some(path) = &args.config else {
+        return EXIT_USAGE;
+    };
+    let result = args.spec().and_then(|spec| {
+        let xml = std::fs::read_to_string(path)
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        let updated = config_file::with_monitor(&xml, &args.domain, &spec.to_xml())
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        // Written beside and renamed over, so a cluster starting the domain meanwhile reads the
+        // old file or the new one, never half of one.
+        let tmp = path.with_extension("appmon-tmp");
+        std::fs::write(&tmp, updated)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("--config {}: {e}", path.display()))
+    });
+    match result {
+        Ok(()) => {
+            let _ = writeln!(
+                out,
+                "{}: monitoring written into {}; it applies when the cluster next starts the domain",
+                escape(&args.domain),
+                path.display()
+            );
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(err, "appmonctl: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
 /// Runs one command; returns the exit code. Output goes to `out`, errors to `err`.
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let request = match &cli.command {
@@ -241,6 +297,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             domain: domain.clone(),
             entity: entity.clone(),
         },
+        Command::Enable(args) if args.config.is_some() => return enable_in_file(args, out, err),
         Command::Enable(args) => match args.spec() {
             Ok(spec) => Request::Enable {
                 domain: args.domain.clone(),
