@@ -732,6 +732,93 @@ mod tests {
         .is_err());
     }
 
+    #[test]
+    fn cluster_resource_goes_into_the_spec_and_must_be_a_resource_id() {
+        let cli = Cli::try_parse_from([
+            "appmonctl",
+            "enable",
+            "vm1",
+            "--cid",
+            "5",
+            "--cluster-resource",
+            "vm_vm1",
+        ])
+        .unwrap();
+        let Command::Enable(args) = cli.command else {
+            panic!("not enable");
+        };
+        let spec = args.spec().unwrap();
+        assert_eq!(spec.cluster_resource.as_deref(), Some("vm_vm1"));
+        assert!(spec
+            .to_xml()
+            .contains("<appmon:cluster resource=\"vm_vm1\"/>"));
+        for bad in ["--force", "1vm", "vm 1", ""] {
+            assert!(
+                Cli::try_parse_from([
+                    "appmonctl",
+                    "enable",
+                    "vm1",
+                    "--cid",
+                    "5",
+                    "--cluster-resource",
+                    bad
+                ])
+                .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn enable_with_config_writes_the_file_and_not_the_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vm1.xml");
+        std::fs::write(&file, "<domain type='qemu'><name>vm1</name></domain>").unwrap();
+        let file_arg = file.to_string_lossy().into_owned();
+        let cli = Cli::try_parse_from([
+            "appmonctl",
+            "--socket",
+            "/nonexistent/host.sock",
+            "enable",
+            "vm1",
+            "--cid",
+            "5",
+            "--cluster-resource",
+            "vm_vm1",
+            "--config",
+            &file_arg,
+        ])
+        .unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(
+            run(&cli, &mut out, &mut err),
+            0,
+            "{}",
+            String::from_utf8_lossy(&err)
+        );
+        let xml = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            xml.contains("<appmon:cluster resource=\"vm_vm1\"/>"),
+            "{xml}"
+        );
+
+        // Another domain's file is refused and left as it was.
+        let cli = Cli::try_parse_from([
+            "appmonctl",
+            "enable",
+            "vm2",
+            "--cid",
+            "5",
+            "--config",
+            &file_arg,
+        ])
+        .unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(run(&cli, &mut out, &mut err), EXIT_FAILED);
+        assert!(String::from_utf8_lossy(&err).contains("not \"vm2\""));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), xml);
+    }
+
     fn counters_view(name: &str, value: Option<f64>) -> CountersView {
         CountersView {
             domain: "vm1".into(),
