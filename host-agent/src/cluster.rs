@@ -32,6 +32,19 @@ pub enum ClusterError {
     BadStatus(String),
     #[error("the cluster has no resource {0:?}")]
     NoSuchResource(String),
+    #[error("resource {resource} runs the domain {runs:?} (its config= {config}), not {domain:?}")]
+    WrongDomain {
+        resource: String,
+        config: String,
+        runs: String,
+        domain: String,
+    },
+    #[error("resource {resource}'s config= file {config}: {error}")]
+    Config {
+        resource: String,
+        config: String,
+        error: String,
+    },
     #[error("resource {resource} is not started on this node ({node}): {state}")]
     NotHere {
         resource: String,
@@ -140,6 +153,63 @@ pub fn placement(xml: &str, resource: &str) -> Result<Option<Placement>, Cluster
     }
 }
 
+/// The domain name (`/domain/name`) of a domain XML document.
+pub fn domain_name(xml: &str) -> Result<String, String> {
+    let mut reader = Reader::from_str(xml);
+    let mut path: Vec<Vec<u8>> = Vec::new();
+    loop {
+        match reader.read_event().map_err(|e| e.to_string())? {
+            Event::Start(e) => path.push(e.local_name().as_ref().to_vec()),
+            Event::End(_) => {
+                path.pop();
+            }
+            Event::Text(t) if path == [b"domain".to_vec(), b"name".to_vec()] => {
+                return Ok(t.unescape().map_err(|e| e.to_string())?.trim().to_string());
+            }
+            Event::Eof => return Err("no <domain><name>".into()),
+            _ => {}
+        }
+    }
+}
+
+/// Checks that `resource` is the VirtualDomain resource of `domain`: its `config=` file defines
+/// that domain. Failing a resource that runs another VM would take down the wrong one.
+pub fn check_resource_runs(resource: &str, domain: &str) -> Result<(), ClusterError> {
+    let config = run(
+        "crm_resource",
+        &[
+            "--resource",
+            resource,
+            "--get-parameter",
+            "config",
+            "--quiet",
+        ],
+    )?;
+    // With --quiet the value alone; its last line either way.
+    let config = config
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_default()
+        .to_string();
+    let bad = |error: String| ClusterError::Config {
+        resource: resource.to_string(),
+        config: config.clone(),
+        error,
+    };
+    let xml = std::fs::read_to_string(&config).map_err(|e| bad(e.to_string()))?;
+    let runs = domain_name(&xml).map_err(bad)?;
+    if runs != domain {
+        return Err(ClusterError::WrongDomain {
+            resource: resource.to_string(),
+            config,
+            runs,
+            domain: domain.to_string(),
+        });
+    }
+    Ok(())
+}
+
 fn run(program: &str, args: &[&str]) -> Result<String, ClusterError> {
     let command = format!("{program} {}", args.join(" "));
     let output = Command::new(program)
@@ -168,7 +238,7 @@ pub fn local_node() -> Result<String, ClusterError> {
 /// this node with nothing under way, `Ok(false)` when no cluster answers (the reset goes ahead as
 /// without a cluster; the caller logs it), an error when the cluster has the resource elsewhere,
 /// in a transition, or not at all.
-pub fn check_reset(resource: &str) -> Result<bool, ClusterError> {
+pub fn check_reset(resource: &str, domain: &str) -> Result<bool, ClusterError> {
     let node = match local_node() {
         Ok(n) => n,
         Err(_) => return Ok(false),
@@ -179,7 +249,7 @@ pub fn check_reset(resource: &str) -> Result<bool, ClusterError> {
     };
     match placement(&xml, resource)? {
         None => Err(ClusterError::NoSuchResource(resource.to_string())),
-        Some(p) if p.started_on(&node) => Ok(true),
+        Some(p) if p.started_on(&node) => check_resource_runs(resource, domain).map(|()| true),
         Some(p) => Err(ClusterError::NotHere {
             resource: resource.to_string(),
             state: p.describe(),
@@ -188,9 +258,11 @@ pub fn check_reset(resource: &str) -> Result<bool, ClusterError> {
     }
 }
 
-/// Marks `resource` failed on this node: Pacemaker recovers it.
-pub fn fail_resource(resource: &str) -> Result<(), ClusterError> {
+/// Marks `resource` failed on this node, once it is known to run `domain`: Pacemaker recovers
+/// it.
+pub fn fail_resource(resource: &str, domain: &str) -> Result<(), ClusterError> {
     let node = local_node()?;
+    check_resource_runs(resource, domain)?;
     run(
         "crm_resource",
         &["--fail", "--resource", resource, "--node", &node],
@@ -238,6 +310,19 @@ mod tests {
             placement(STATUS, "vm_other").unwrap().unwrap().nodes,
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn the_domain_name_is_read_from_domain_name_only() {
+        let xml = "<domain type='kvm'><metadata><x:name xmlns:x='urn:x'>no</x:name></metadata>\
+                   <name> web1 </name><devices><disk><name>no</name></disk></devices></domain>";
+        // Namespaced or nested <name>s elsewhere are not the domain's.
+        let xml = xml.replace(
+            "<metadata><x:name xmlns:x='urn:x'>no</x:name></metadata>",
+            "",
+        );
+        assert_eq!(domain_name(&xml).unwrap(), "web1");
+        assert!(domain_name("<domain><uuid>1</uuid></domain>").is_err());
     }
 
     #[test]

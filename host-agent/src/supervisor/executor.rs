@@ -103,7 +103,7 @@ impl Executor {
         }
         self.spawn(move |hv| {
             if let Some(resource) = &cluster {
-                match crate::cluster::check_reset(resource) {
+                match crate::cluster::check_reset(resource, &domain.name) {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!(domain = %domain.name, %resource,
                         "no cluster answers: resetting in place as without one"),
@@ -128,10 +128,11 @@ impl Executor {
         });
     }
 
-    /// Asks the cluster to recover `resource` (`crm_resource --fail` on this node).
-    pub(super) fn escalate(&self, vm: VmId, resource: String) {
+    /// Asks the cluster to recover `resource` (`crm_resource --fail` on this node), once its
+    /// `config=` is known to define `domain`.
+    pub(super) fn escalate(&self, vm: VmId, domain: String, resource: String) {
         self.spawn(move |_| Internal::Escalated {
-            result: crate::cluster::fail_resource(&resource).map_err(|e| error_chain(&e)),
+            result: crate::cluster::fail_resource(&resource, &domain).map_err(|e| error_chain(&e)),
             vm,
             resource,
         });

@@ -348,7 +348,7 @@ impl Supervisor {
                 }
                 Action::Escalate { resource } => {
                     tracing::error!(domain = %vm.domain.name, %resource, "escalating to the cluster: crm_resource --fail");
-                    self.executor.escalate(id, resource);
+                    self.executor.escalate(id, vm.domain.name.clone(), resource);
                 }
                 Action::Reset { method, cause } => {
                     tracing::warn!(domain = %vm.domain.name, method = method.as_str(), %cause, "resetting");
