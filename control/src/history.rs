@@ -228,6 +228,22 @@ pub enum Decision {
         window_s: u64,
         max_resets: u32,
     },
+    /// The domain is a cluster resource and appmon cannot recover it in place: the cluster is
+    /// asked to recover `resource` (Pacemaker restarts it, or moves it after its
+    /// migration-threshold).
+    Escalate {
+        resource: String,
+        reason: Escalation,
+    },
+    /// The cluster took the escalation.
+    Escalated {
+        resource: String,
+    },
+    /// The cluster could not be asked or refused: nothing else happens (the alarm stands).
+    EscalationFailed {
+        resource: String,
+        error: String,
+    },
     /// The window has room again: the alarm is cleared.
     AlarmCleared,
     /// An operator's `clear`: the alarm and `forgotten` resets of the window are gone.
@@ -276,6 +292,26 @@ pub enum Decision {
         resets: u32,
         alarm: bool,
     },
+}
+
+/// Why appmon hands a domain to the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Escalation {
+    /// The reset budget is spent.
+    GaveUp,
+    /// A power-cycle (destroy + start) is due, and a cluster's transient domain cannot be
+    /// started again by appmon.
+    PowerCycle,
+}
+
+impl fmt::Display for Escalation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Escalation::GaveUp => "reset budget spent",
+            Escalation::PowerCycle => "a power-cycle is due and cannot be done in place",
+        })
+    }
 }
 
 impl fmt::Display for Decision {
@@ -331,6 +367,17 @@ impl fmt::Display for Decision {
             } => write!(
                 f,
                 "gave up: {cause}, but {resets_in_window} reset(s) in the last {window_s} s already (max {max_resets})"
+            ),
+            Decision::Escalate { resource, reason } => write!(
+                f,
+                "{reason}: asking the cluster to recover resource {resource}"
+            ),
+            Decision::Escalated { resource } => {
+                write!(f, "the cluster took the failure of resource {resource}")
+            }
+            Decision::EscalationFailed { resource, error } => write!(
+                f,
+                "could not escalate resource {resource} to the cluster: {error}"
             ),
             Decision::AlarmCleared => f.write_str("reset window has room again: alarm cleared"),
             Decision::OperatorCleared { forgotten } => write!(

@@ -74,8 +74,8 @@ pub use guest::{
     ProcessState, ProcessView,
 };
 pub use history::{
-    AlarmEvent, AlarmSide, ConnectFailure, ConnectFailureKind, Decision, Finite, GuestEvent,
-    HistoryEntry, HistoryKind, HypervisorEvent, Level, OperatorAction, SessionEnd,
+    AlarmEvent, AlarmSide, ConnectFailure, ConnectFailureKind, Decision, Escalation, Finite,
+    GuestEvent, HistoryEntry, HistoryKind, HypervisorEvent, Level, OperatorAction, SessionEnd,
 };
 pub use reset::{ResetCause, ResetMethod};
 pub use view::{ConnectFailureView, LibvirtLost, PolicyView, Status, VmView};

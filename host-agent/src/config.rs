@@ -387,6 +387,7 @@ impl Config {
             reset_window: spec.reset_window.unwrap_or(d.reset_window),
             reset_method: spec.reset_method.unwrap_or(d.reset_method),
             channel_timeout: self.channel_timeout,
+            cluster_resource: spec.cluster_resource.clone(),
         }
     }
 }

@@ -24,6 +24,7 @@ use appmon_control::{
 use crate::control;
 use appmon_wire::report::{error_chain, exit};
 
+mod config_file;
 mod run;
 
 pub const EXIT_OK: i32 = 0;
@@ -169,6 +170,26 @@ pub struct EnableArgs {
     /// written into the metadata with the rest.
     #[arg(long)]
     pub applications: Option<PathBuf>,
+    /// The Pacemaker resource (`ocf:heartbeat:VirtualDomain`) that runs this domain: appmon
+    /// escalates to the cluster what it cannot recover in place (host-agent README, "Inside a
+    /// Pacemaker cluster").
+    #[arg(long, value_parser = resource_id)]
+    pub cluster_resource: Option<String>,
+    /// Write the monitoring element into this domain XML file (a VirtualDomain resource's
+    /// `config=`) instead of the live domain: the cluster creates the domain from it at every
+    /// start.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+fn resource_id(text: &str) -> Result<String, String> {
+    if appmon_libvirt_backend::spec::is_resource_id(text) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a Pacemaker resource id (a letter or _, then letters, digits, _ - .)"
+        ))
+    }
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -227,6 +248,7 @@ impl EnableArgs {
             reset_method: self.reset_method,
             transport,
             applications: Vec::new(),
+            cluster_resource: self.cluster_resource.clone(),
         };
         match &self.applications {
             None => Ok(spec),
@@ -258,6 +280,40 @@ fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot make {} absolute: {e}", path.display()))
 }
 
+/// `enable --config FILE`: the spec written into the domain XML file, not the live domain.
+fn enable_in_file(args: &EnableArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let Some(path) = &args.config else {
+        return EXIT_USAGE;
+    };
+    let result = args.spec().and_then(|spec| {
+        let xml = std::fs::read_to_string(path)
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        let updated = config_file::with_monitor(&xml, &args.domain, &spec.to_xml())
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        // Written beside and renamed over, so a cluster starting the domain meanwhile reads the
+        // old file or the new one, never half of one.
+        let tmp = path.with_extension("appmon-tmp");
+        std::fs::write(&tmp, updated)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("--config {}: {e}", path.display()))
+    });
+    match result {
+        Ok(()) => {
+            let _ = writeln!(
+                out,
+                "{}: monitoring written into {}; it applies when the cluster next starts the domain",
+                escape(&args.domain),
+                path.display()
+            );
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(err, "appmonctl: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
 /// Runs one command; returns the exit code. Output goes to `out`, errors to `err`.
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let request = match &cli.command {
@@ -284,6 +340,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             domain: domain.clone(),
             entity: entity.clone(),
         },
+        Command::Enable(args) if args.config.is_some() => return enable_in_file(args, out, err),
         Command::Alarms { domain } => Request::Alarms {
             domain: domain.clone(),
         },
@@ -822,6 +879,93 @@ mod tests {
             "5"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn cluster_resource_goes_into_the_spec_and_must_be_a_resource_id() {
+        let cli = Cli::try_parse_from([
+            "appmonctl",
+            "enable",
+            "vm1",
+            "--cid",
+            "5",
+            "--cluster-resource",
+            "vm_vm1",
+        ])
+        .unwrap();
+        let Command::Enable(args) = cli.command else {
+            panic!("not enable");
+        };
+        let spec = args.spec().unwrap();
+        assert_eq!(spec.cluster_resource.as_deref(), Some("vm_vm1"));
+        assert!(spec
+            .to_xml()
+            .contains("<appmon:cluster resource=\"vm_vm1\"/>"));
+        for bad in ["--force", "1vm", "vm 1", ""] {
+            assert!(
+                Cli::try_parse_from([
+                    "appmonctl",
+                    "enable",
+                    "vm1",
+                    "--cid",
+                    "5",
+                    "--cluster-resource",
+                    bad
+                ])
+                .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn enable_with_config_writes_the_file_and_not_the_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vm1.xml");
+        std::fs::write(&file, "<domain type='qemu'><name>vm1</name></domain>").unwrap();
+        let file_arg = file.to_string_lossy().into_owned();
+        let cli = Cli::try_parse_from([
+            "appmonctl",
+            "--socket",
+            "/nonexistent/host.sock",
+            "enable",
+            "vm1",
+            "--cid",
+            "5",
+            "--cluster-resource",
+            "vm_vm1",
+            "--config",
+            &file_arg,
+        ])
+        .unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(
+            run(&cli, &mut out, &mut err),
+            0,
+            "{}",
+            String::from_utf8_lossy(&err)
+        );
+        let xml = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            xml.contains("<appmon:cluster resource=\"vm_vm1\"/>"),
+            "{xml}"
+        );
+
+        // Another domain's file is refused and left as it was.
+        let cli = Cli::try_parse_from([
+            "appmonctl",
+            "enable",
+            "vm2",
+            "--cid",
+            "5",
+            "--config",
+            &file_arg,
+        ])
+        .unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(run(&cli, &mut out, &mut err), EXIT_FAILED);
+        assert!(String::from_utf8_lossy(&err).contains("not \"vm2\""));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), xml);
     }
 
     fn counters_view(name: &str, value: Option<f64>) -> CountersView {

@@ -30,6 +30,8 @@
 //!   counter (pure; the supervisor keeps one per VM and feeds it what the session delivers).
 //! - [`mon`] — MON's `/monapi`: its URLs parsed and bounded, its answers built from the VMs'
 //!   counters and rendered as XML, JSON or UDL (pure), and the HTTP service around them.
+//! - [`cluster`] — the Pacemaker shell: whether a cluster resource is started here (before an
+//!   in-place reset) and `crm_resource --fail` when the policy escalates.
 //! - [`config`] — `/etc/appmon/host.toml`.
 //! - [`persist`] — the state directory (reset history and alarms across restarts).
 //! - [`control`] — the local control socket; [`ctl`] — the `appmonctl` command line. Their
@@ -45,6 +47,7 @@
 //!
 //! The tests and benchmarks run it against real libvirt (its test driver, in process or in a
 //! private libvirtd) with scripted guest peers and the real guest agent on Unix sockets.
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod counters;

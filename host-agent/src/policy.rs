@@ -95,6 +95,17 @@
 //! source, so one failure interval after that Enable a silent application is reset (vSphere HA
 //! likewise does not restart the minimum uptime on vMotion, which is no power-on).
 //!
+//! **Inside a cluster** (the spec names a Pacemaker resource, [`Policy::cluster_resource`]):
+//! the cluster owns where the domain runs and its start and stop; appmon keeps the in-place
+//! reset. When the reset budget is spent, the alarm is raised as everywhere and the machine
+//! also asks the cluster to recover the resource ([`Action::Escalate`]): Pacemaker restarts
+//! the VM, or moves it once its migration-threshold is reached. A power-cycle (destroy +
+//! start) is never done on such a domain: the cluster creates it transient, so a destroyed
+//! one cannot be started again by appmon; the power-cycle is escalated instead, takes the
+//! reset's slot in the window as it would have, and if the cluster does nothing the failure
+//! that still holds is judged again one failure interval later. Without a cluster resource,
+//! nothing of this applies.
+//!
 //! **No spec, no action**: a machine without a [`Policy`] never emits a reset or an alarm.
 //!
 //! **Adopting guest state**: when the host has state for the guest (a mere reconnect), the
@@ -120,7 +131,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use appmon_control::{
-    Decision, DomainEvent, DomainState, ResetMethod, RunningReason, StartedReason,
+    Decision, DomainEvent, DomainState, Escalation, ResetMethod, RunningReason, StartedReason,
 };
 pub use appmon_control::{Level, ResetCause};
 use appmon_wire::{format_boot_id, AppState, AppStatus, GuestState, HostMsg, RequestId};
@@ -154,6 +165,9 @@ pub struct Policy {
     pub reset_method: ResetMethod,
     /// How long to wait for the guest channel after a reset or reboot before power-cycling.
     pub channel_timeout: Duration,
+    /// The Pacemaker resource that runs this domain, if a cluster does (see "Inside a
+    /// cluster").
+    pub cluster_resource: Option<String>,
 }
 
 impl Default for Policy {
@@ -165,6 +179,7 @@ impl Default for Policy {
             reset_window: Duration::from_secs(3600),
             reset_method: ResetMethod::Reset,
             channel_timeout: Duration::from_secs(60),
+            cluster_resource: None,
         }
     }
 }
@@ -319,6 +334,8 @@ pub enum Action {
     },
     /// Gave up: the rate limit is exhausted.
     Alarm { reason: String },
+    /// Ask the cluster to recover the domain's resource (see "Inside a cluster").
+    Escalate { resource: String },
     /// Tell the guest its new status.
     SendStatus(AppStatus),
     /// The reset history or alarm changed: write it to the state directory.
@@ -1040,6 +1057,7 @@ impl VmMachine {
                     ResetMethod::PowerCycle,
                     ResetCause::ChannelLostAfterReset,
                     true,
+                    now,
                     out,
                 );
             } else {
@@ -1135,6 +1153,9 @@ impl VmMachine {
                 Self::note(out, Level::Error, gave_up);
                 out.push(Action::Alarm { reason });
                 out.push(Action::Persist);
+                if let Some(resource) = &policy.cluster_resource {
+                    Self::escalate(out, resource, Escalation::GaveUp);
+                }
             }
             return;
         }
@@ -1144,7 +1165,21 @@ impl VmMachine {
             reason: cause.to_string(),
         });
         out.push(Action::Persist);
-        self.issue_reset(policy, method, cause, false, out);
+        self.issue_reset(policy, method, cause, false, now, out);
+    }
+
+    fn escalate(out: &mut Vec<Action>, resource: &str, reason: Escalation) {
+        Self::note(
+            out,
+            Level::Error,
+            Decision::Escalate {
+                resource: resource.to_string(),
+                reason,
+            },
+        );
+        out.push(Action::Escalate {
+            resource: resource.to_string(),
+        });
     }
 
     /// Starts a reset whose place in the window is settled. `completes_reset`: the power-cycle
@@ -1155,8 +1190,16 @@ impl VmMachine {
         method: ResetMethod,
         cause: ResetCause,
         completes_reset: bool,
+        now: Duration,
         out: &mut Vec<Action>,
     ) {
+        if let (ResetMethod::PowerCycle, Some(resource)) = (method, &policy.cluster_resource) {
+            // The cluster's transient domain cannot be started again by appmon once destroyed.
+            self.pending = Pending::Idle;
+            self.retry_at = Some(now + policy.failure_interval);
+            Self::escalate(out, resource, Escalation::PowerCycle);
+            return;
+        }
         self.pending = Pending::Resetting { method, cause };
         self.boot_at_reset = self.boot_id;
         self.back_during_reset = false;

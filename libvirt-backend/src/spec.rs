@@ -18,6 +18,11 @@
 //!
 //! Any number of `<appmon:application>` elements name the managed applications the host agent
 //! has the guest launch and keeps running ([`application`]).
+//!
+//! `<appmon:cluster resource=".."/>` says the domain is a Pacemaker resource
+//! (`ocf:heartbeat:VirtualDomain`) of that id: what appmon cannot do in place (a power-cycle of a
+//! transient domain, recovery after the reset budget is spent) it hands to the cluster
+//! (host-agent README, "Inside a Pacemaker cluster").
 
 pub mod application;
 
@@ -51,6 +56,8 @@ pub struct MonitorSpec {
     pub transport: Transport,
     /// Managed applications, in the element's order, names unique.
     pub applications: Vec<ApplicationSpec>,
+    /// The id of the Pacemaker resource that runs this domain, when a cluster does.
+    pub cluster_resource: Option<String>,
 }
 
 /// How the host agent reaches the guest agent.
@@ -95,6 +102,8 @@ pub enum SpecError {
     BadApplication { name: String, problem: String },
     #[error("two <application> elements are named {0:?}")]
     DuplicateApplication(String),
+    #[error("<monitor> has more than one <cluster> element")]
+    TwoClusterElements,
 }
 
 /// Parses a duration as operators write it: `500ms`, `30s`, `2m`, `1h`, or plain seconds.
@@ -140,6 +149,7 @@ impl MonitorSpec {
             reset_method: None,
             transport,
             applications: Vec::new(),
+            cluster_resource: None,
         }
     }
 
@@ -197,6 +207,12 @@ impl MonitorSpec {
                         "vsock" | "hybrid-vsock" | "channel" => {
                             transports += 1;
                             spec.transport = read_transport(&local, &e)?;
+                        }
+                        "cluster" => {
+                            if spec.cluster_resource.is_some() {
+                                return Err(SpecError::TwoClusterElements);
+                            }
+                            spec.cluster_resource = Some(read_cluster(&e)?);
                         }
                         "application" => {
                             let app = application::read(&mut reader, &e, empty, |ns| {
@@ -286,12 +302,17 @@ impl MonitorSpec {
                 format!("<{p}channel{path} name=\"{}\"/>", escape(name))
             }
         };
+        let cluster = self
+            .cluster_resource
+            .as_ref()
+            .map(|r| format!("<{p}cluster resource=\"{}\"/>", escape(r)))
+            .unwrap_or_default();
         let mut applications = String::new();
         for app in &self.applications {
             app.write(&p, &mut applications);
         }
         format!(
-            "<{p}monitor{declaration}><{p}policy{policy}/>{transport}{applications}</{p}monitor>"
+            "<{p}monitor{declaration}><{p}policy{policy}/>{transport}{cluster}{applications}</{p}monitor>"
         )
     }
 }
@@ -373,6 +394,46 @@ fn read_policy(e: &BytesStart<'_>, spec: &mut MonitorSpec) -> Result<(), SpecErr
     Ok(())
 }
 
+/// Whether `id` is a Pacemaker resource id: an XML ID (a letter or `_`, then letters, digits,
+/// `_`, `-` and `.`), which is also what keeps it from reading as an option on a command line.
+pub fn is_resource_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && id.len() <= 128
+}
+
+fn read_cluster(e: &BytesStart<'_>) -> Result<String, SpecError> {
+    let mut resource = None;
+    for (key, value) in attributes(e)? {
+        match key.as_str() {
+            "resource" => {
+                if !is_resource_id(&value) {
+                    return Err(bad(
+                        "cluster",
+                        &key,
+                        &value,
+                        "expected a Pacemaker resource id (a letter or _, then letters, digits, _ - .)",
+                    ));
+                }
+                resource = Some(value);
+            }
+            _ => {
+                return Err(SpecError::UnknownAttribute {
+                    element: "cluster".into(),
+                    attribute: key,
+                })
+            }
+        }
+    }
+    resource.ok_or(SpecError::MissingAttribute {
+        element: "cluster",
+        attribute: "resource",
+    })
+}
+
 fn read_transport(element: &str, e: &BytesStart<'_>) -> Result<Transport, SpecError> {
     let (mut cid, mut port, mut path, mut name) = (None, None, None, None);
     for (key, value) in attributes(e)? {
@@ -439,6 +500,45 @@ mod tests {
     }
 
     #[test]
+    fn cluster_resource_round_trips_in_both_forms() {
+        let mut spec = MonitorSpec::with_transport(Transport::Vsock {
+            cid: Some(9),
+            port: 5315,
+        });
+        spec.cluster_resource = Some("vm_web-1.a".into());
+        assert_eq!(MonitorSpec::from_xml(&spec.to_xml()), Ok(spec.clone()));
+        assert_eq!(
+            MonitorSpec::from_xml(&spec.to_metadata_xml()),
+            Ok(spec.clone())
+        );
+    }
+
+    #[test]
+    fn a_cluster_element_needs_a_resource_id() {
+        for (inner, expect) in [
+            (
+                r#"<appmon:vsock/><appmon:cluster/>"#,
+                "<cluster> needs the attribute resource",
+            ),
+            (
+                r#"<appmon:vsock/><appmon:cluster resource="--force"/>"#,
+                "expected a Pacemaker resource id",
+            ),
+            (
+                r#"<appmon:vsock/><appmon:cluster resource="a"/><appmon:cluster resource="b"/>"#,
+                "more than one <cluster>",
+            ),
+            (
+                r#"<appmon:vsock/><appmon:cluster resource="a" node="n"/>"#,
+                "attribute node appmon does not know",
+            ),
+        ] {
+            let err = MonitorSpec::from_xml(&wrap(inner)).unwrap_err().to_string();
+            assert!(err.contains(expect), "{inner}: {err}");
+        }
+    }
+
+    #[test]
     fn full_spec_round_trips_through_xml() {
         let spec = MonitorSpec {
             failure_interval: Some(Duration::from_secs(5)),
@@ -451,6 +551,7 @@ mod tests {
                 port: 5315,
             },
             applications: Vec::new(),
+            cluster_resource: None,
         };
         assert_eq!(MonitorSpec::from_xml(&spec.to_xml()), Ok(spec));
     }
@@ -534,6 +635,7 @@ mod tests {
                 name: "org.appmon.agent.0".into(),
             },
             applications: Vec::new(),
+            cluster_resource: None,
         };
         let xml = spec.to_metadata_xml();
         assert!(xml.starts_with("<monitor><policy "), "{xml}");

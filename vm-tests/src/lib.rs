@@ -34,6 +34,7 @@
 //! The VM tests themselves (`tests/`) compile only with the `vm` feature; `scripts/test` runs
 //! them with `cargo nextest run -p appmon-vm-tests --features vm`.
 
+pub mod cluster;
 pub mod console;
 pub mod demo;
 pub mod domain_xml;
@@ -47,6 +48,7 @@ pub mod virsh;
 pub mod vm;
 pub mod wait;
 
+pub use cluster::Cluster;
 pub use console::{markers, ConsoleMark};
 pub use demo::{DemoError, DEMO_COMMAND_TIMEOUT};
 pub use domain_xml::{OnReboot, WatchdogAction};

@@ -342,9 +342,13 @@ pub(crate) fn remove_domain(name: &str) -> Result<(), String> {
 /// Destroys (if running) and undefines the domain `name` of the libvirtd at `uri`.
 pub(crate) fn remove_domain_on(uri: &str, name: &str) -> Result<(), String> {
     let virsh = |args: &[&str]| virsh_on(uri, args);
-    let state = virsh(&["domstate", name])
-        .map(|s| DomainState::parse(&s))
-        .map_err(|e| format!("cannot query domain {name}: {e}"))?;
+    let state = match virsh(&["domstate", name]) {
+        Ok(s) => DomainState::parse(&s),
+        // Gone already: a transient domain that was stopped (a cluster's VirtualDomain stops
+        // and undefines the domains it runs).
+        Err(e) if e.to_string().contains("failed to get domain") => return Ok(()),
+        Err(e) => return Err(format!("cannot query domain {name}: {e}")),
+    };
     if state != DomainState::ShutOff {
         if let Err(e) = virsh(&["destroy", name]) {
             // It may have stopped on its own between the two commands.

@@ -743,6 +743,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                 ResetMethod::Reset
             },
             channel_timeout: ms(ct * S),
+            cluster_resource: None,
         })
 }
 
@@ -1450,4 +1451,87 @@ proptest! {
         }
         prop_assert_eq!(read, sends.len());
     }
+}
+
+// ---- inside a cluster ----
+
+fn escalations(sim: &Sim) -> Vec<(u64, String)> {
+    sim.log
+        .iter()
+        .filter_map(|(t, a)| match a {
+            Action::Escalate { resource } => Some((t.as_millis() as u64, resource.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn in_cluster(policy: Policy) -> Policy {
+    Policy {
+        cluster_resource: Some("vm_web".into()),
+        ..policy
+    }
+}
+
+#[test]
+fn giving_up_on_a_cluster_vm_escalates_once_with_the_alarm() {
+    let mut sim = Sim::new(in_cluster(Policy {
+        min_uptime: Duration::ZERO,
+        max_resets: 2,
+        channel_timeout: ms(3600 * S),
+        ..Policy::default()
+    }));
+    for (i, t) in [0u64, 100, 200, 300].into_iter().enumerate() {
+        sim.guest_enables(t * S, i as u8 + 1);
+        sim.feed(Input::PostAppState(AppState::NeedReset));
+    }
+    assert_eq!(sim.resets().len(), 2);
+    assert_eq!(sim.alarms(), 1);
+    assert_eq!(escalations(&sim), vec![(200 * S, "vm_web".to_string())]);
+}
+
+#[test]
+fn giving_up_without_a_cluster_does_not_escalate() {
+    let mut sim = Sim::new(Policy {
+        min_uptime: Duration::ZERO,
+        max_resets: 1,
+        channel_timeout: ms(3600 * S),
+        ..Policy::default()
+    });
+    for (i, t) in [0u64, 100].into_iter().enumerate() {
+        sim.guest_enables(t * S, i as u8 + 1);
+        sim.feed(Input::PostAppState(AppState::NeedReset));
+    }
+    assert_eq!(sim.alarms(), 1);
+    assert!(escalations(&sim).is_empty());
+}
+
+#[test]
+fn a_cluster_vm_is_never_power_cycled_its_power_cycle_is_escalated() {
+    // The reset does not bring the channel back: the power-cycle that would complete it goes
+    // to the cluster instead.
+    let mut sim = Sim::new(in_cluster(Policy {
+        min_uptime: Duration::ZERO,
+        channel_timeout: ms(5 * S),
+        ..Policy::default()
+    }));
+    sim.guest_enables(0, 1);
+    sim.feed(Input::PostAppState(AppState::NeedReset));
+    sim.run_to(100 * S);
+    assert_eq!(
+        sim.resets(),
+        vec![(0, ResetMethod::Reset, ResetCause::NeedReset)]
+    );
+    assert_eq!(escalations(&sim), vec![(5 * S, "vm_web".to_string())]);
+
+    // reset-method power-cycle: every reset goes to the cluster, and takes its slot.
+    let mut sim = Sim::new(in_cluster(Policy {
+        min_uptime: Duration::ZERO,
+        reset_method: ResetMethod::PowerCycle,
+        ..Policy::default()
+    }));
+    sim.guest_enables(0, 1);
+    sim.feed(Input::PostAppState(AppState::NeedReset));
+    assert!(sim.resets().is_empty());
+    assert_eq!(escalations(&sim), vec![(0, "vm_web".to_string())]);
+    assert_eq!(sim.m.resets_in_window(sim.now), 1);
 }

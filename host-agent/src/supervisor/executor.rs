@@ -27,6 +27,11 @@ pub(super) enum Internal {
         method: ResetMethod,
         result: Result<(), String>,
     },
+    Escalated {
+        vm: VmId,
+        resource: String,
+        result: Result<(), String>,
+    },
     SpecWritten {
         domain: DomainRef,
         reply: oneshot::Sender<Response>,
@@ -75,11 +80,14 @@ impl Executor {
 
     /// Resets (or power-cycles) the domain, `after` from now: a reset decided on the guest's
     /// own request waits until its answer has reached the guest (see `ANSWER_SETTLE`).
+    /// `cluster`: the domain's Pacemaker resource; the reset goes ahead only while the cluster
+    /// has it started on this node with nothing under way (or no cluster answers).
     pub(super) fn reset(
         &self,
         vm: VmId,
         domain: DomainRef,
         method: ResetMethod,
+        cluster: Option<String>,
         after: std::time::Duration,
     ) {
         if !after.is_zero() {
@@ -89,11 +97,25 @@ impl Executor {
             };
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
-                this.reset(vm, domain, method, std::time::Duration::ZERO);
+                this.reset(vm, domain, method, cluster, std::time::Duration::ZERO);
             });
             return;
         }
         self.spawn(move |hv| {
+            if let Some(resource) = &cluster {
+                match crate::cluster::check_reset(resource, &domain.name) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(domain = %domain.name, %resource,
+                        "no cluster answers: resetting in place as without one"),
+                    Err(e) => {
+                        return Internal::ResetResult {
+                            vm,
+                            method,
+                            result: Err(format!("not reset: {}", error_chain(&e))),
+                        }
+                    }
+                }
+            }
             let result = match method {
                 ResetMethod::Reset => hv.reset(&domain),
                 ResetMethod::PowerCycle => hv.power_cycle(&domain),
@@ -103,6 +125,16 @@ impl Executor {
                 method,
                 result: result.map_err(|e| error_chain(&e)),
             }
+        });
+    }
+
+    /// Asks the cluster to recover `resource` (`crm_resource --fail` on this node), once its
+    /// `config=` is known to define `domain`.
+    pub(super) fn escalate(&self, vm: VmId, domain: String, resource: String) {
+        self.spawn(move |_| Internal::Escalated {
+            result: crate::cluster::fail_resource(&resource, &domain).map_err(|e| error_chain(&e)),
+            vm,
+            resource,
         });
     }
 

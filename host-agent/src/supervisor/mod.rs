@@ -396,6 +396,10 @@ impl Supervisor {
                 Action::Alarm { reason } => {
                     tracing::error!(domain = %vm.domain.name, alarm = %reason, "ALARM: not resetting again until the window has room or an operator clears it");
                 }
+                Action::Escalate { resource } => {
+                    tracing::error!(domain = %vm.domain.name, %resource, "escalating to the cluster: crm_resource --fail");
+                    self.executor.escalate(id, vm.domain.name.clone(), resource);
+                }
                 Action::Reset { method, cause } => {
                     tracing::warn!(domain = %vm.domain.name, method = method.as_str(), %cause, "resetting");
                     self.counts.reset(&cause);
@@ -407,7 +411,9 @@ impl Supervisor {
                     } else {
                         Duration::ZERO
                     };
-                    self.executor.reset(id, vm.domain.clone(), method, after);
+                    let cluster = vm.machine.policy().and_then(|p| p.cluster_resource.clone());
+                    self.executor
+                        .reset(id, vm.domain.clone(), method, cluster, after);
                 }
             }
         }
@@ -519,7 +525,11 @@ impl Supervisor {
                     return;
                 }
             }
-            DomainEvent::Started(_)
+            // A transient domain (as a cluster's VirtualDomain creates them) is gone once it
+            // stops: the lookup finds no such domain and drops it, and the next one of the
+            // same name is a new domain to follow.
+            DomainEvent::Stopped(_)
+            | DomainEvent::Started(_)
             | DomainEvent::Resumed(_)
             | DomainEvent::Defined
             | DomainEvent::MetadataChanged => self.executor.lookup(&domain.uuid, seq),
@@ -575,12 +585,33 @@ impl Supervisor {
                     Ok(()) => Input::ResetDone,
                     Err(error) => {
                         if let Some(v) = self.vms.get(&vm) {
-                            tracing::error!(domain = %v.domain.name, method = method.as_str(), %error, "libvirt refused the reset");
+                            tracing::error!(domain = %v.domain.name, method = method.as_str(), %error, "the reset was not carried out");
                         }
                         Input::ResetFailed { error }
                     }
                 };
                 self.feed(vm, input, now);
+            }
+            Internal::Escalated {
+                vm,
+                resource,
+                result,
+            } => {
+                let decision = match result {
+                    Ok(()) => Decision::Escalated { resource },
+                    Err(error) => Decision::EscalationFailed { resource, error },
+                };
+                let level = match decision {
+                    Decision::Escalated { .. } => Level::Warn,
+                    _ => Level::Error,
+                };
+                if let Some(v) = self.vms.get(&vm) {
+                    match level {
+                        Level::Error => tracing::error!(domain = %v.domain.name, "{decision}"),
+                        _ => tracing::warn!(domain = %v.domain.name, "{decision}"),
+                    }
+                }
+                self.note(vm, now, level, HistoryKind::Decision(decision));
             }
             Internal::SpecWritten {
                 domain,

@@ -356,6 +356,7 @@ fn spec_round_trips_through_libvirt() {
                 ],
             )
         }],
+        cluster_resource: Some("vm_db".into()),
     };
 
     // Running and persistent (LIVE|CONFIG), shut off (CONFIG), running and transient (LIVE).

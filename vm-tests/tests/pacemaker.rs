@@ -1,0 +1,376 @@
+//! appmon inside a Pacemaker cluster (host-agent README, "Inside a Pacemaker cluster"): a
+//! one-node cluster ([`Cluster`]: corosync + pacemakerd started by the test) runs the guest as
+//! an `ocf:heartbeat:VirtualDomain` resource, which creates the domain transient from its
+//! `config=` file; the policy is written into that file with `appmonctl enable --config
+//! --cluster-resource`, and the real host agent monitors the domain the cluster created.
+//!
+//! - an in-place reset of a cluster VM is appmon's alone: the cluster records no failure;
+//! - when appmon gives up, it escalates (`crm_resource --fail`), Pacemaker restarts the VM, and
+//!   appmon monitors the new domain until it is Green;
+//! - the OCF agent `ocf:appmon:app` passes `ocf-tester` and fails a host agent that does not
+//!   answer only after its grace.
+#![cfg(feature = "vm")]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use appmon_control::{Decision, Escalation, ResetCause};
+use appmon_vm_tests::{
+    enable_args, test_host_config, unix_ms_now, wait_until, Cluster, Defaults, HostAgent, HostBins,
+    ResetMethod, Status, TestVm, VmConfig, DEFAULT_BOOT_TIMEOUT,
+};
+
+/// From the resource's start to Green: a TCG boot, the guest agent, the demo's Enable.
+const GREEN_TIMEOUT: Duration = Duration::from_secs(90);
+/// Slack for the host agent to notice what it is told.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(30);
+/// VirtualDomain's start of a TCG guest (~1.5 s in the recipe) on a loaded machine.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The guest, its host agent with the policy in the domain XML file, and the cluster running the
+/// file as resource `resource`, Green. (Dropped in reverse: the cluster stops the domain first.)
+struct Setup {
+    resource: String,
+    cluster: Cluster,
+    agent: HostAgent,
+    vm: TestVm,
+}
+
+fn setup(config: VmConfig, policy: &Defaults) -> Setup {
+    let vm = TestVm::new(config);
+    vm.rig().require_guest_program("appmon-guest");
+    vm.rig().require_guest_program("appmon-demo");
+    let resource = format!(
+        "vm_{}",
+        vm.name().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    let file = vm.dir().join("domain.xml");
+    let agent = HostAgent::start(&[&vm], test_host_config());
+    let uds = vm.vsock_uds().to_string_lossy().into_owned();
+    let file_arg = file.to_string_lossy().into_owned();
+    let mut args: Vec<String> = vec![
+        "enable".into(),
+        vm.name().into(),
+        "--config".into(),
+        file_arg,
+        "--cluster-resource".into(),
+        resource.clone(),
+        "--vsock-uds".into(),
+        uds,
+    ];
+    args.extend(enable_args(policy));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    agent
+        .ctl_ok(&args)
+        .unwrap_or_else(|e| vm.fail(format!("appmonctl enable --config: {e}")));
+    let xml = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        xml.contains(&format!("<appmon:cluster resource=\"{resource}\"/>")),
+        "{xml}"
+    );
+
+    let mut cluster = Cluster::start();
+    let started = cluster.add_virtual_domain(&resource, &file, START_TIMEOUT);
+    println!("resource {resource} started in {} ms", ms(started));
+    assert!(
+        vm.virsh_ok(&["dominfo", vm.name()])
+            .contains("Persistent:     no"),
+        "VirtualDomain runs the domain transient"
+    );
+    let boot = wait_boot(&vm, 1);
+    let s = agent.wait_for_status(&vm, GREEN_TIMEOUT, "green with this boot's id", |s| {
+        s.is(Status::Green) && s.guest_boot_id.as_deref() == Some(boot.as_str())
+    });
+    assert!(s.monitored && s.enabled, "{}", s.summary());
+    Setup {
+        resource,
+        cluster,
+        agent,
+        vm,
+    }
+}
+
+/// Waits for the `n`-th boot id on the console; returns it.
+fn wait_boot(vm: &TestVm, n: usize) -> String {
+    vm.wait_for(DEFAULT_BOOT_TIMEOUT, &format!("boot {n}"), || {
+        vm.boot_ids().get(n - 1).cloned()
+    })
+}
+
+fn domain_uuid(vm: &TestVm) -> Option<String> {
+    vm.virsh(&["domuuid", vm.name()])
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+// --- 1 ----------------------------------------------------------------------------------------
+
+#[test]
+fn in_place_reset_of_a_cluster_vm_leaves_no_failure_in_the_cluster() {
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(4),
+        min_uptime: Duration::from_secs(5),
+        max_resets: 3,
+        reset_window: Duration::from_secs(3600),
+        reset_method: ResetMethod::Reset,
+    };
+    let t = setup(VmConfig::new("pcmkreset"), &policy);
+    let (vm, agent, cluster) = (&t.vm, &t.agent, &t.cluster);
+    let uuid = domain_uuid(vm);
+
+    // The OCF agent sees what appmon sees: Green is running.
+    assert_eq!(
+        ocf(&["monitor"], &ocf_env(vm.name(), agent, 30)).0,
+        7,
+        "not started yet"
+    );
+    let env = ocf_env(vm.name(), agent, 30);
+    assert_eq!(ocf(&["start"], &env).0, 0);
+    assert_eq!(ocf(&["monitor"], &env).0, 0, "Green is running");
+
+    let answer = vm.try_demo_command("needreset", Duration::from_secs(20));
+    println!("the demo application's answer: {answer:?}");
+    let s = agent.wait_for_status(vm, NOTICE_TIMEOUT, "the reset done", |s| {
+        s.find(|h| matches!(h.decision(), Some(Decision::ResetDone { .. })))
+            .is_some()
+    });
+    let decision = s.reset_decisions()[0].clone();
+    assert_eq!(
+        decision.reset_decision(),
+        Some((ResetMethod::Reset, ResetCause::NeedReset)),
+        "{}",
+        s.history_text()
+    );
+    let boot = wait_boot(vm, 2);
+    let s = agent.wait_for_status(vm, GREEN_TIMEOUT, "green again after the reset", |s| {
+        s.is(Status::Green) && s.guest_boot_id.as_deref() == Some(boot.as_str())
+    });
+    // Reset in place: the same domain, the cluster's resource untouched and without failure.
+    assert_eq!(domain_uuid(vm), uuid, "the same domain");
+    assert!(
+        s.find(|h| matches!(h.decision(), Some(Decision::Escalate { .. })))
+            .is_none(),
+        "{}",
+        s.history_text()
+    );
+    let r = cluster
+        .resource(&t.resource)
+        .unwrap_or_else(|| panic!("no resource\n{}", cluster.diagnostics()));
+    assert!(
+        r.role == "Started" && !r.failed && r.nodes.iter().any(|n| n == cluster.node()),
+        "{r:?}\n{}",
+        cluster.diagnostics()
+    );
+    assert_eq!(
+        cluster.fail_count(&t.resource),
+        0,
+        "{}",
+        cluster.diagnostics()
+    );
+    assert_eq!(ocf(&["monitor"], &env).0, 0, "Green again is running");
+    assert_eq!(ocf(&["stop"], &env).0, 0);
+    println!("reset in place; cluster fail-count 0; OCF agent monitor 0 while Green");
+}
+
+// --- 2 ----------------------------------------------------------------------------------------
+
+#[test]
+fn give_up_escalates_and_the_cluster_restarts_the_vm_which_appmon_monitors_again() {
+    // The application beats three times each boot and falls silent: one reset in place, then
+    // the budget is spent.
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(3),
+        min_uptime: Duration::from_secs(5),
+        max_resets: 1,
+        reset_window: Duration::from_secs(3600),
+        reset_method: ResetMethod::Reset,
+    };
+    let t = setup(
+        VmConfig::new("pcmkgiveup").cmdline_arg("appmon.demo=stop-after:3"),
+        &policy,
+    );
+    let (vm, agent, cluster) = (&t.vm, &t.agent, &t.cluster);
+    let first = domain_uuid(vm).unwrap_or_else(|| vm.fail("no domain"));
+
+    // Watch closely: the domain the agent gave up on is gone within seconds of the escalation.
+    let limit = policy.failure_interval * 2 + DEFAULT_BOOT_TIMEOUT + GREEN_TIMEOUT;
+    let start = Instant::now();
+    let gave_up = loop {
+        if let Ok(s) = agent.try_show(vm.name()) {
+            if s.gave_up {
+                break s;
+            }
+        }
+        if start.elapsed() > limit {
+            vm.fail(format!("the host agent did not give up within {limit:?}"));
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let gave_up_at = gave_up
+        .find(|h| matches!(h.decision(), Some(Decision::GaveUp { .. })))
+        .map(|h| h.unix_ms)
+        .unwrap_or_else(|| vm.fail(format!("no gave-up note:\n{}", gave_up.history_text())));
+    assert_eq!(
+        gave_up.reset_decisions().len(),
+        1,
+        "{}",
+        gave_up.history_text()
+    );
+    assert!(
+        gave_up
+            .find(|h| matches!(
+                h.decision(),
+                Some(Decision::Escalate { resource, reason: Escalation::GaveUp }) if *resource == t.resource
+            ))
+            .is_some(),
+        "{}",
+        gave_up.history_text()
+    );
+
+    // Pacemaker recovers the resource: a new (transient) domain of the same name runs.
+    let (running_again, second) =
+        vm.wait_for(START_TIMEOUT, "the cluster's new domain running", || {
+            let uuid = domain_uuid(vm)?;
+            let running = vm
+                .virsh(&["domstate", vm.name()])
+                .is_ok_and(|s| s.trim() == "running");
+            (uuid != first && running).then(|| (unix_ms_now(), uuid))
+        });
+    let restart_ms = running_again.saturating_sub(gave_up_at);
+    cluster.wait_started(&t.resource, START_TIMEOUT);
+    assert!(
+        cluster.fail_count(&t.resource) >= 1,
+        "the escalation is a failure in the cluster\n{}",
+        cluster.diagnostics()
+    );
+
+    // appmon follows the new domain: Gray, then Green (the demo beats three times, so Green
+    // lasts a few seconds: watched closely), no reset counted, no alarm.
+    let start = Instant::now();
+    let s = loop {
+        if let Ok(s) = agent.try_show(vm.name()) {
+            if s.uuid == second && s.is(Status::Green) {
+                break s;
+            }
+        }
+        if start.elapsed() > GREEN_TIMEOUT {
+            let last = agent.try_show(vm.name()).map(|s| s.summary());
+            vm.fail(format!(
+                "the new domain {second} not Green within {GREEN_TIMEOUT:?}: {last:?}"
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let green_ms = unix_ms_now().saturating_sub(gave_up_at);
+    assert!(!s.gave_up, "{}", s.summary());
+    assert_eq!(s.resets_in_window, 0, "{}", s.history_text());
+    println!(
+        "gave up -> running again under Pacemaker: {restart_ms} ms; gave up -> Green: {green_ms} ms"
+    );
+}
+
+// --- 3 ----------------------------------------------------------------------------------------
+
+fn ocf_agent() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/host/ocf-app")
+}
+
+/// The OCF environment for domain `domain` on `agent`'s control socket.
+fn ocf_env(domain: &str, agent: &HostAgent, grace: u32) -> Vec<(String, String)> {
+    ocf_env_on(
+        domain,
+        &agent.control_socket().to_string_lossy(),
+        HostBins::require().ctl,
+        grace,
+    )
+}
+
+fn ocf_env_on(domain: &str, socket: &str, ctl: PathBuf, grace: u32) -> Vec<(String, String)> {
+    vec![
+        ("OCF_ROOT".into(), "/usr/lib/ocf".into()),
+        ("OCF_RESOURCE_INSTANCE".into(), format!("app_{domain}")),
+        ("OCF_RESKEY_domain".into(), domain.into()),
+        ("OCF_RESKEY_socket".into(), socket.into()),
+        (
+            "OCF_RESKEY_appmonctl".into(),
+            ctl.to_string_lossy().into_owned(),
+        ),
+        ("OCF_RESKEY_grace".into(), grace.to_string()),
+    ]
+}
+
+/// Runs the OCF agent's `action`: exit code and stderr.
+fn ocf(action: &[&str], env: &[(String, String)]) -> (i32, String) {
+    let out = Command::new(ocf_agent())
+        .args(action)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", ocf_agent().display()));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ocf_agent_passes_ocf_tester_and_reports_an_unreachable_host_agent_within_its_grace() {
+    let ctl = HostBins::require().ctl;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let socket = dir.path().join("no-host-agent.sock");
+    let socket = socket.to_string_lossy();
+
+    let out = Command::new("ocf-tester")
+        .args(["-n", "appmon_app_test"])
+        .args(["-o", "domain=appmon-t-none"])
+        .args(["-o", &format!("socket={socket}")])
+        .args(["-o", &format!("appmonctl={}", ctl.display())])
+        .arg(ocf_agent())
+        .output()
+        .expect("ocf-tester runs (resource-agents, scripts/setup)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("passed all tests"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // No host agent answers: running within the grace, failed after it.
+    let grace = 2;
+    let env = ocf_env_on("appmon-t-none", &socket, ctl, grace);
+    assert_eq!(ocf(&["validate-all"], &env).0, 0);
+    assert_eq!(ocf(&["monitor"], &env).0, 7, "not started");
+    let started = Instant::now();
+    assert_eq!(ocf(&["start"], &env).0, 0);
+    assert_eq!(ocf(&["monitor"], &env).0, 0, "within the grace");
+    let failed_after = wait_until(Duration::from_secs(10), "monitor failed", || {
+        ocf(&["monitor"], &env).0 == 1
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let elapsed = started.elapsed();
+    println!("monitor failing {failed_after:?} into the wait");
+    assert!(
+        elapsed > Duration::from_secs(u64::from(grace)),
+        "failed after {elapsed:?}, inside the {grace} s grace"
+    );
+    let (code, stderr) = ocf(&["monitor"], &env);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("unreachable for more than 2 s"), "{stderr}");
+    assert_eq!(ocf(&["stop"], &env).0, 0);
+    assert_eq!(ocf(&["monitor"], &env).0, 7, "stopped");
+    // A missing domain parameter is a configuration error.
+    let bad: Vec<_> = env
+        .iter()
+        .filter(|(k, _)| k != "OCF_RESKEY_domain")
+        .cloned()
+        .collect();
+    assert_eq!(ocf(&["validate-all"], &bad).0, 6);
+    println!(
+        "ocf-tester passed; unreachable host agent failed after {elapsed:?} (grace {grace} s)"
+    );
+}
