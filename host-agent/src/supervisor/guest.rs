@@ -643,15 +643,13 @@ impl Supervisor {
             vm.counters.monitors.store(),
             &values,
         );
-        for (level, event) in changed {
-            vm.note(
-                self.config.history_len,
-                unix_ms,
-                level,
-                HistoryKind::Alarm(event),
-            );
-            super::vm::flush_after(&mut self.history_flush_at, now);
-        }
+        vm.note_alarms(
+            self.config.history_len,
+            unix_ms,
+            changed,
+            &mut self.history_flush_at,
+            now,
+        );
     }
 
     /// The guest answered request `request`.

@@ -978,15 +978,13 @@ impl Supervisor {
                         &vm.counters.store,
                         &values,
                     );
-                    for (level, event) in changed {
-                        vm.note(
-                            self.config.history_len,
-                            unix_ms,
-                            level,
-                            HistoryKind::Alarm(event),
-                        );
-                        vm::flush_after(&mut self.history_flush_at, now);
-                    }
+                    vm.note_alarms(
+                        self.config.history_len,
+                        unix_ms,
+                        changed,
+                        &mut self.history_flush_at,
+                        now,
+                    );
                 }
             }
             SessionEvent::Request { id: request, req } => {

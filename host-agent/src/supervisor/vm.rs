@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use appmon_control::{HistoryEntry, HistoryKind, Level};
+use appmon_control::{AlarmEvent, HistoryEntry, HistoryKind, Level};
 use appmon_libvirt_backend::{DomainInfo, DomainRef, DomainState, MonitorSpec, SpecError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -136,6 +136,22 @@ impl Vm {
         self.history
             .push(cap, HistoryEntry::new(unix_ms, level, kind));
         self.history_unsaved = true;
+    }
+
+    /// Notes the alarm view's changes of one values frame ([`super::counters::judge`]) and
+    /// schedules their write.
+    pub fn note_alarms(
+        &mut self,
+        cap: usize,
+        unix_ms: u64,
+        changed: Vec<(Level, AlarmEvent)>,
+        flush_at: &mut Option<Duration>,
+        now: Duration,
+    ) {
+        for (level, event) in changed {
+            self.note(cap, unix_ms, level, HistoryKind::Alarm(event));
+            flush_after(flush_at, now);
+        }
     }
 
     /// Queues a command for the session, if there is one. A session that cannot take it is not
