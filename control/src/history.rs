@@ -155,6 +155,8 @@ pub enum HistoryKind {
     Process(ProcessNote),
     /// MON's alarm view: a counter crossed one of its thresholds, or came back.
     Alarm(AlarmEvent),
+    /// The host agent's own time: recorded in every VM's history.
+    Host(HostEvent),
 }
 
 impl HistoryKind {
@@ -169,6 +171,7 @@ impl HistoryKind {
             HistoryKind::Monitor(_) => "monitor",
             HistoryKind::Process(_) => "process",
             HistoryKind::Alarm(_) => "alarm",
+            HistoryKind::Host(_) => "host",
         }
     }
 }
@@ -184,6 +187,7 @@ impl fmt::Display for HistoryKind {
             HistoryKind::Monitor(m) => m.fmt(f),
             HistoryKind::Process(p) => p.fmt(f),
             HistoryKind::Alarm(a) => a.fmt(f),
+            HistoryKind::Host(h) => h.fmt(f),
         }
     }
 }
@@ -693,6 +697,34 @@ impl fmt::Display for SessionEnd {
             SessionEnd::GuestRefused { error } => {
                 write!(f, "guest refused the session: {error}")
             }
+        }
+    }
+}
+
+/// What happened to the host agent's own time, which bears on every VM's judgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostEvent {
+    /// The host agent was not scheduled for `paused_ms` (stopped, starved, a suspended host):
+    /// every failure clock restarted from its wake instead of judging the gap.
+    SchedulingPause { paused_ms: u64 },
+    /// The wall clock moved by `by_ms` against the monotonic clock: history times before and
+    /// after this entry are that much further apart (or closer) than the time that passed.
+    /// Decisions never use the wall clock.
+    WallClockMoved { by_ms: i64 },
+}
+
+impl fmt::Display for HostEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostEvent::SchedulingPause { paused_ms } => write!(
+                f,
+                "the host agent was not scheduled for {paused_ms} ms: failure clocks restarted, nothing judged on the gap"
+            ),
+            HostEvent::WallClockMoved { by_ms } => write!(
+                f,
+                "the wall clock moved by {by_ms} ms: history times before this entry are on the old clock"
+            ),
         }
     }
 }

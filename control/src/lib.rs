@@ -75,7 +75,8 @@ pub use guest::{
 };
 pub use history::{
     AlarmEvent, AlarmSide, ConnectFailure, ConnectFailureKind, Decision, Escalation, Finite,
-    GuestEvent, HistoryEntry, HistoryKind, HypervisorEvent, Level, OperatorAction, SessionEnd,
+    GuestEvent, HistoryEntry, HistoryKind, HostEvent, HypervisorEvent, Level, OperatorAction,
+    SessionEnd,
 };
 pub use reset::{ResetCause, ResetMethod};
 pub use view::{ConnectFailureView, LibvirtLost, PolicyView, Status, VmView};

@@ -325,3 +325,35 @@ fn a_connect_failure_entry_reads_as_its_reason() {
     let back: HistoryEntry = serde_json::from_str(&json(&entry)).expect("parses");
     assert_eq!(back, entry);
 }
+
+#[test]
+fn the_host_agents_own_time_reads_as_what_happened_to_it() {
+    let pause = HistoryEntry::new(
+        5,
+        Level::Warn,
+        HistoryKind::Host(HostEvent::SchedulingPause { paused_ms: 7012 }),
+    );
+    let moved = HistoryEntry::new(
+        6,
+        Level::Warn,
+        HistoryKind::Host(HostEvent::WallClockMoved { by_ms: -3_600_000 }),
+    );
+
+    assert_eq!(
+        pause.text,
+        "the host agent was not scheduled for 7012 ms: failure clocks restarted, nothing judged on the gap"
+    );
+    assert_eq!(
+        json(&pause.kind),
+        r#"{"host":{"scheduling_pause":{"paused_ms":7012}}}"#
+    );
+    assert_eq!(
+        json(&moved.kind),
+        r#"{"host":{"wall_clock_moved":{"by_ms":-3600000}}}"#
+    );
+    assert_eq!(pause.kind.name(), "host");
+    for entry in [pause, moved] {
+        let back: HistoryEntry = serde_json::from_str(&json(&entry)).expect("parses");
+        assert_eq!(back, entry);
+    }
+}

@@ -11,7 +11,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use appmon_control::{Decision, ResetCause, ResetMethod};
+use appmon_control::{Decision, HistoryKind, HostEvent, ResetCause, ResetMethod};
 use appmon_vm_tests::{
     policy_matches, test_host_config, test_policy, unix_ms_now, Config, Defaults, DomainState,
     HostAgent, Status, TestVm, TwoHosts, VmConfig, DEFAULT_BOOT_TIMEOUT,
@@ -155,6 +155,22 @@ fn nofalse_stopped_agent_suspended_domain_killed_agent_do_not_reset_a_heartbeati
         pauses >= 3,
         "the host agent saw {pauses} pauses of 3:\n{log}"
     );
+    // Each pause is in the VM's history too, with its length.
+    let s = agent.status(&vm);
+    let recorded: Vec<u64> = s
+        .history
+        .iter()
+        .filter_map(|h| match &h.kind {
+            HistoryKind::Host(HostEvent::SchedulingPause { paused_ms }) => Some(*paused_ms),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        recorded.len() >= 3 && recorded.iter().all(|&ms| ms >= 1000),
+        "pauses in the history: {recorded:?}\n{}",
+        s.history_text()
+    );
+    println!("pauses in the history (ms): {recorded:?}");
 
     // (2) The domain suspended for three failure intervals: never Red, nothing decided.
     vm.virsh_ok(&["suspend", vm.name()]);

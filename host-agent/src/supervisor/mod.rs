@@ -57,8 +57,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appmon_control::{
-    ConnectFailure, Decision, ErrorKind, GuestEvent, HistoryKind, HypervisorEvent, Level,
-    LibvirtLost, OperatorAction, Response, VmView,
+    ConnectFailure, Decision, ErrorKind, GuestEvent, HistoryKind, HostEvent, HypervisorEvent,
+    Level, LibvirtLost, OperatorAction, Response, VmView,
 };
 use appmon_libvirt_backend::{
     BackendError, BackendEvent, DomainEvent, DomainInfo, DomainRef, DomainState, Hypervisor,
@@ -277,6 +277,11 @@ impl Supervisor {
                 jump_ms,
                 "the wall clock moved by {jump_ms} ms; decisions use the monotonic clock, history times are the wall clock's"
             );
+            self.note_all(
+                now,
+                Level::Warn,
+                HistoryKind::Host(HostEvent::WallClockMoved { by_ms: jump_ms }),
+            );
         }
         let Some(paused) = wake.paused else {
             return;
@@ -285,6 +290,11 @@ impl Supervisor {
         tracing::warn!(
             paused_ms,
             "process pause detected: the host agent was not scheduled for {paused_ms} ms; every VM's failure clock restarts now"
+        );
+        self.note_all(
+            now,
+            Level::Warn,
+            HistoryKind::Host(HostEvent::SchedulingPause { paused_ms }),
         );
         let ids: Vec<VmId> = self.vms.keys().copied().collect();
         for id in ids {
@@ -425,11 +435,12 @@ impl Supervisor {
         }
     }
 
-    /// Records a change of the libvirt connection in every VM's history.
-    fn note_all(&mut self, now: Duration, level: Level, event: HypervisorEvent) {
+    /// Records what bears on every VM (the libvirt connection, the host agent's own time) in
+    /// every VM's history.
+    fn note_all(&mut self, now: Duration, level: Level, kind: HistoryKind) {
         let ids: Vec<VmId> = self.vms.keys().copied().collect();
         for id in ids {
-            self.note(id, now, level, HistoryKind::Hypervisor(event.clone()));
+            self.note(id, now, level, kind.clone());
         }
     }
 
@@ -468,7 +479,11 @@ impl Supervisor {
                 tracing::info!("libvirt connected: listing domains");
                 if let Some((since, _)) = self.libvirt_lost.take() {
                     let after_ms = view::millis(now.saturating_sub(since));
-                    self.note_all(now, Level::Info, HypervisorEvent::Back { after_ms });
+                    self.note_all(
+                        now,
+                        Level::Info,
+                        HistoryKind::Hypervisor(HypervisorEvent::Back { after_ms }),
+                    );
                 }
                 self.executor.list(self.event_seq);
             }
@@ -481,7 +496,11 @@ impl Supervisor {
                         reason: reason.clone(),
                     };
                     self.libvirt_lost = Some((now, lost));
-                    self.note_all(now, Level::Warn, HypervisorEvent::Lost { reason });
+                    self.note_all(
+                        now,
+                        Level::Warn,
+                        HistoryKind::Hypervisor(HypervisorEvent::Lost { reason }),
+                    );
                 }
                 let ids: Vec<VmId> = self.vms.keys().copied().collect();
                 for id in ids {
