@@ -497,7 +497,9 @@ async fn a_cached_monapi_answer_gives_way_to_new_values_at_once() {
     // The counter's value, not a substring of the answer (its timestamp may hold "42").
     let value = |answer: &str| {
         let json: serde_json::Value = serde_json::from_str(answer).expect(answer);
-        let value = json.pointer("/response/appliance/0/entity/0/counter/0/value").cloned();
+        let value = json
+            .pointer("/response/appliance/0/entity/0/counter/0/value")
+            .cloned();
         value.unwrap_or_else(|| panic!("no counter value in {answer}"))
     };
     assert_eq!(value(&first), value(&again), "{first} / {again}");
