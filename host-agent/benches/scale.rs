@@ -743,9 +743,9 @@ fn run(guests: usize, window: Duration, samples: usize, hostile_run: bool) {
     while decided.len() < picked.len() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
         for &i in &picked {
-            if !decided.contains_key(&i) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = decided.entry(i) {
                 if let Some(ms) = decision_ms(&socket, &domain_name(i)) {
-                    decided.insert(i, ms);
+                    slot.insert(ms);
                 }
             }
         }
