@@ -105,25 +105,27 @@ fn domain_name(i: usize) -> String {
     format!("guest-{i:05}")
 }
 
-/// Raises the soft limit on open files to the hard one (at least 65536 wanted: a listening
-/// socket and a connection per VM on the host side); says what it got.
+/// Raises the limit on open files to at least 65536 (a listening socket and a connection per VM
+/// on the host side), the hard limit too where the process may (root); else the soft limit to
+/// the hard one. Says what it could not do; returns the soft limit it got.
 fn raise_nofile(who: &str) -> u64 {
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) => {
-            if hard < NOFILE {
-                eprintln!("{who}: RLIMIT_NOFILE hard limit is {hard}, below {NOFILE}: cannot raise the soft limit that far");
-            }
-            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                Ok(()) => hard,
-                Err(e) => {
-                    eprintln!("{who}: cannot raise RLIMIT_NOFILE from {soft} to {hard}: {e}");
-                    soft
-                }
-            }
-        }
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
         Err(e) => {
             eprintln!("{who}: cannot read RLIMIT_NOFILE: {e}");
-            0
+            return 0;
+        }
+    };
+    let want = hard.max(NOFILE);
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+        return want;
+    }
+    eprintln!("{who}: cannot raise RLIMIT_NOFILE to {want} (hard limit {hard}): raising the soft limit to {hard} only");
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(e) => {
+            eprintln!("{who}: cannot raise RLIMIT_NOFILE from {soft} to {hard}: {e}");
+            soft
         }
     }
 }
