@@ -893,7 +893,7 @@ fn main() {
         );
     };
     row(
-        "RLIMIT_NOFILE (soft, raised to the hard limit)",
+        "RLIMIT_NOFILE (soft) after raising it",
         "nofile",
         ">= 65536",
     );
