@@ -2,8 +2,9 @@
 //! `testing`; never part of a product build): a scripted guest agent behind a Unix socket. It
 //! serves the hybrid vsock `CONNECT`/`OK` handshake (or none, as a virtio-serial channel),
 //! answers the host's Hello with its own and its state, heartbeats at a set interval, answers
-//! pings, enables when it is told Gray, and records what the host says. A load generator for the
-//! benchmarks ([`farm`]) and a peer whose every move a test controls. [`browser`] drives the
+//! pings, enables when it is told Gray, and records what the host says: a peer whose every move
+//! a test controls; and the frame of a Hello with an over-long agent name
+//! ([`hello_with_agent_of`]). [`browser`] drives the
 //! MON page in headless Chromium.
 
 pub mod browser;
@@ -46,8 +47,6 @@ pub struct Shared {
     outbox: Mutex<Option<mpsc::UnboundedSender<Frame<GuestMsg>>>>,
     changed: Notify,
     next_id: AtomicU64,
-    /// Counts the first Green this guest is told (benchmark farms).
-    green_counter: Mutex<Option<Arc<AtomicU64>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,7 +79,6 @@ impl GuestSim {
                 outbox: Mutex::new(None),
                 changed: Notify::new(),
                 next_id: AtomicU64::new(1000),
-                green_counter: Mutex::new(None),
             }),
         }
     }
@@ -317,11 +315,6 @@ async fn serve_opened(
                     (Tag::Reply(_), msg) => {
                         if let HostMsg::AppStatus(s) = &msg {
                             lock(&shared.statuses).push(*s);
-                            if *s == AppStatus::Green {
-                                if let Some(c) = lock(&shared.green_counter).take() {
-                                    c.fetch_add(1, Ordering::SeqCst);
-                                }
-                            }
                         }
                         lock(&shared.replies).push(msg);
                     }
@@ -351,16 +344,39 @@ async fn serve_opened(
     result
 }
 
-/// Serves many guests behind one hybrid-vsock socket, as a benchmark's guest farm. Every guest
-/// enables when told Gray and heartbeats every `every`; `greens` counts guests told Green.
-pub async fn farm(listener: UnixListener, every: Duration, greens: Arc<AtomicU64>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let guest = GuestSim::new(1, Some(every));
-        *lock(&guest.shared.green_counter) = Some(greens.clone());
-        tokio::spawn(async move {
-            let _ = serve(stream, true, guest.shared).await;
-        });
+/// The encoded frame of a Hello whose agent name is `len` bytes: what a hostile guest sends
+/// past the wire's limit on that name (which [`Hello::new`] would cut).
+pub fn hello_with_agent_of(len: usize) -> Vec<u8> {
+    let marker = "\u{1}MARKER\u{1}";
+    let encoded = appmon_wire::encode_frame(&Frame::event(GuestMsg::Hello(Hello::new(
+        marker,
+        [4; 16],
+        Capabilities::HEARTBEAT,
+    ))))
+    .expect("a Hello encodes");
+    let mut raw = encoded[..encoded.len() - 1].to_vec();
+    let n = appmon_wire::cobs::decode_in_place(&mut raw).expect("our own COBS decodes");
+    raw.truncate(n);
+    // postcard: a string is its length as a varint, then its bytes.
+    let mut old = vec![marker.len() as u8];
+    old.extend_from_slice(marker.as_bytes());
+    let at = raw
+        .windows(old.len())
+        .position(|w| w == old.as_slice())
+        .expect("the name in the encoding");
+    let mut name = Vec::new();
+    let mut v = len;
+    while v >= 0x80 {
+        name.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
     }
+    name.push(v as u8);
+    name.extend(std::iter::repeat_n(b'n', len));
+    raw.splice(at..at + old.len(), name);
+    let mut out = Vec::new();
+    appmon_wire::cobs::encode(&raw, &mut out);
+    out.push(0);
+    out
 }
 
 /// A wall-clock moment in milliseconds since the Unix epoch, fractional.

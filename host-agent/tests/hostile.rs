@@ -500,41 +500,6 @@ fn terminal_safe(text: &str) -> bool {
     })
 }
 
-/// A Hello frame as a hostile guest builds it, with an agent name of `len` bytes (`Hello::new`
-/// cuts names to their limit): the real Hello's encoding with its name's bytes replaced.
-fn hello_with_agent_of(len: usize) -> Vec<u8> {
-    let marker = "\u{1}MARKER\u{1}";
-    let encoded = appmon_wire::encode_frame(&Frame::event(GuestMsg::Hello(Hello::new(
-        marker,
-        [4; 16],
-        Capabilities::HEARTBEAT,
-    ))))
-    .expect("encodes");
-    let mut raw = encoded[..encoded.len() - 1].to_vec();
-    let n = appmon_wire::cobs::decode_in_place(&mut raw).expect("cobs");
-    raw.truncate(n);
-    // postcard: a string is its length as a varint, then its bytes.
-    let mut old = vec![marker.len() as u8];
-    old.extend_from_slice(marker.as_bytes());
-    let at = raw
-        .windows(old.len())
-        .position(|w| w == old.as_slice())
-        .expect("the name in the encoding");
-    let mut name = Vec::new();
-    let mut v = len;
-    while v >= 0x80 {
-        name.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    name.push(v as u8);
-    name.extend(std::iter::repeat_n(b'n', len));
-    raw.splice(at..at + old.len(), name);
-    let mut out = Vec::new();
-    appmon_wire::cobs::encode(&raw, &mut out);
-    out.push(0);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_log_line_in_an_announced_agent_name_stays_data() {
     use appmon_control::{ConnectFailureKind, GuestEvent};
@@ -600,7 +565,7 @@ async fn a_forged_log_line_in_an_announced_agent_name_stays_data() {
 
     // A 60,000-byte name is refused as it is read, naming the field, its length and the limit;
     // the guest calling again and again leaves one history entry, not the name.
-    let frame = hello_with_agent_of(60_000);
+    let frame = common::sim::hello_with_agent_of(60_000);
     for _ in 0..4 {
         let mut s = connect_when_listening(&announce_path(&huge)).await;
         let _ = s.write_all(&frame).await;

@@ -197,7 +197,8 @@ async fn greet(io: Io, config: Arc<SessionConfig>) -> Result<Greeted, ConnectFai
 
 /// What a connection task tells the listener.
 enum ConnEvent {
-    Session(SessionEvent),
+    /// Boxed: the queue of these, one per VM, allocates room for 32 when it is made.
+    Session(Box<SessionEvent>),
     Ended(Served),
 }
 
@@ -348,6 +349,7 @@ pub async fn listen(
                 };
                 match event {
                     ConnEvent::Session(event) => {
+                        let event = *event;
                         if let (true, SessionEvent::Hello { boot_id, .. }) = (live.dialed, &event) {
                             admission.record(*boot_id);
                         }
@@ -441,7 +443,12 @@ fn spawn_conn(
     let join = tokio::spawn(async move {
         let tell = |event| {
             let events = events.clone();
-            async move { events.send((conn, ConnEvent::Session(event))).await.is_ok() }
+            async move {
+                events
+                    .send((conn, ConnEvent::Session(Box::new(event))))
+                    .await
+                    .is_ok()
+            }
         };
         let served = match start {
             Start::Announced(greeted) => {

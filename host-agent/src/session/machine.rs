@@ -253,10 +253,10 @@ impl Session {
                 out.push(Action::Send(Frame::event(HostMsg::AppStatus(status))))
             }
             Event::Command(HostCmd::Reply { id, msg }) => {
-                out.push(Action::Send(Frame::reply(id, msg)))
+                out.push(Action::Send(Frame::reply(id, *msg)))
             }
             Event::Command(HostCmd::Request { id, msg }) => {
-                out.push(Action::Send(Frame::request(id, msg)))
+                out.push(Action::Send(Frame::request(id, *msg)))
             }
             Event::Command(HostCmd::CloseForReset) => {
                 out.push(Action::End(SessionEnd::ClosedForReset));

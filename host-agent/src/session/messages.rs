@@ -75,8 +75,10 @@ pub struct SessionMsg {
 pub enum HostCmd {
     /// `Event AppStatus`.
     Status(appmon_wire::AppStatus),
-    /// The answer to a request.
-    Reply { id: RequestId, msg: HostMsg },
+    /// The answer to a request. (The messages are boxed, here and in `Request`: every queue of
+    /// commands allocates room for 32 of them when it is made, two queues per VM, so the size
+    /// of a command is paid 64 times per VM whether or not any is ever sent.)
+    Reply { id: RequestId, msg: Box<HostMsg> },
     /// The guest is being reset or rebooted: send it nothing (no keepalive, no dial) until it
     /// announces itself again.
     Quiet,
@@ -86,7 +88,7 @@ pub enum HostCmd {
     CloseForReset,
     /// A request of the host's (launch, poll, signal, read output, release); `id` is one of
     /// [`host_request_id`]'s, so its reply comes back as [`SessionEvent::Reply`].
-    Request { id: RequestId, msg: HostMsg },
+    Request { id: RequestId, msg: Box<HostMsg> },
     /// Read everything the guest has sent that is readable now, deliver it, then answer
     /// [`SessionEvent::Synced`]: the supervisor judges silence only on input that was read.
     Sync,

@@ -360,7 +360,10 @@ impl Supervisor {
         vm.guest.next_request = vm.guest.next_request.wrapping_add(1);
         let request = host_request_id(vm.guest.next_request);
         vm.guest.pending.insert(request, waiter);
-        vm.send(HostCmd::Request { id: request, msg });
+        vm.send(HostCmd::Request {
+            id: request,
+            msg: Box::new(msg),
+        });
         Ok(())
     }
 

@@ -392,7 +392,10 @@ impl Supervisor {
                 }
                 Action::Reply { id: request, msg } => {
                     answered = true;
-                    vm.send(HostCmd::Reply { id: request, msg });
+                    vm.send(HostCmd::Reply {
+                        id: request,
+                        msg: Box::new(msg),
+                    });
                 }
                 Action::Silence => {
                     tracing::info!(domain = %vm.domain.name, "the guest is sent nothing until it announces itself again");

@@ -575,7 +575,7 @@ fn supervisor_commands_become_frames() {
     let status = rig.feed(Event::Command(HostCmd::Status(AppStatus::Green)));
     let reply = rig.feed(Event::Command(HostCmd::Reply {
         id: 8,
-        msg: HostMsg::Enabled(true),
+        msg: Box::new(HostMsg::Enabled(true)),
     }));
 
     assert_eq!(
@@ -612,9 +612,9 @@ fn process_and_monitor_frames_reach_the_supervisor_and_replies_to_its_requests_c
 
     let launch = rig.at(10).feed(Event::Command(HostCmd::Request {
         id: request,
-        msg: HostMsg::PollProcess {
+        msg: Box::new(HostMsg::PollProcess {
             id: Text::truncating("db.1"),
-        },
+        }),
     }));
     // Frames 200 ms apart: within the token bucket.
     let process = rig
