@@ -254,12 +254,6 @@ pub enum Decision {
     OperatorCleared {
         forgotten: u32,
     },
-    /// The cluster took the escalation of a VM appmon gave up on: it owns the recovery now, so
-    /// the alarm is cleared and the window's `forgotten` resets with it; the VM the cluster
-    /// starts again is monitored with its full budget.
-    ClusterRecovers {
-        forgotten: u32,
-    },
     /// The domain arrived by migration: Gray until the guest enables.
     ArrivedByMigration,
     /// The domain is no longer here (`why`: migrated away, undefined, vanished); its record,
@@ -393,10 +387,6 @@ impl fmt::Display for Decision {
             Decision::OperatorCleared { forgotten } => write!(
                 f,
                 "operator cleared the alarm and {forgotten} reset(s) of the window"
-            ),
-            Decision::ClusterRecovers { forgotten } => write!(
-                f,
-                "the cluster recovers the VM: alarm cleared and {forgotten} reset(s) of the window forgotten"
             ),
             Decision::ArrivedByMigration => f.write_str("arrived by migration: Gray until Enable"),
             Decision::Left { why } => write!(f, "left this host ({why}): no longer monitored here"),

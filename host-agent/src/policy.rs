@@ -307,9 +307,6 @@ pub enum Input {
     },
     /// An operator cleared the alarm and the window's resets.
     Clear,
-    /// The cluster took this VM's escalation ([`Action::Escalate`]): after a give-up it owns
-    /// the recovery, and the VM it starts again gets the full reset budget.
-    ClusterTookOver,
     /// A managed application's restarts are spent and its policy escalates to a reset
     /// ([`crate::managed`]): reset at once, through the reset budget.
     ApplicationFailed {
@@ -800,16 +797,23 @@ impl VmMachine {
                 }
             }
             Input::Clear => {
-                let forgotten = self.forget_budget(now, out);
-                Self::note(out, Level::Warn, Decision::OperatorCleared { forgotten });
+                let forgotten = self.resets.len();
+                self.resets.clear();
+                if self.alarm.take().is_some() || forgotten > 0 {
+                    out.push(Action::Persist);
+                }
+                self.retry_at = None;
+                if let Monitoring::Enabled { last_heartbeat } = &mut self.monitoring {
+                    *last_heartbeat = (*last_heartbeat).max(now);
+                }
+                Self::note(
+                    out,
+                    Level::Warn,
+                    Decision::OperatorCleared {
+                        forgotten: count(forgotten),
+                    },
+                );
             }
-            // Only a give-up hands the VM to the cluster; an escalated power-cycle keeps its
-            // slot in the window (appmon goes on judging the VM the cluster keeps running).
-            Input::ClusterTookOver if self.alarm.is_some() => {
-                let forgotten = self.forget_budget(now, out);
-                Self::note(out, Level::Warn, Decision::ClusterRecovers { forgotten });
-            }
-            Input::ClusterTookOver => {}
             Input::Tick
             | Input::DomainState(_)
             | Input::HypervisorLost
@@ -1162,22 +1166,6 @@ impl VmMachine {
         });
         out.push(Action::Persist);
         self.issue_reset(policy, method, cause, false, now, out);
-    }
-
-    /// Clears the alarm and the window's resets (an operator's `clear`, or the cluster taking
-    /// over after a give-up); returns how many resets were forgotten. The failure clock counts
-    /// from now, not from a silence the alarm covered.
-    fn forget_budget(&mut self, now: Duration, out: &mut Vec<Action>) -> u32 {
-        let forgotten = self.resets.len();
-        self.resets.clear();
-        if self.alarm.take().is_some() || forgotten > 0 {
-            out.push(Action::Persist);
-        }
-        self.retry_at = None;
-        if let Monitoring::Enabled { last_heartbeat } = &mut self.monitoring {
-            *last_heartbeat = (*last_heartbeat).max(now);
-        }
-        count(forgotten)
     }
 
     fn escalate(out: &mut Vec<Action>, resource: &str, reason: Escalation) {

@@ -1490,55 +1490,6 @@ fn giving_up_on_a_cluster_vm_escalates_once_with_the_alarm() {
 }
 
 #[test]
-fn a_cluster_that_took_the_give_up_gets_a_vm_with_its_full_budget() {
-    let mut sim = Sim::new(in_cluster(Policy {
-        min_uptime: Duration::ZERO,
-        max_resets: 2,
-        channel_timeout: ms(3600 * S),
-        ..Policy::default()
-    }));
-    for (i, t) in [0u64, 100, 200].into_iter().enumerate() {
-        sim.guest_enables(t * S, i as u8 + 1);
-        sim.feed(Input::PostAppState(AppState::NeedReset));
-    }
-    assert_eq!((sim.resets().len(), sim.alarms()), (2, 1));
-
-    // Pacemaker took the escalation and starts the VM again: appmon resets it in place again,
-    // up to the budget, before it gives up (and escalates) a second time.
-    sim.at(210 * S, Input::ClusterTookOver);
-    for (i, t) in [300u64, 400, 500].into_iter().enumerate() {
-        sim.guest_enables(t * S, i as u8 + 10);
-        sim.feed(Input::PostAppState(AppState::NeedReset));
-    }
-
-    assert_eq!(sim.resets().len(), 4, "{:?}", sim.resets());
-    assert_eq!(sim.alarms(), 2);
-    assert_eq!(escalations(&sim).len(), 2);
-}
-
-#[test]
-fn a_cluster_taking_over_without_a_give_up_forgets_nothing() {
-    let mut sim = Sim::new(in_cluster(Policy {
-        min_uptime: Duration::ZERO,
-        max_resets: 2,
-        channel_timeout: ms(3600 * S),
-        ..Policy::default()
-    }));
-    sim.guest_enables(0, 1);
-    sim.feed(Input::PostAppState(AppState::NeedReset));
-    sim.at(10 * S, Input::ClusterTookOver);
-    for (i, t) in [100u64, 200].into_iter().enumerate() {
-        sim.guest_enables(t * S, i as u8 + 2);
-        sim.feed(Input::PostAppState(AppState::NeedReset));
-    }
-
-    // No alarm was raised when the cluster took over: nothing is forgotten, the window holds
-    // the first reset, so the third request gives up.
-    assert_eq!(sim.resets().len(), 2, "{:?}", sim.resets());
-    assert_eq!(sim.alarms(), 1);
-}
-
-#[test]
 fn giving_up_without_a_cluster_does_not_escalate() {
     let mut sim = Sim::new(Policy {
         min_uptime: Duration::ZERO,
