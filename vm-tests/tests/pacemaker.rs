@@ -505,7 +505,7 @@ fn appmonctl_run_is_a_cluster_managed_service() {
         .set_target_role(resource, "Started")
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.diagnostics()));
     cluster.wait_started(resource, START_TIMEOUT);
-    let second = wait_service_running(&agent, &vm, &[first.clone()]);
+    let second = wait_service_running(&agent, &vm, std::slice::from_ref(&first));
 
     // The process ends on its own (exit 3): appmonctl exits with it, the cluster's monitor
     // notices (a failure counted) and recovers the resource: a third process runs.
