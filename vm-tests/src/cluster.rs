@@ -220,12 +220,57 @@ impl Cluster {
 </primitive>"#,
             config.display()
         );
+        self.add_primitive(id, &xml, timeout)
+    }
+
+    /// Adds the `<primitive>` `xml` (whose id is `id`) to the resources and waits until it is
+    /// started here; the resource is deleted when the cluster is dropped.
+    pub fn add_primitive(&mut self, id: &str, xml: &str, timeout: Duration) -> Duration {
         let t0 = Instant::now();
-        tool("cibadmin", &["--create", "-o", "resources", "-X", &xml])
+        tool("cibadmin", &["--create", "-o", "resources", "-X", xml])
             .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()));
         self.resources.push(id.to_string());
         self.wait_started(id, timeout);
         t0.elapsed()
+    }
+
+    /// Sets the resource's `target-role` meta attribute (`Started`, `Stopped`), as an operator
+    /// stops and starts a resource.
+    pub fn set_target_role(&self, id: &str, role: &str) -> Result<(), String> {
+        tool(
+            "crm_resource",
+            &[
+                "--resource",
+                id,
+                "--set-parameter",
+                "target-role",
+                "--meta",
+                "--parameter-value",
+                role,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// Waits until `id` is stopped with nothing under way.
+    pub fn wait_stopped(&self, id: &str, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        let res = wait_until(timeout, &format!("resource {id} stopped"), || {
+            self.resource(id)
+                .is_some_and(|r| r.role == "Stopped" && r.pending.is_none())
+        });
+        if let Err(e) = res {
+            panic!("{e}\n{}", self.diagnostics());
+        }
+        t0.elapsed()
+    }
+
+    /// The failed operations `crm_mon` lists ("Failed Resource Actions"), empty when none.
+    pub fn failed_actions(&self) -> String {
+        let mon = tool("crm_mon", &["-1"]).unwrap_or_else(|e| e);
+        mon.split_once("Failed Resource Actions:")
+            .map(|(_, rest)| rest.trim().to_string())
+            .unwrap_or_default()
     }
 
     /// Waits until `id` is started on this node with nothing under way.
@@ -305,18 +350,7 @@ impl Cluster {
 
     fn remove_resources(&mut self) {
         for id in std::mem::take(&mut self.resources) {
-            if let Err(e) = tool(
-                "crm_resource",
-                &[
-                    "--resource",
-                    &id,
-                    "--set-parameter",
-                    "target-role",
-                    "--meta",
-                    "--parameter-value",
-                    "Stopped",
-                ],
-            ) {
+            if let Err(e) = self.set_target_role(&id, "Stopped") {
                 eprintln!("cluster: stopping {id}: {e}");
             }
             let stopped = wait_until(STOP_TIMEOUT, &format!("{id} stopped"), || {

@@ -8,7 +8,10 @@
 //! - when appmon gives up, it escalates (`crm_resource --fail`), Pacemaker restarts the VM, and
 //!   appmon monitors the new domain until it is Green;
 //! - the OCF agent `ocf:appmon:app` passes `ocf-tester` and fails a host agent that does not
-//!   answer only after its grace.
+//!   answer only after its grace;
+//! - `appmonctl run` is a cluster-managed service (Serviceguard's cmappmgr) as an
+//!   `ocf:heartbeat:anything` resource: started, stopped and its process's end noticed by the
+//!   cluster, the process in the guest following.
 #![cfg(feature = "vm")]
 
 use std::path::PathBuf;
@@ -18,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use appmon_control::{Decision, Escalation, ResetCause};
 use appmon_vm_tests::{
-    enable_args, test_host_config, unix_ms_now, wait_until, Cluster, Defaults, HostAgent, HostBins,
-    ResetMethod, Status, TestVm, VmConfig, DEFAULT_BOOT_TIMEOUT,
+    enable_args, test_host_config, test_policy, unix_ms_now, wait_until, Cluster, Defaults,
+    HostAgent, HostBins, ResetMethod, Status, TestVm, VmConfig, DEFAULT_BOOT_TIMEOUT,
 };
 
 /// From the resource's start to Green: a TCG boot, the guest agent, the demo's Enable.
@@ -372,5 +375,177 @@ fn ocf_agent_passes_ocf_tester_and_reports_an_unreachable_host_agent_within_its_
     assert_eq!(ocf(&["validate-all"], &bad).0, 6);
     println!(
         "ocf-tester passed; unreachable host agent failed after {elapsed:?} (grace {grace} s)"
+    );
+}
+
+// --- 4 ----------------------------------------------------------------------------------------
+
+/// The guest may launch shell commands as root, nothing else.
+const RUN_GUEST_CONFIG: &str = r#"port = 5315
+
+[processes]
+default_user = "root"
+
+[[processes.allow]]
+command = "/bin/sh"
+args = ["-c", { regex = ".*" }]
+"#;
+
+/// The service in the guest: runs until /tmp/pcmk-run-exit appears, then removes it and exits 3.
+/// (`anything` passes `cmdline_options` through `eval` and `su -c "..."`: no `"`, `$`, `\`, or
+/// glob characters in it.)
+const SERVICE: &str =
+    "while test ! -e /tmp/pcmk-run-exit; do sleep 1; done; rm /tmp/pcmk-run-exit; exit 3";
+
+/// The lines of `appmonctl ps` for the service's processes: (id, state).
+fn service_processes(agent: &HostAgent, vm: &TestVm) -> Vec<(String, String)> {
+    let ps = agent
+        .ctl_ok(&["ps", vm.name()])
+        .unwrap_or_else(|e| vm.fail(format!("appmonctl ps: {e}")));
+    ps.lines()
+        .filter(|l| l.contains("pcmk-run-exit") && !l.contains("touch"))
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            let id = words.next().unwrap_or_default().to_string();
+            let state = words.next().unwrap_or_default().to_string();
+            (id, state)
+        })
+        .collect()
+}
+
+/// Waits until exactly one service process runs in the guest, other than `not`; returns its id.
+fn wait_service_running(agent: &HostAgent, vm: &TestVm, not: &[String]) -> String {
+    vm.wait_for(
+        NOTICE_TIMEOUT,
+        "the service running in the guest",
+        || match service_processes(agent, vm).as_slice() {
+            [(id, state)] if state == "running" && !not.contains(id) => Some(id.clone()),
+            _ => None,
+        },
+    )
+}
+
+#[test]
+fn appmonctl_run_is_a_cluster_managed_service() {
+    let vm = TestVm::new(VmConfig::new("pcmkrun").guest_config(RUN_GUEST_CONFIG));
+    vm.rig().require_guest_program("appmon-guest");
+    let agent = HostAgent::start(&[&vm], test_host_config());
+    agent.enable(&vm, &test_policy());
+    vm.start_measured(DEFAULT_BOOT_TIMEOUT);
+    agent.wait_for_status(&vm, GREEN_TIMEOUT, "green", |s| s.is(Status::Green));
+
+    let mut cluster = Cluster::start();
+    let resource = "svc_run";
+    let log = vm.dir().join("svc_run.log");
+    let ctl = HostBins::require().ctl;
+    let options = format!(
+        "--socket {} run {} -- /bin/sh -c '{SERVICE}'",
+        agent.control_socket().display(),
+        vm.name()
+    );
+    let xml = format!(
+        r#"<primitive id="{resource}" class="ocf" provider="heartbeat" type="anything">
+  <instance_attributes id="{resource}-ia">
+    <nvpair id="{resource}-binfile" name="binfile" value="{}"/>
+    <nvpair id="{resource}-options" name="cmdline_options" value="{options}"/>
+    <nvpair id="{resource}-log" name="logfile" value="{}"/>
+  </instance_attributes>
+  <operations>
+    <op id="{resource}-start" name="start" interval="0" timeout="20s"/>
+    <op id="{resource}-stop" name="stop" interval="0" timeout="30s"/>
+    <op id="{resource}-monitor" name="monitor" interval="2s" timeout="20s"/>
+  </operations>
+</primitive>"#,
+        ctl.display(),
+        log.display()
+    );
+    let took = cluster.add_primitive(resource, &xml, START_TIMEOUT);
+    let first = wait_service_running(&agent, &vm, &[]);
+    println!(
+        "resource {resource} started in {} ms: {first} runs in the guest",
+        ms(took)
+    );
+
+    // The recurring monitor finds it running: several monitor intervals, no failure.
+    thread::sleep(Duration::from_secs(6));
+    let r = cluster
+        .resource(resource)
+        .unwrap_or_else(|| panic!("no resource\n{}", cluster.diagnostics()));
+    assert!(
+        r.role == "Started" && !r.failed,
+        "{r:?}\n{}",
+        cluster.diagnostics()
+    );
+    assert_eq!(cluster.fail_count(resource), 0, "{}", cluster.diagnostics());
+    assert_eq!(
+        service_processes(&agent, &vm),
+        vec![(first.clone(), "running".into())]
+    );
+
+    // Stopped by the cluster: SIGTERM to appmonctl, passed on to the process in the guest,
+    // which is gone (ended and released); no failure recorded.
+    let t0 = Instant::now();
+    cluster
+        .set_target_role(resource, "Stopped")
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.diagnostics()));
+    cluster.wait_stopped(resource, START_TIMEOUT);
+    let stopped_ms = ms(t0.elapsed());
+    let ps = service_processes(&agent, &vm);
+    assert!(ps.is_empty(), "still in the guest after the stop: {ps:?}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains(&format!("passing signal 15 on to {first}")),
+        "appmonctl's log: {text}"
+    );
+    assert_eq!(cluster.fail_count(resource), 0, "{}", cluster.diagnostics());
+    assert_eq!(cluster.failed_actions(), "", "{}", cluster.diagnostics());
+
+    // Started again: a new process in the guest.
+    cluster
+        .set_target_role(resource, "Started")
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.diagnostics()));
+    cluster.wait_started(resource, START_TIMEOUT);
+    let second = wait_service_running(&agent, &vm, std::slice::from_ref(&first));
+
+    // The process ends on its own (exit 3): appmonctl exits with it, the cluster's monitor
+    // notices (a failure counted) and recovers the resource: a third process runs.
+    let t0 = Instant::now();
+    let out = agent
+        .ctl(&[
+            "run",
+            vm.name(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "touch /tmp/pcmk-run-exit",
+        ])
+        .unwrap_or_else(|e| vm.fail(format!("appmonctl run: {e}")));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    wait_until(NOTICE_TIMEOUT, "the cluster counting a failure", || {
+        cluster.fail_count(resource) >= 1
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.diagnostics()));
+    let noticed = t0.elapsed();
+    cluster.wait_started(resource, START_TIMEOUT);
+    let third = wait_service_running(&agent, &vm, &[first.clone(), second.clone()]);
+    let recovered_ms = ms(t0.elapsed());
+    let failed = cluster.failed_actions();
+    assert!(
+        failed.contains(resource) && failed.contains("monitor"),
+        "{failed}"
+    );
+    let s = agent.status(&vm);
+    assert!(
+        s.history.iter().any(|h| matches!(
+            h.process(),
+            Some(appmon_control::ProcessNote::Ended { id, end: appmon_control::ProcessEnd::Exited { code: 3 }, .. }) if *id == second
+        )),
+        "{}",
+        s.history_text()
+    );
+    println!(
+        "stop: {stopped_ms} ms to Stopped, the guest process gone; own end noticed by the \
+         monitor {} ms after the exit was asked for, {third} running again {recovered_ms} ms after",
+        ms(noticed)
     );
 }
