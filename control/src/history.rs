@@ -254,6 +254,12 @@ pub enum Decision {
     OperatorCleared {
         forgotten: u32,
     },
+    /// After a give-up the cluster took, the guest announced a new boot: the VM the cluster
+    /// started again. The alarm and `forgotten` resets of the window are gone; it is monitored
+    /// with its full budget.
+    ClusterStartedAgain {
+        forgotten: u32,
+    },
     /// The domain arrived by migration: Gray until the guest enables.
     ArrivedByMigration,
     /// The domain is no longer here (`why`: migrated away, undefined, vanished); its record,
@@ -387,6 +393,10 @@ impl fmt::Display for Decision {
             Decision::OperatorCleared { forgotten } => write!(
                 f,
                 "operator cleared the alarm and {forgotten} reset(s) of the window"
+            ),
+            Decision::ClusterStartedAgain { forgotten } => write!(
+                f,
+                "the cluster started the VM again: alarm cleared and {forgotten} reset(s) of the window forgotten"
             ),
             Decision::ArrivedByMigration => f.write_str("arrived by migration: Gray until Enable"),
             Decision::Left { why } => write!(f, "left this host ({why}): no longer monitored here"),

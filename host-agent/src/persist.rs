@@ -81,6 +81,17 @@ pub struct ResetEntry {
 pub struct AlarmEntry {
     pub unix_ms: u64,
     pub reason: String,
+    /// The cluster took this give-up's escalation ([`crate::policy::ClusterTook`]). Files
+    /// written before it was kept have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_took: Option<ClusterTookEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTookEntry {
+    /// The guest's boot id when the cluster took over (as the kernel prints it), if one was known.
+    pub boot_id: Option<String>,
 }
 
 /// The state directory.
@@ -264,6 +275,9 @@ mod tests {
             alarm: Some(AlarmEntry {
                 unix_ms: 1_700_000_001_000,
                 reason: "gave up".into(),
+                cluster_took: Some(ClusterTookEntry {
+                    boot_id: Some("6ad2a5c3-6c5b-4c2e-9b0e-2f1b5d0c9a11".into()),
+                }),
             }),
             history: vec![appmon_control::HistoryEntry::new(
                 1_700_000_000_000,
@@ -275,9 +289,10 @@ mod tests {
 
     #[test]
     fn a_record_written_before_histories_were_kept_still_loads() {
-        let old = r#"{"uuid":"u","name":"vm1","resets":[],"alarm":null}"#;
+        let old = r#"{"uuid":"u","name":"vm1","resets":[],"alarm":{"unix_ms":1,"reason":"r"}}"#;
         let record: VmRecord = serde_json::from_str(old).expect("old record");
         assert!(record.history.is_empty());
+        assert_eq!(record.alarm.and_then(|a| a.cluster_took), None);
     }
 
     #[test]

@@ -241,6 +241,17 @@ pub struct ResetRecord {
 pub struct Alarm {
     pub at: Duration,
     pub reason: String,
+    /// The cluster took this give-up's escalation ([`Input::ClusterTookOver`]).
+    pub cluster_took: Option<ClusterTook>,
+}
+
+/// The cluster took a give-up's escalation while the guest ran `boot_id` (`None`: no guest had
+/// announced itself). The first Hello of another boot is the VM the cluster started again: it
+/// gets the full reset budget. Until then the alarm stands, so the old domain, which the cluster
+/// is stopping, is never reset again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterTook {
+    pub boot_id: Option<[u8; 16]>,
 }
 
 /// What happens between a reset and the guest being back.
@@ -307,6 +318,9 @@ pub enum Input {
     },
     /// An operator cleared the alarm and the window's resets.
     Clear,
+    /// The cluster took this VM's escalation ([`Action::Escalate`]). After a give-up it owns
+    /// the recovery: the next boot of the guest is the VM it started again ([`ClusterTook`]).
+    ClusterTookOver,
     /// A managed application's restarts are spent and its policy escalates to a reset
     /// ([`crate::managed`]): reset at once, through the reset budget.
     ApplicationFailed {
@@ -638,7 +652,7 @@ impl VmMachine {
             Input::HypervisorLost => self.enter_phase(Phase::Unknown, now),
             Input::Domain(event) => self.domain_event(event, now, out),
             Input::Policy(policy) => self.set_policy(policy, out),
-            Input::GuestHello { boot_id } => self.guest_hello(boot_id, out),
+            Input::GuestHello { boot_id } => self.guest_hello(boot_id, now, out),
             Input::GuestState(state) => {
                 // The session's first status goes out now, changed or not.
                 self.awaiting_state = false;
@@ -797,22 +811,17 @@ impl VmMachine {
                 }
             }
             Input::Clear => {
-                let forgotten = self.resets.len();
-                self.resets.clear();
-                if self.alarm.take().is_some() || forgotten > 0 {
+                let forgotten = self.forget_budget(now, out);
+                Self::note(out, Level::Warn, Decision::OperatorCleared { forgotten });
+            }
+            // Only a give-up hands the VM to the cluster; an escalated power-cycle keeps its
+            // slot in the window (appmon goes on judging the VM the cluster keeps running).
+            Input::ClusterTookOver => {
+                let boot_id = self.boot_id;
+                if let Some(alarm) = self.alarm.as_mut().filter(|a| a.cluster_took.is_none()) {
+                    alarm.cluster_took = Some(ClusterTook { boot_id });
                     out.push(Action::Persist);
                 }
-                self.retry_at = None;
-                if let Monitoring::Enabled { last_heartbeat } = &mut self.monitoring {
-                    *last_heartbeat = (*last_heartbeat).max(now);
-                }
-                Self::note(
-                    out,
-                    Level::Warn,
-                    Decision::OperatorCleared {
-                        forgotten: count(forgotten),
-                    },
-                );
             }
             Input::Tick
             | Input::DomainState(_)
@@ -949,7 +958,16 @@ impl VmMachine {
         }
     }
 
-    fn guest_hello(&mut self, boot_id: [u8; 16], out: &mut Vec<Action>) {
+    fn guest_hello(&mut self, boot_id: [u8; 16], now: Duration, out: &mut Vec<Action>) {
+        let took = self.alarm.as_ref().and_then(|a| a.cluster_took);
+        if took.is_some_and(|took| took.boot_id != Some(boot_id)) {
+            let forgotten = self.forget_budget(now, out);
+            Self::note(
+                out,
+                Level::Warn,
+                Decision::ClusterStartedAgain { forgotten },
+            );
+        }
         self.channel_up = true;
         self.silent = false;
         self.status_sent = None;
@@ -1149,6 +1167,7 @@ impl VmMachine {
                 self.alarm = Some(Alarm {
                     at: now,
                     reason: reason.clone(),
+                    cluster_took: None,
                 });
                 Self::note(out, Level::Error, gave_up);
                 out.push(Action::Alarm { reason });
@@ -1166,6 +1185,22 @@ impl VmMachine {
         });
         out.push(Action::Persist);
         self.issue_reset(policy, method, cause, false, now, out);
+    }
+
+    /// Clears the alarm and the window's resets (an operator's `clear`, or the VM the cluster
+    /// started again after a give-up); returns how many resets were forgotten. The failure
+    /// clock counts from now, not from a silence the alarm covered.
+    fn forget_budget(&mut self, now: Duration, out: &mut Vec<Action>) -> u32 {
+        let forgotten = self.resets.len();
+        self.resets.clear();
+        if self.alarm.take().is_some() || forgotten > 0 {
+            out.push(Action::Persist);
+        }
+        self.retry_at = None;
+        if let Monitoring::Enabled { last_heartbeat } = &mut self.monitoring {
+            *last_heartbeat = (*last_heartbeat).max(now);
+        }
+        count(forgotten)
     }
 
     fn escalate(out: &mut Vec<Action>, resource: &str, reason: Escalation) {

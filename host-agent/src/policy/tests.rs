@@ -1490,6 +1490,74 @@ fn giving_up_on_a_cluster_vm_escalates_once_with_the_alarm() {
 }
 
 #[test]
+fn the_vm_the_cluster_starts_again_after_a_give_up_gets_its_full_budget() {
+    let mut sim = Sim::new(in_cluster(Policy {
+        min_uptime: Duration::ZERO,
+        max_resets: 2,
+        channel_timeout: ms(3600 * S),
+        ..Policy::default()
+    }));
+    for (i, t) in [0u64, 100, 200].into_iter().enumerate() {
+        sim.guest_enables(t * S, i as u8 + 1);
+        sim.feed(Input::PostAppState(AppState::NeedReset));
+    }
+    assert_eq!((sim.resets().len(), sim.alarms()), (2, 1));
+    sim.at(201 * S, Input::ClusterTookOver);
+
+    // While Pacemaker stops the old domain, its guest (boot 3) goes silent and comes back with
+    // the same boot: the alarm stands and it is never reset again.
+    sim.at(250 * S, Input::GuestHello { boot_id: [3; 16] });
+    sim.feed(Input::Enable);
+    sim.run_to(299 * S);
+    assert_eq!(sim.resets().len(), 2, "{:?}", sim.resets());
+    assert!(sim.m.alarm().is_some());
+
+    // The VM the cluster started again (a new boot, same UUID so the same record): the alarm
+    // and the window are forgotten, it is reset in place up to the budget, then appmon gives up
+    // and escalates a second time.
+    for (i, t) in [300u64, 400, 500].into_iter().enumerate() {
+        sim.guest_enables(t * S, i as u8 + 10);
+        sim.feed(Input::PostAppState(AppState::NeedReset));
+    }
+    assert_eq!(sim.resets().len(), 4, "{:?}", sim.resets());
+    assert_eq!(sim.alarms(), 2);
+    assert_eq!(escalations(&sim).len(), 2);
+    let started_again = sim.log.iter().any(|(t, a)| {
+        *t == ms(300 * S)
+            && matches!(
+                a,
+                Action::Note {
+                    decision: Decision::ClusterStartedAgain { forgotten: 2 },
+                    ..
+                }
+            )
+    });
+    assert!(started_again, "{:?}", sim.log);
+}
+
+#[test]
+fn a_cluster_taking_over_without_a_give_up_forgets_nothing() {
+    let mut sim = Sim::new(in_cluster(Policy {
+        min_uptime: Duration::ZERO,
+        max_resets: 2,
+        channel_timeout: ms(3600 * S),
+        ..Policy::default()
+    }));
+    sim.guest_enables(0, 1);
+    sim.feed(Input::PostAppState(AppState::NeedReset));
+    sim.at(10 * S, Input::ClusterTookOver);
+    for (i, t) in [100u64, 200].into_iter().enumerate() {
+        sim.guest_enables(t * S, i as u8 + 2);
+        sim.feed(Input::PostAppState(AppState::NeedReset));
+    }
+
+    // No alarm was raised when the cluster took over (an escalated power-cycle): the window
+    // holds the first reset, so the third request gives up.
+    assert_eq!(sim.resets().len(), 2, "{:?}", sim.resets());
+    assert_eq!(sim.alarms(), 1);
+}
+
+#[test]
 fn giving_up_without_a_cluster_does_not_escalate() {
     let mut sim = Sim::new(Policy {
         min_uptime: Duration::ZERO,

@@ -633,7 +633,11 @@ impl Supervisor {
                         _ => tracing::warn!(domain = %v.domain.name, "{decision}"),
                     }
                 }
+                let took = matches!(decision, Decision::Escalated { .. });
                 self.note(vm, now, level, HistoryKind::Decision(decision));
+                if took {
+                    self.feed(vm, Input::ClusterTookOver, now);
+                }
             }
             Internal::SpecWritten {
                 domain,

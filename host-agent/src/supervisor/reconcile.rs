@@ -10,12 +10,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use appmon_libvirt_backend::{DomainState, MonitorSpec, SpecError, Transport};
+use appmon_wire::parse_boot_id;
 
 use super::clock::Clock;
 use super::vm::Vm;
 use crate::config::Config;
 use crate::persist::VmRecord;
-use crate::policy::{Alarm, Policy, ResetRecord};
+use crate::policy::{Alarm, ClusterTook, Policy, ResetRecord};
 use crate::session::{ChannelLookup, Endpoint, SessionError, VmId};
 
 /// The effective policy of a domain's metadata: `None` when it has none or it is broken.
@@ -60,6 +61,10 @@ pub(super) fn restore(clock: &Clock, record: &VmRecord) -> (Vec<ResetRecord>, Op
     let alarm = record.alarm.as_ref().map(|a| Alarm {
         at: clock.from_wall_ms(a.unix_ms).unwrap_or(Duration::ZERO),
         reason: a.reason.clone(),
+        cluster_took: a.cluster_took.as_ref().map(|took| ClusterTook {
+            // An id that does not parse matches no boot: the next Hello counts as a new one.
+            boot_id: took.boot_id.as_deref().and_then(parse_boot_id),
+        }),
     });
     (resets, alarm)
 }

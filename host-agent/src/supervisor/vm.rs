@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use appmon_control::{AlarmEvent, HistoryEntry, HistoryKind, Level};
 use appmon_libvirt_backend::{DomainInfo, DomainRef, DomainState, MonitorSpec, SpecError};
+use appmon_wire::format_boot_id;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -13,7 +14,7 @@ use super::clock::Clock;
 use super::counters::VmCounters;
 use super::guest::GuestWork;
 use super::trouble::Trouble;
-use crate::persist::{AlarmEntry, ResetEntry, VmRecord};
+use crate::persist::{AlarmEntry, ClusterTookEntry, ResetEntry, VmRecord};
 use crate::policy::VmMachine;
 use crate::session::HostCmd;
 
@@ -184,6 +185,9 @@ impl Vm {
             alarm: self.machine.alarm().map(|a| AlarmEntry {
                 unix_ms: clock.wall_ms(a.at),
                 reason: a.reason.clone(),
+                cluster_took: a.cluster_took.map(|took| ClusterTookEntry {
+                    boot_id: took.boot_id.as_ref().map(format_boot_id),
+                }),
             }),
             history: self.history.iter().cloned().collect(),
         }
