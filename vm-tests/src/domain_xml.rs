@@ -62,6 +62,8 @@ impl WatchdogAction {
 #[derive(Debug, Clone)]
 pub struct DomainSpec {
     pub name: String,
+    /// A `<uuid>` in the XML; `None`: libvirt makes one up on every define or create.
+    pub uuid: Option<String>,
     pub memory_mib: u32,
     pub vcpus: u32,
     pub kernel: PathBuf,
@@ -91,6 +93,9 @@ impl DomainSpec {
 ",
             name = escape(&self.name)
         );
+        if let Some(uuid) = &self.uuid {
+            let _ = writeln!(x, "  <uuid>{}</uuid>", escape(uuid));
+        }
         if !self.metadata_xml.is_empty() {
             let _ = writeln!(x, "  <metadata>\n{}\n  </metadata>", self.metadata_xml);
         }
@@ -221,6 +226,7 @@ mod tests {
 
     fn spec() -> DomainSpec {
         DomainSpec {
+            uuid: None,
             name: "appmon-t-boot-12-0".into(),
             memory_mib: 128,
             vcpus: 1,
@@ -234,6 +240,15 @@ mod tests {
             metadata_xml: String::new(),
             extra_devices_xml: String::new(),
         }
+    }
+
+    #[test]
+    fn xml_carries_a_uuid_only_when_given() {
+        assert!(!spec().to_xml().contains("<uuid>"));
+        let mut s = spec();
+        s.uuid = Some("6f1c0e52-3d59-4b4e-8f43-2a1b9e0c7d15".into());
+        let xml = s.to_xml();
+        assert!(xml.contains("</name>\n  <uuid>6f1c0e52-3d59-4b4e-8f43-2a1b9e0c7d15</uuid>\n"));
     }
 
     #[test]

@@ -101,6 +101,7 @@ pub struct VmConfig {
     initrd: Option<PathBuf>,
     guest_files: Vec<GuestFile>,
     vsock: bool,
+    uuid_in_xml: bool,
 }
 
 impl VmConfig {
@@ -119,7 +120,16 @@ impl VmConfig {
             initrd: None,
             guest_files: Vec::new(),
             vsock: true,
+            uuid_in_xml: false,
         }
+    }
+
+    /// The domain XML (also the file a VirtualDomain resource's `config=` names) carries a
+    /// fresh `<uuid>`, as one saved with `virsh dumpxml` does: every domain defined or created
+    /// from it has that UUID.
+    pub fn with_uuid_in_config(mut self) -> VmConfig {
+        self.uuid_in_xml = true;
+        self
     }
 
     /// No vhost-user-vsock device and no vhost-device-vsock: a guest that can migrate and be
@@ -706,7 +716,13 @@ impl TestVm {
             }
             initrd = own;
         }
+        let uuid = self.config.uuid_in_xml.then(|| {
+            fs::read_to_string("/proc/sys/kernel/random/uuid")
+                .map(|u| u.trim().to_owned())
+                .unwrap_or_else(|e| self.fail(format!("cannot make a UUID: {e}")))
+        });
         let spec = DomainSpec {
+            uuid,
             name: self.name.clone(),
             memory_mib: self.config.memory_mib,
             vcpus: self.config.vcpus,

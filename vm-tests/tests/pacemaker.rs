@@ -106,6 +106,14 @@ fn wait_boot(vm: &TestVm, n: usize) -> String {
     })
 }
 
+/// libvirt's id of the running domain: a domain created again gets a new one.
+fn domain_id(vm: &TestVm) -> Option<String> {
+    vm.virsh(&["domid", vm.name()])
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|id| !id.is_empty() && id != "-")
+}
+
 fn domain_uuid(vm: &TestVm) -> Option<String> {
     vm.virsh(&["domuuid", vm.name()])
         .ok()
@@ -194,12 +202,18 @@ fn give_up_escalates_and_the_cluster_restarts_the_vm_which_appmon_monitors_again
         reset_window: Duration::from_secs(3600),
         reset_method: ResetMethod::Reset,
     };
+    // The config file carries the domain's UUID, as one made with `virsh dumpxml` does: every
+    // domain the cluster creates from it has that UUID, so the host agent restores the record
+    // with the alarm it gave up with, and must clear it for the VM the cluster started again.
     let t = setup(
-        VmConfig::new("pcmkgiveup").cmdline_arg("appmon.demo=stop-after:3"),
+        VmConfig::new("pcmkgiveup")
+            .cmdline_arg("appmon.demo=stop-after:3")
+            .with_uuid_in_config(),
         &policy,
     );
     let (vm, agent, cluster) = (&t.vm, &t.agent, &t.cluster);
-    let first = domain_uuid(vm).unwrap_or_else(|| vm.fail("no domain"));
+    let uuid = domain_uuid(vm).unwrap_or_else(|| vm.fail("no domain"));
+    let first = domain_id(vm).unwrap_or_else(|| vm.fail("no domain id"));
 
     // Watch closely: the domain the agent gave up on is gone within seconds of the escalation.
     let limit = policy.failure_interval * 2 + DEFAULT_BOOT_TIMEOUT + GREEN_TIMEOUT;
@@ -236,15 +250,15 @@ fn give_up_escalates_and_the_cluster_restarts_the_vm_which_appmon_monitors_again
         gave_up.history_text()
     );
 
-    // Pacemaker recovers the resource: a new (transient) domain of the same name runs.
-    let (running_again, second) =
-        vm.wait_for(START_TIMEOUT, "the cluster's new domain running", || {
-            let uuid = domain_uuid(vm)?;
-            let running = vm
-                .virsh(&["domstate", vm.name()])
-                .is_ok_and(|s| s.trim() == "running");
-            (uuid != first && running).then(|| (unix_ms_now(), uuid))
-        });
+    // Pacemaker recovers the resource: a new (transient) domain of the same name and UUID runs.
+    let running_again = vm.wait_for(START_TIMEOUT, "the cluster's new domain running", || {
+        let id = domain_id(vm)?;
+        let running = vm
+            .virsh(&["domstate", vm.name()])
+            .is_ok_and(|s| s.trim() == "running");
+        (id != first && running).then(unix_ms_now)
+    });
+    assert_eq!(domain_uuid(vm).as_deref(), Some(uuid.as_str()));
     let restart_ms = running_again.saturating_sub(gave_up_at);
     cluster.wait_started(&t.resource, START_TIMEOUT);
     assert!(
@@ -253,19 +267,21 @@ fn give_up_escalates_and_the_cluster_restarts_the_vm_which_appmon_monitors_again
         cluster.diagnostics()
     );
 
-    // appmon follows the new domain: Gray, then Green (the demo beats three times, so Green
-    // lasts a few seconds: watched closely), no reset counted, no alarm.
+    // appmon follows the new domain: the alarm of the record it restored is cleared on the new
+    // boot, then Gray, then Green (the demo beats three times, so Green lasts a few seconds:
+    // watched closely), no reset counted, no alarm.
+    let old_boot = gave_up.guest_boot_id.clone();
     let start = Instant::now();
     let s = loop {
         if let Ok(s) = agent.try_show(vm.name()) {
-            if s.uuid == second && s.is(Status::Green) {
+            if s.guest_boot_id != old_boot && s.is(Status::Green) {
                 break s;
             }
         }
         if start.elapsed() > GREEN_TIMEOUT {
             let last = agent.try_show(vm.name()).map(|s| s.summary());
             vm.fail(format!(
-                "the new domain {second} not Green within {GREEN_TIMEOUT:?}: {last:?}"
+                "the cluster's new domain not Green within {GREEN_TIMEOUT:?}: {last:?}"
             ));
         }
         thread::sleep(Duration::from_millis(50));
@@ -273,6 +289,17 @@ fn give_up_escalates_and_the_cluster_restarts_the_vm_which_appmon_monitors_again
     let green_ms = unix_ms_now().saturating_sub(gave_up_at);
     assert!(!s.gave_up, "{}", s.summary());
     assert_eq!(s.resets_in_window, 0, "{}", s.history_text());
+    assert!(
+        s.find(|h| matches!(
+            h.decision(),
+            Some(Decision::ClusterStartedAgain { forgotten: 1 })
+        ))
+        .is_some(),
+        "{}",
+        s.history_text()
+    );
+    // The old domain was not reset again after the give-up: one reset decision in all.
+    assert_eq!(s.reset_decisions().len(), 1, "{}", s.history_text());
     println!(
         "gave up -> running again under Pacemaker: {restart_ms} ms; gave up -> Green: {green_ms} ms"
     );
