@@ -1472,14 +1472,19 @@ fn in_cluster(policy: Policy) -> Policy {
     }
 }
 
-#[test]
-fn giving_up_on_a_cluster_vm_escalates_once_with_the_alarm() {
-    let mut sim = Sim::new(in_cluster(Policy {
+/// A cluster VM with a budget of two resets, judged on needReset alone.
+fn cluster_sim_of_two_resets() -> Sim {
+    Sim::new(in_cluster(Policy {
         min_uptime: Duration::ZERO,
         max_resets: 2,
         channel_timeout: ms(3600 * S),
         ..Policy::default()
-    }));
+    }))
+}
+
+#[test]
+fn giving_up_on_a_cluster_vm_escalates_once_with_the_alarm() {
+    let mut sim = cluster_sim_of_two_resets();
     for (i, t) in [0u64, 100, 200, 300].into_iter().enumerate() {
         sim.guest_enables(t * S, i as u8 + 1);
         sim.feed(Input::PostAppState(AppState::NeedReset));
@@ -1491,12 +1496,7 @@ fn giving_up_on_a_cluster_vm_escalates_once_with_the_alarm() {
 
 #[test]
 fn the_vm_the_cluster_starts_again_after_a_give_up_gets_its_full_budget() {
-    let mut sim = Sim::new(in_cluster(Policy {
-        min_uptime: Duration::ZERO,
-        max_resets: 2,
-        channel_timeout: ms(3600 * S),
-        ..Policy::default()
-    }));
+    let mut sim = cluster_sim_of_two_resets();
     for (i, t) in [0u64, 100, 200].into_iter().enumerate() {
         sim.guest_enables(t * S, i as u8 + 1);
         sim.feed(Input::PostAppState(AppState::NeedReset));
@@ -1537,12 +1537,7 @@ fn the_vm_the_cluster_starts_again_after_a_give_up_gets_its_full_budget() {
 
 #[test]
 fn a_cluster_taking_over_without_a_give_up_forgets_nothing() {
-    let mut sim = Sim::new(in_cluster(Policy {
-        min_uptime: Duration::ZERO,
-        max_resets: 2,
-        channel_timeout: ms(3600 * S),
-        ..Policy::default()
-    }));
+    let mut sim = cluster_sim_of_two_resets();
     sim.guest_enables(0, 1);
     sim.feed(Input::PostAppState(AppState::NeedReset));
     sim.at(10 * S, Input::ClusterTookOver);
