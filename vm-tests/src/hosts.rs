@@ -171,7 +171,8 @@ impl LibvirtHost {
     }
 
     /// Starts a libvirtd with its directories in `dir` inside the node `place` (whose mount
-    /// namespace is the node's own: the daemon's directories are mounted there).
+    /// namespace is the node's own: the daemon's directories are mounted there). A node has a
+    /// network of its own, so libvirt's default migration ports do.
     pub(crate) fn start_in(
         label: &'static str,
         dir: PathBuf,
