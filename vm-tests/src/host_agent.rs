@@ -33,6 +33,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::console;
+use crate::hosts::LibvirtHost;
+use crate::node::Place;
 use crate::rig::{is_executable, Rig};
 use crate::sweep::{HOST_AGENT_CONFIG, HOST_AGENT_PID_FILE};
 use crate::virsh::{run_bounded, RunError, LIBVIRT_URI};
@@ -274,9 +276,9 @@ pub struct HostAgent {
     starts: u32,
     /// When the daemon last answered its first `list` with all its domains.
     ready_at: Option<Instant>,
-    /// Runs inside the mount namespace of this pid (a two-host harness's libvirtd), as a host
+    /// Runs there (a two-host harness's libvirtd's mount namespace, a cluster node), as a host
     /// agent on that host would: the paths in its libvirtd's domain XML are that host's.
-    namespace_of: Option<u32>,
+    place: Option<Place>,
     /// The domains it must list before it counts as ready (those its libvirtd has).
     listed: Vec<String>,
 }
@@ -294,19 +296,17 @@ impl HostAgent {
         agent
     }
 
-    /// [`HostAgent::start`] for one of the two-host harness's daemons: inside that daemon's
-    /// mount namespace (`nsenter -t <its pid> -m`), its `uri` that daemon's socket.
-    pub fn start_on(
-        host: &crate::hosts::LibvirtHost,
-        vms: &[&TestVm],
-        config: Config,
-    ) -> HostAgent {
+    /// [`HostAgent::start`] for one of the two-host harness's daemons or a cluster node's:
+    /// where that host's processes run ([`LibvirtHost::place`]: the daemon's mount namespace, or
+    /// the node's namespaces and cgroup), its `uri` that daemon's socket. It counts as ready
+    /// once it lists those of `vms` that are on that daemon.
+    pub fn start_on(host: &LibvirtHost, vms: &[&TestVm], config: Config) -> HostAgent {
         let domains: Vec<String> = vms.iter().map(|vm| vm.name().to_owned()).collect();
         let config = Config {
             uri: host.uri().to_owned(),
             ..config
         };
-        let mut agent = HostAgent::new_in(domains, config, Some(host.pid()));
+        let mut agent = HostAgent::new_in(domains, config, Some(host.place()));
         agent.listed = vms
             .iter()
             .filter(|vm| vm.uri() == host.uri())
@@ -326,9 +326,8 @@ impl HostAgent {
         HostAgent::new_in(domains, config, None)
     }
 
-    /// [`HostAgent::new`]; `namespace_of`: run in that process's mount namespace, with the
-    /// `uri` of `config` (else the rig's).
-    fn new_in(domains: Vec<String>, config: Config, namespace_of: Option<u32>) -> HostAgent {
+    /// [`HostAgent::new`]; `place`: run there, with the `uri` of `config` (else the rig's).
+    fn new_in(domains: Vec<String>, config: Config, place: Option<Place>) -> HostAgent {
         let rig = Rig::require();
         let bins = HostBins::require();
         sweep_once(&rig);
@@ -337,13 +336,13 @@ impl HostAgent {
         let dir = rig.tests_dir().join(format!("{pid}-{n}"));
         let uri = config.uri.clone();
         let mut placed = placed(config, &dir, &domains);
-        if namespace_of.is_some() {
+        if place.is_some() {
             placed.uri = uri;
         }
         let agent = HostAgent {
             name: format!("appmon-host-{pid}-{n}"),
             config: placed,
-            namespace_of,
+            place,
             listed: domains,
             dir,
             rig,
@@ -399,15 +398,10 @@ impl HostAgent {
         let log2 = log
             .try_clone()
             .unwrap_or_else(|e| self.fail(format!("cannot duplicate the log handle: {e}")));
-        let mut command = match self.namespace_of {
+        // nsenter (and the cgroup's sh) exec the program: the child's pid is appmon-host's.
+        let mut command = match &self.place {
             None => Command::new(&self.bins.host),
-            Some(pid) => {
-                // nsenter execs the program: the child's pid is appmon-host's.
-                let mut c = Command::new("nsenter");
-                c.args(["-t", &pid.to_string(), "-m", "--"])
-                    .arg(&self.bins.host);
-                c
-            }
+            Some(place) => place.command(&self.bins.host),
         };
         let child = command
             .arg("--config")

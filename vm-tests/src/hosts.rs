@@ -20,6 +20,10 @@
 //!
 //! Paths inside a host's namespace (a channel socket libvirt generated under
 //! /var/lib/libvirt) are reached from outside through [`LibvirtHost::outside`].
+//!
+//! A cluster node ([`crate::cluster::TwoNodeCluster`]) runs its libvirtd the same way, with the
+//! same private directories, but inside the node's namespaces and cgroup
+//! ([`LibvirtHost::start_in`]) instead of a mount namespace of its own.
 
 use std::fs;
 use std::io;
@@ -35,6 +39,7 @@ use nix::unistd::Pid;
 use crate::domain_xml::{
     with_vsock_uds, without_vsock_device, VSOCK_CHARDEV_ID, VSOCK_DEVICE_ID, VSOCK_PCI_SLOT,
 };
+use crate::node::Place;
 use crate::rig::Rig;
 use crate::sweep::{pid_alive, remove_domain_on, running_for};
 use crate::virsh::{list_all_domains_on, virsh_on, virsh_on_timeout, VirshError};
@@ -77,6 +82,8 @@ pub struct LibvirtHost {
     uri: String,
     pid: Option<u32>,
     port_min: u16,
+    /// The node it runs in; `None`: a mount namespace of its own.
+    place: Option<Place>,
 }
 
 impl LibvirtHost {
@@ -95,6 +102,14 @@ impl LibvirtHost {
     /// The libvirtd's pid (its mount namespace is the host's).
     pub fn pid(&self) -> u32 {
         self.pid.unwrap_or(0)
+    }
+
+    /// Where the processes of this host run (a host agent on it): the node's namespaces and
+    /// cgroup, or the libvirtd's own mount namespace.
+    pub fn place(&self) -> Place {
+        self.place
+            .clone()
+            .unwrap_or_else(|| Place::mount_ns_of(self.pid()))
     }
 
     pub fn dir(&self) -> &Path {
@@ -135,6 +150,12 @@ impl LibvirtHost {
         self.dir.with_file_name(format!("c{}", self.label))
     }
 
+    fn own_dir_name(&self) -> String {
+        self.dir
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    }
+
     /// A port of this host's migration range for the next incoming migration.
     fn next_migration_port(&self) -> u16 {
         self.port_min + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % PORTS_PER_HOST
@@ -146,6 +167,28 @@ impl LibvirtHost {
         host_uuid: &str,
         port_min: u16,
     ) -> Result<LibvirtHost, String> {
+        LibvirtHost::start_at(label, dir, host_uuid, port_min, None)
+    }
+
+    /// Starts a libvirtd with its directories in `dir` inside the node `place` (whose mount
+    /// namespace is the node's own: the daemon's directories are mounted there). A node has a
+    /// network of its own, so libvirt's default migration ports do.
+    pub(crate) fn start_in(
+        label: &'static str,
+        dir: PathBuf,
+        host_uuid: &str,
+        place: Place,
+    ) -> Result<LibvirtHost, String> {
+        LibvirtHost::start_at(label, dir, host_uuid, 49152, Some(place))
+    }
+
+    fn start_at(
+        label: &'static str,
+        dir: PathBuf,
+        host_uuid: &str,
+        port_min: u16,
+        place: Option<Place>,
+    ) -> Result<LibvirtHost, String> {
         let uri = format!(
             "qemu+unix:///system?socket={}/run/libvirt-sock",
             dir.display()
@@ -156,6 +199,7 @@ impl LibvirtHost {
             uri,
             pid: None,
             port_min,
+            place,
         };
         host.prepare(host_uuid)?;
         host.launch()?;
@@ -205,32 +249,46 @@ impl LibvirtHost {
         }
         let link = self.channel_link();
         let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(format!("{}/lib/qemu/channel/target", self.label), &link)
-            .map_err(|e| io(&format!("cannot create {}", link.display()), e))?;
+        std::os::unix::fs::symlink(
+            format!("{}/lib/qemu/channel/target", self.own_dir_name()),
+            &link,
+        )
+        .map_err(|e| io(&format!("cannot create {}", link.display()), e))?;
         Ok(())
     }
 
     fn launch(&mut self) -> Result<(), String> {
         let mut script = String::from("set -e\n");
         for (own, over) in PRIVATE_DIRS {
-            script.push_str(&format!("mount --bind \"$1/{own}\" {over}\n"));
+            if self.place.is_some() {
+                // The node's mount namespace outlives a libvirtd restart: mount once.
+                script.push_str(&format!(
+                    "mkdir -p {over}\nmountpoint -q {over} || mount --bind \"$1/{own}\" {over}\n"
+                ));
+            } else {
+                script.push_str(&format!("mount --bind \"$1/{own}\" {over}\n"));
+            }
         }
-        script.push_str("hostname \"$2\"\nexec libvirtd -d -p \"$1/libvirtd.pid\"\n");
+        if self.place.is_none() {
+            script.push_str("hostname \"$2\"\n");
+        }
+        script.push_str("exec libvirtd -d -p \"$1/libvirtd.pid\"\n");
         let stderr_path = self.dir.join("libvirtd.stderr");
         let stderr = fs::File::create(&stderr_path)
             .map_err(|e| format!("cannot create {}: {e}", stderr_path.display()))?;
         let stdout = stderr
             .try_clone()
             .map_err(|e| format!("cannot duplicate a file handle: {e}"))?;
-        let status = Command::new("unshare")
-            .args([
-                "--mount",
-                "--uts",
-                "--propagation",
-                "private",
-                "/bin/sh",
-                "-c",
-            ])
+        let mut command = match &self.place {
+            Some(place) => place.command("/bin/sh"),
+            None => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--uts", "--propagation", "private", "/bin/sh"]);
+                c
+            }
+        };
+        let status = command
+            .arg("-c")
             .arg(&script)
             .arg("sh")
             .arg(&self.dir)
@@ -239,7 +297,7 @@ impl LibvirtHost {
             .stdout(stdout)
             .stderr(stderr)
             .status()
-            .map_err(|e| format!("cannot run unshare: {e}"))?;
+            .map_err(|e| format!("cannot start libvirtd: {e}"))?;
         if !status.success() {
             return Err(format!(
                 "host {}: libvirtd did not start ({status}): {}",

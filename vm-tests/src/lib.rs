@@ -14,6 +14,10 @@
 //!   into `appmon-control`'s [`VmView`].
 //! - [`hosts`]: [`TwoHosts`], two more libvirtds on this machine, each in its own mount
 //!   namespace, for live migration between them.
+//! - [`cluster`]: [`Cluster`], a one-node Pacemaker cluster, and [`TwoNodeCluster`], two
+//!   cluster nodes with a libvirtd each, for failover.
+//! - [`node`]: [`node::Node`], a "machine" of such a cluster: network, mount and UTS namespaces
+//!   and a cgroup of its own, killed whole at once.
 //! - [`demo`]: commands to the demo application in the guest ([`TestVm::demo_command`]).
 //! - [`domain_xml`]: the libvirt domain XML template (pure, unit-tested).
 //! - [`hybrid`]: host → guest connections through vhost-device-vsock's hybrid-vsock Unix socket
@@ -42,13 +46,14 @@ pub mod host_agent;
 pub mod hosts;
 pub mod hybrid;
 pub mod initrd;
+pub mod node;
 pub mod rig;
 pub mod sweep;
 pub mod virsh;
 pub mod vm;
 pub mod wait;
 
-pub use cluster::Cluster;
+pub use cluster::{Cluster, ClusterNode, TwoNodeCluster};
 pub use console::{markers, ConsoleMark};
 pub use demo::{DemoError, DEMO_COMMAND_TIMEOUT};
 pub use domain_xml::{OnReboot, WatchdogAction};

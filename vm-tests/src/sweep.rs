@@ -7,7 +7,10 @@
 //! Only the harness's own things are touched: domains named `appmon-t-<test>-<pid>-<counter>`
 //! and directories `<rig>/run/t/<pid>-<counter>` whose owning pid is dead, and a
 //! vhost-device-vsock or `appmon-host` only by the pid recorded in such a directory, and only
-//! when that process's command line names the directory's socket or configuration file.
+//! when that process's command line names the directory's socket or configuration file. A
+//! cluster node ([`crate::node::Node`]) is its cgroup `appmon-t-<pid>-<counter>-<node>`: every
+//! process in it is killed (`cgroup.kill`) and the cgroup removed once its test process is gone;
+//! its namespaces and network link go with its processes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::hosts::{remove_all_domains, stop_daemon, HOST_LABELS, LIBVIRTD_PID_FILE};
+use crate::node::{kill_cgroup, leftover_cgroups};
 use crate::rig::Rig;
 use crate::virsh::{list_all_domains, virsh_on, DomainState, VirshError, LIBVIRT_URI};
 use crate::wait::wait_until;
@@ -51,6 +55,8 @@ pub struct Leftovers {
     pub domains: Vec<String>,
     /// Test directories whose test process is gone.
     pub dirs: Vec<LeftDir>,
+    /// Cluster nodes' cgroups whose test process is gone (each holds the node's processes).
+    pub cgroups: Vec<PathBuf>,
     /// What could not be looked at (libvirtd not answering, say).
     pub errors: Vec<String>,
 }
@@ -66,12 +72,15 @@ pub struct LeftDir {
 impl Leftovers {
     /// Whether nothing was found.
     pub fn is_empty(&self) -> bool {
-        self.domains.is_empty() && self.dirs.is_empty()
+        self.domains.is_empty() && self.dirs.is_empty() && self.cgroups.is_empty()
     }
 
     /// One line per thing found, for people.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
+        for cg in &self.cgroups {
+            lines.push(format!("cluster node {} (its processes)", cg.display()));
+        }
         for d in &self.domains {
             let owner = owner_pid(d).map_or_else(String::new, |p| p.to_string());
             lines.push(format!("domain {d} (its test process {owner} is gone)"));
@@ -92,6 +101,13 @@ impl Leftovers {
             errors: self.errors,
             ..SweepReport::default()
         };
+        // The nodes first: their processes use the directories.
+        for cg in self.cgroups {
+            match kill_cgroup(&cg) {
+                Ok(()) => report.cgroups.push(cg),
+                Err(e) => report.errors.push(e),
+            }
+        }
         for d in self.domains {
             match remove_domain(&d) {
                 Ok(()) => report.domains.push(d),
@@ -113,6 +129,8 @@ pub struct SweepReport {
     pub host_agents: Vec<u32>,
     /// libvirtds of two-host harnesses.
     pub libvirtds: Vec<u32>,
+    /// Cluster nodes' cgroups, their processes killed.
+    pub cgroups: Vec<PathBuf>,
     pub dirs: Vec<PathBuf>,
     pub errors: Vec<String>,
 }
@@ -124,6 +142,7 @@ impl SweepReport {
             && self.backends.is_empty()
             && self.host_agents.is_empty()
             && self.libvirtds.is_empty()
+            && self.cgroups.is_empty()
             && self.dirs.is_empty()
     }
 }
@@ -179,6 +198,7 @@ pub fn find_leftovers(rig: &Rig) -> Leftovers {
         Err(e) => found.errors.push(format!("cannot list domains: {e}")),
     }
     found.dirs = leftover_dirs(&rig.tests_dir());
+    found.cgroups = leftover_cgroups(None);
     found
 }
 
@@ -253,6 +273,14 @@ fn libvirt_hosts(dir: &Path) -> Vec<(String, u32)> {
 /// Stops the libvirtds (after destroying their domains), backend and host agent recorded in
 /// `dir` and removes `dir`.
 pub(crate) fn sweep_dir(dir: &Path, report: &mut SweepReport) {
+    if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+        for cg in leftover_cgroups(Some(name)) {
+            match kill_cgroup(&cg) {
+                Ok(()) => report.cgroups.push(cg),
+                Err(e) => report.errors.push(e),
+            }
+        }
+    }
     for (uri, pid) in libvirt_hosts(dir) {
         report.errors.extend(remove_all_domains(&uri));
         match stop_daemon(pid) {

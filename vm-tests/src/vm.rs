@@ -76,8 +76,8 @@ pub(crate) fn sweep_once(rig: &Rig) {
         let report = sweep_stale(rig);
         if !report.is_empty() {
             eprintln!(
-                "vm-tests: removed leftovers of dead test processes: domains {:?}, vhost-device-vsock pids {:?}, appmon-host pids {:?}, libvirtd pids {:?}, dirs {:?}",
-                report.domains, report.backends, report.host_agents, report.libvirtds, report.dirs
+                "vm-tests: removed leftovers of dead test processes: domains {:?}, vhost-device-vsock pids {:?}, appmon-host pids {:?}, libvirtd pids {:?}, cluster nodes {:?}, dirs {:?}",
+                report.domains, report.backends, report.host_agents, report.libvirtds, report.cgroups, report.dirs
             );
         }
         for e in &report.errors {
@@ -102,6 +102,9 @@ pub struct VmConfig {
     guest_files: Vec<GuestFile>,
     vsock: bool,
     uuid_in_xml: bool,
+    /// Where someone else's vsock backend has its sockets; `None`: the guest's own, in its
+    /// directory.
+    vsock_dir: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -121,6 +124,7 @@ impl VmConfig {
             guest_files: Vec::new(),
             vsock: true,
             uuid_in_xml: false,
+            vsock_dir: None,
         }
     }
 
@@ -129,6 +133,16 @@ impl VmConfig {
     /// from it has that UUID.
     pub fn with_uuid_in_config(mut self) -> VmConfig {
         self.uuid_in_xml = true;
+        self
+    }
+
+    /// The guest's vsock device is served by a vhost-device-vsock someone else runs, with its
+    /// sockets ([`VHOST_USER_SOCKET`], [`VSOCK_UDS`]) in `dir`: a cluster's directory that is
+    /// the same path on every node, each node's own backend there
+    /// ([`crate::cluster::TwoNodeCluster::vsock_dir`]). The harness starts no backend.
+    pub fn vsock_served_in(mut self, dir: impl Into<PathBuf>) -> VmConfig {
+        self.vsock = true;
+        self.vsock_dir = Some(dir.into());
         self
     }
 
@@ -270,6 +284,23 @@ impl TestVm {
     /// [`TestVm::new`] with the domain defined on the libvirtd at `uri` (one of the two-host
     /// harness's daemons).
     pub fn new_on(config: VmConfig, uri: &str) -> TestVm {
+        let mut vm = TestVm::prepared(config, uri);
+        vm.define();
+        vm
+    }
+
+    /// A guest that a cluster starts: its directory and domain XML file (`domain.xml`, the
+    /// resource's `config=`) are written, the domain is defined nowhere (the cluster's
+    /// VirtualDomain creates it transient). `uri`: the libvirtd the harness asks about the
+    /// domain until told another ([`TestVm::set_uri`]).
+    pub fn for_cluster(config: VmConfig, uri: &str) -> TestVm {
+        let mut vm = TestVm::prepared(config, uri);
+        vm.write_xml();
+        vm
+    }
+
+    /// Its directory and, unless someone else serves its vsock, its backend.
+    fn prepared(config: VmConfig, uri: &str) -> TestVm {
         let rig = Rig::require();
         sweep_once(&rig);
 
@@ -291,10 +322,9 @@ impl TestVm {
             attached_logs: Mutex::new(Vec::new()),
         };
         vm.prepare_dir();
-        if vm.config.vsock {
+        if vm.config.vsock && vm.config.vsock_dir.is_none() {
             vm.start_backend();
         }
-        vm.define();
         vm
     }
 
@@ -340,14 +370,19 @@ impl TestVm {
     }
 
     /// vhost-device-vsock's `--uds-path`: host → guest connections, and the prefix of the
-    /// `<path>_<port>` listeners that receive guest → host connections.
+    /// `<path>_<port>` listeners that receive guest → host connections. (With
+    /// [`VmConfig::vsock_served_in`], the path as the nodes see it.)
     pub fn vsock_uds(&self) -> PathBuf {
-        self.dir.join(VSOCK_UDS)
+        self.vsock_dir().join(VSOCK_UDS)
     }
 
     /// vhost-device-vsock's vhost-user `--socket`, which QEMU connects to.
     pub fn vhost_user_socket(&self) -> PathBuf {
-        self.dir.join(VHOST_USER_SOCKET)
+        self.vsock_dir().join(VHOST_USER_SOCKET)
+    }
+
+    fn vsock_dir(&self) -> &Path {
+        self.config.vsock_dir.as_deref().unwrap_or(&self.dir)
     }
 
     /// The serial console log file.
@@ -700,6 +735,14 @@ impl TestVm {
     }
 
     fn define(&mut self) {
+        let xml_path = self.write_xml();
+        let xml_arg = xml_path.to_string_lossy().into_owned();
+        self.virsh_ok(&["define", &xml_arg]);
+        self.defined = true;
+    }
+
+    /// Writes the domain XML to `domain.xml` in the guest's directory; returns its path.
+    fn write_xml(&mut self) -> PathBuf {
         let mut initrd = self
             .config
             .initrd
@@ -744,9 +787,7 @@ impl TestVm {
         if let Err(e) = fs::write(&xml_path, spec.to_xml()) {
             self.fail(format!("cannot write {}: {e}", xml_path.display()));
         }
-        let xml_arg = xml_path.to_string_lossy().into_owned();
-        self.virsh_ok(&["define", &xml_arg]);
-        self.defined = true;
+        xml_path
     }
 
     fn remove_domain(&self) -> Result<(), String> {

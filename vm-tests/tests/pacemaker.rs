@@ -11,7 +11,10 @@
 //!   answer only after its grace;
 //! - `appmonctl run` is a cluster-managed service (Serviceguard's cmappmgr) as an
 //!   `ocf:heartbeat:anything` resource: started, stopped and its process's end noticed by the
-//!   cluster, the process in the guest following.
+//!   cluster, the process in the guest following;
+//! - on two nodes ([`TwoNodeCluster`]: each in namespaces of its own with its own libvirtd and
+//!   host agent), the node that runs the VM is killed: Pacemaker starts the VM on the other
+//!   node, whose host agent takes it up, Gray then Green, with no reset.
 #![cfg(feature = "vm")]
 
 use std::path::PathBuf;
@@ -20,9 +23,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use appmon_control::{Decision, Escalation, ResetCause};
+use appmon_vm_tests::node::leftover_cgroups;
+use appmon_vm_tests::sweep::pid_alive;
 use appmon_vm_tests::{
     enable_args, test_host_config, test_policy, unix_ms_now, wait_until, Cluster, Defaults,
-    HostAgent, HostBins, ResetMethod, Status, TestVm, VmConfig, DEFAULT_BOOT_TIMEOUT,
+    HostAgent, HostBins, ResetMethod, Status, TestVm, TwoNodeCluster, VmConfig,
+    DEFAULT_BOOT_TIMEOUT,
 };
 
 /// From the resource's start to Green: a TCG boot, the guest agent, the demo's Enable.
@@ -575,4 +581,211 @@ fn appmonctl_run_is_a_cluster_managed_service() {
          monitor {} ms after the exit was asked for, {third} running again {recovered_ms} ms after",
         ms(noticed)
     );
+}
+
+// --- 5: two nodes -----------------------------------------------------------------------------
+
+/// Bound from a node kill until the other node runs the VM: corosync's token (3 s) and
+/// consensus (3.6 s), the scheduler, VirtualDomain's start (~7 s in the recipe).
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Issue 20 (3): two nodes, each with its own libvirtd and host agent; the node running the VM
+/// is killed whole (corosync, pacemakerd, libvirtd, QEMU, vhost-device-vsock, appmon-host: every
+/// process at once, as a power loss). Pacemaker starts the VM on the other node; that node's
+/// host agent, which had no such domain before, takes up the new one: Gray, then Green once the
+/// guest agent enables, and no reset counted.
+///
+/// Fencing is off here (`stonith-enabled=false`, two_node quorum): the survivor takes over as
+/// soon as corosync says the other node left. In production a lost node must be fenced (powered
+/// off through its BMC or a fence device) before its resources start elsewhere: a node that is
+/// only cut off from the network would otherwise run the VM a second time on the same disks.
+/// There the time to fence adds to the failover measured here.
+#[test]
+fn node_kill_moves_the_vm_to_the_other_node_where_appmon_takes_it_up_green_without_a_reset() {
+    let policy = Defaults {
+        failure_interval: Duration::from_secs(4),
+        min_uptime: Duration::from_secs(5),
+        max_resets: 3,
+        reset_window: Duration::from_secs(3600),
+        reset_method: ResetMethod::Reset,
+    };
+    let mut cluster = TwoNodeCluster::start();
+    let config = VmConfig::new("pcmkfailover").vsock_served_in(cluster.vsock_dir());
+    let vm = TestVm::for_cluster(config, cluster.nodes()[0].libvirt().uri());
+    vm.rig().require_guest_program("appmon-guest");
+    vm.rig().require_guest_program("appmon-demo");
+    cluster.attach_logs(&vm);
+    let resource = format!(
+        "vm_{}",
+        vm.name().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+
+    // The policy goes into the domain XML file both nodes start the VM from.
+    let file = vm.dir().join("domain.xml");
+    let mut args: Vec<String> = vec![
+        "enable".into(),
+        vm.name().into(),
+        "--config".into(),
+        file.to_string_lossy().into_owned(),
+        "--cluster-resource".into(),
+        resource.clone(),
+        "--vsock-uds".into(),
+        vm.vsock_uds().to_string_lossy().into_owned(),
+    ];
+    args.extend(enable_args(&policy));
+    let out = Command::new(HostBins::require().ctl)
+        .args(&args)
+        .output()
+        .unwrap_or_else(|e| vm.fail(format!("cannot run appmonctl: {e}")));
+    assert!(
+        out.status.success(),
+        "appmonctl enable --config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (first, started) = cluster.add_virtual_domain(&resource, &file, START_TIMEOUT);
+    let second = cluster.other(&first).name().to_owned();
+    println!(
+        "resource {resource} started on {first} in {} ms",
+        ms(started)
+    );
+    vm.set_uri(cluster.node(&first).libvirt().uri());
+
+    // A host agent on each node, as the package runs one on every host of the cluster.
+    let mut agents: Vec<(String, HostAgent)> = cluster
+        .nodes()
+        .iter()
+        .map(|n| {
+            let agent = HostAgent::start_on(n.libvirt(), &[&vm], test_host_config());
+            (n.name().to_owned(), agent)
+        })
+        .collect();
+    let on_first = agents
+        .iter()
+        .position(|(n, _)| *n == first)
+        .unwrap_or_else(|| panic!("no host agent on {first}"));
+    let boot = wait_boot(&vm, 1);
+    let s =
+        agents[on_first]
+            .1
+            .wait_for_status(&vm, GREEN_TIMEOUT, "green on the first node", |s| {
+                s.is(Status::Green) && s.guest_boot_id.as_deref() == Some(boot.as_str())
+            });
+    assert!(s.monitored && s.enabled, "{}", s.summary());
+    assert!(
+        cluster
+            .node(&second)
+            .libvirt()
+            .virsh(&["domstate", vm.name()])
+            .is_err(),
+        "{second} has the domain before the failover"
+    );
+    let qemu = cluster
+        .node(&first)
+        .qemu_pid(vm.name())
+        .unwrap_or_else(|| vm.fail(format!("no QEMU pid file on {first}")));
+    assert!(
+        cluster.node(&first).holds(qemu),
+        "QEMU {qemu} is not in {first}'s cgroup, so a node kill would not kill it"
+    );
+
+    // The node dies: every process of it at once.
+    let killed_unix_ms = unix_ms_now();
+    let killed = cluster.kill_node(&first);
+    assert!(!pid_alive(qemu), "QEMU {qemu} of {first} survived the node");
+    // (Its host agent died with the node; dropping it reaps it and removes its directory.)
+    drop(agents.remove(on_first));
+    let agent = &agents[0].1;
+    vm.set_uri(cluster.node(&second).libvirt().uri());
+
+    // The other node runs it: a new (transient) domain of the same name.
+    vm.wait_until(
+        FAILOVER_TIMEOUT,
+        &format!("the VM running on {second}"),
+        || {
+            vm.virsh(&["domstate", vm.name()])
+                .is_ok_and(|s| s.trim() == "running")
+        },
+    );
+    let running = killed.elapsed();
+
+    // Its host agent takes it up: Gray, then Green once the guest agent enables. Watched
+    // closely, to see the Gray.
+    let mut gray_at = None;
+    let start = Instant::now();
+    let green = loop {
+        if let Ok(s) = agent.try_show(vm.name()) {
+            if !s.uuid.is_empty() {
+                if s.is(Status::Gray) && gray_at.is_none() {
+                    gray_at = Some(killed.elapsed());
+                }
+                if s.is(Status::Green) {
+                    break s;
+                }
+            }
+        }
+        if start.elapsed() > GREEN_TIMEOUT {
+            let last = agent.try_show(vm.name()).map(|s| s.summary());
+            vm.fail(format!(
+                "not Green on {second} within {GREEN_TIMEOUT:?} after running there: {last:?}"
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let to_green = killed.elapsed();
+    let gray_at = gray_at.unwrap_or_else(|| {
+        vm.fail(format!(
+            "{second}'s host agent never showed the new domain Gray before Green"
+        ))
+    });
+    let boots = vm.boot_ids();
+    assert_eq!(boots.len(), 2, "one boot on each node: {boots:?}");
+    assert_eq!(
+        green.guest_boot_id.as_deref(),
+        Some(boots[1].as_str()),
+        "{}",
+        green.summary()
+    );
+    assert!(green.monitored && green.enabled, "{}", green.summary());
+    assert!(!green.gave_up, "{}", green.summary());
+    assert_eq!(green.resets_in_window, 0, "{}", green.history_text());
+    assert!(
+        green.reset_decisions().is_empty(),
+        "{}",
+        green.history_text()
+    );
+    assert!(
+        green.history.iter().all(|h| h.unix_ms >= killed_unix_ms),
+        "{second}'s history predates the failover:\n{}",
+        green.history_text()
+    );
+    let started_on = cluster.wait_started(&resource, Some(&second), START_TIMEOUT);
+    assert_eq!(started_on, second);
+
+    // And it stays so: the application beats, nothing is reset.
+    let fi = policy.failure_interval;
+    vm.hold_for(2 * fi, "green on the second node, no reset", || {
+        let s = agent.try_show(vm.name()).map_err(|e| e.to_string())?;
+        if s.is(Status::Green) && s.resets_in_window == 0 && s.reset_decisions().is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{}\n{}", s.summary(), s.history_text()))
+        }
+    });
+    println!(
+        "{first} killed: the VM running on {second} after {} ms, Gray there after {} ms, Green after {} ms; no reset",
+        ms(running),
+        ms(gray_at),
+        ms(to_green)
+    );
+
+    // Nothing of the nodes outlives the cluster: no process (their cgroups are gone), no
+    // directory.
+    drop(agents);
+    let dir = cluster.dir().to_path_buf();
+    drop(cluster);
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    let left = leftover_cgroups(name.as_deref());
+    assert!(left.is_empty(), "node cgroups left: {left:?}");
+    assert!(!dir.exists(), "{} is left", dir.display());
 }

@@ -6,7 +6,8 @@
 //! Only the harness's own things are touched: domains `appmon-t-<test>-<pid>-<n>` and
 //! directories `$APPMON_RIG_DIR/run/t/<pid>-<n>` whose test process is gone, and the
 //! vhost-device-vsock and appmon-host processes such a directory recorded, by pid and only while
-//! their command line names that directory's socket or host.toml.
+//! their command line names that directory's socket or host.toml, and the cluster nodes (cgroups
+//! `appmon-t-<pid>-<n>-<node>`, every process in them) of test processes that are gone.
 
 use std::process::ExitCode;
 
@@ -17,7 +18,8 @@ const USAGE: &str = "\
 usage: appmon-test-sweep [--dry-run | --running]
 
 Removes what VM test processes that are gone left behind: their appmon-t-* domains, their
-vhost-device-vsock and appmon-host processes and their directories under
+vhost-device-vsock and appmon-host processes, their cluster nodes' processes (cgroups
+appmon-t-<pid>-<n>-<node>) and their directories under
 $APPMON_RIG_DIR/run/t (default /var/tmp/appmon-rig).
 
   --dry-run  only list what would be removed
@@ -86,6 +88,12 @@ fn sweep(dry_run: bool) -> ExitCode {
         found.errors
     } else {
         let report = found.remove();
+        for cg in &report.cgroups {
+            println!(
+                "killed the processes of cluster node {} and removed it",
+                cg.display()
+            );
+        }
         for d in &report.domains {
             println!("removed domain {d}");
         }
