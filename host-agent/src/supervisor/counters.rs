@@ -23,6 +23,15 @@ use crate::mon::{self, Element, MonQuery};
 /// At most one log line about refused counter frames per VM this often.
 pub(super) const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// One of a VM's two sets of counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CounterSet {
+    /// The counters the guest sends.
+    Guest,
+    /// The host's `Application monitors` entity, kept from the guest's monitor reports.
+    Monitors,
+}
+
 /// One VM's counters and the state of its refusal log.
 #[derive(Debug, Default)]
 pub(super) struct VmCounters {

@@ -24,6 +24,7 @@ use appmon_wire::{
 };
 use tokio::sync::oneshot;
 
+use super::counters::CounterSet;
 use super::Supervisor;
 use crate::managed::{self, AppMachine, AppPolicy, End, Note};
 use crate::policy::Input;
@@ -614,7 +615,9 @@ impl Supervisor {
             let unix_ms = self.clock.wall_ms(now);
             let values = vm.counters.monitors.statuses(&monitors, unix_ms);
             vm.guest.monitors = monitors;
-            self.monitor_counters_changed(id, values, unix_ms, now);
+            if let Some(values) = values {
+                self.counters_changed(id, CounterSet::Monitors, &values, unix_ms, now);
+            }
         }
     }
 
@@ -623,29 +626,30 @@ impl Supervisor {
         self.note_guest(id, now, level, HistoryKind::Monitor(note));
         if let Some(vm) = self.vms.get_mut(&id) {
             let unix_ms = self.clock.wall_ms(now);
-            let values = vm.counters.monitors.event(&event, unix_ms);
-            self.monitor_counters_changed(id, values, unix_ms, now);
+            if let Some(values) = vm.counters.monitors.event(&event, unix_ms) {
+                self.counters_changed(id, CounterSet::Monitors, &values, unix_ms, now);
+            }
         }
     }
 
-    /// The `Application monitors` counters took `values`: judged by the alarm view as the
-    /// guest's own counters are.
-    fn monitor_counters_changed(
+    /// A VM's counters of `set` took `values`: the alarm view judges them (the guest's own and
+    /// the `Application monitors` entity alike) and the VM's history keeps what changed.
+    pub(super) fn counters_changed(
         &mut self,
         id: VmId,
-        values: Option<appmon_wire::CounterValues>,
+        set: CounterSet,
+        values: &appmon_wire::CounterValues,
         unix_ms: u64,
         now: Duration,
     ) {
-        let (Some(values), Some(vm)) = (values, self.vms.get_mut(&id)) else {
+        let Some(vm) = self.vms.get_mut(&id) else {
             return;
         };
-        let changed = super::counters::judge(
-            &mut self.alarms,
-            &vm.domain.name,
-            vm.counters.monitors.store(),
-            &values,
-        );
+        let store = match set {
+            CounterSet::Guest => &vm.counters.store,
+            CounterSet::Monitors => vm.counters.monitors.store(),
+        };
+        let changed = super::counters::judge(&mut self.alarms, &vm.domain.name, store, values);
         vm.note_alarms(
             self.config.history_len,
             unix_ms,

@@ -70,6 +70,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::clock::Clock;
 use self::clock::PauseWatch;
+use self::counters::CounterSet;
 use self::executor::{Executor, Internal};
 use self::reconcile::SessionPlan;
 use self::vm::{History, SessionHandle, Vm};
@@ -998,19 +999,7 @@ impl Supervisor {
                 let unix_ms = self.clock.wall_ms(at.min(now));
                 if vm.counters.values(&vm.domain.name, &values, unix_ms, now) {
                     self.mon_epoch.bump();
-                    let changed = counters::judge(
-                        &mut self.alarms,
-                        &vm.domain.name,
-                        &vm.counters.store,
-                        &values,
-                    );
-                    vm.note_alarms(
-                        self.config.history_len,
-                        unix_ms,
-                        changed,
-                        &mut self.history_flush_at,
-                        now,
-                    );
+                    self.counters_changed(id, CounterSet::Guest, &values, unix_ms, now);
                 }
             }
             SessionEvent::Request { id: request, req } => {
