@@ -221,20 +221,10 @@ fn give_up_escalates_and_the_cluster_restarts_the_vm_which_appmon_monitors_again
     let uuid = domain_uuid(vm).unwrap_or_else(|| vm.fail("no domain"));
     let first = domain_id(vm).unwrap_or_else(|| vm.fail("no domain id"));
 
-    // Watch closely: the domain the agent gave up on is gone within seconds of the escalation.
+    // Watched closely (at most 100 ms apart): the domain the agent gave up on is gone within
+    // seconds of the escalation.
     let limit = policy.failure_interval * 2 + DEFAULT_BOOT_TIMEOUT + GREEN_TIMEOUT;
-    let start = Instant::now();
-    let gave_up = loop {
-        if let Ok(s) = agent.try_show(vm.name()) {
-            if s.gave_up {
-                break s;
-            }
-        }
-        if start.elapsed() > limit {
-            vm.fail(format!("the host agent did not give up within {limit:?}"));
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let gave_up = agent.wait_for_status(vm, limit, "the host agent giving up", |s| s.gave_up);
     let gave_up_at = gave_up
         .find(|h| matches!(h.decision(), Some(Decision::GaveUp { .. })))
         .map(|h| h.unix_ms)
@@ -277,21 +267,9 @@ fn give_up_escalates_and_the_cluster_restarts_the_vm_which_appmon_monitors_again
     // boot, then Gray, then Green (the demo beats three times, so Green lasts a few seconds:
     // watched closely), no reset counted, no alarm.
     let old_boot = gave_up.guest_boot_id.clone();
-    let start = Instant::now();
-    let s = loop {
-        if let Ok(s) = agent.try_show(vm.name()) {
-            if s.guest_boot_id != old_boot && s.is(Status::Green) {
-                break s;
-            }
-        }
-        if start.elapsed() > GREEN_TIMEOUT {
-            let last = agent.try_show(vm.name()).map(|s| s.summary());
-            vm.fail(format!(
-                "the cluster's new domain not Green within {GREEN_TIMEOUT:?}: {last:?}"
-            ));
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let s = agent.wait_for_status(vm, GREEN_TIMEOUT, "the cluster's new domain Green", |s| {
+        s.guest_boot_id != old_boot && s.is(Status::Green)
+    });
     let green_ms = unix_ms_now().saturating_sub(gave_up_at);
     assert!(!s.gave_up, "{}", s.summary());
     assert_eq!(s.resets_in_window, 0, "{}", s.history_text());
@@ -543,8 +521,8 @@ fn appmonctl_run_is_a_cluster_managed_service() {
     // The process ends on its own (exit 3): appmonctl exits with it, the cluster's monitor
     // notices (a failure counted) and recovers the resource: a third process runs.
     let t0 = Instant::now();
-    let out = agent
-        .ctl(&[
+    agent
+        .ctl_ok(&[
             "run",
             vm.name(),
             "--",
@@ -553,7 +531,6 @@ fn appmonctl_run_is_a_cluster_managed_service() {
             "touch /tmp/pcmk-run-exit",
         ])
         .unwrap_or_else(|e| vm.fail(format!("appmonctl run: {e}")));
-    assert_eq!(out.code, Some(0), "{out:?}");
     wait_until(NOTICE_TIMEOUT, "the cluster counting a failure", || {
         cluster.fail_count(resource) >= 1
     })
@@ -712,26 +689,20 @@ fn node_kill_moves_the_vm_to_the_other_node_where_appmon_takes_it_up_green_witho
     // Its host agent takes it up: Gray, then Green once the guest agent enables. Watched
     // closely, to see the Gray.
     let mut gray_at = None;
-    let start = Instant::now();
-    let green = loop {
-        if let Ok(s) = agent.try_show(vm.name()) {
-            if !s.uuid.is_empty() {
-                if s.is(Status::Gray) && gray_at.is_none() {
-                    gray_at = Some(killed.elapsed());
-                }
-                if s.is(Status::Green) {
-                    break s;
-                }
+    let green = agent.wait_for_status(
+        &vm,
+        GREEN_TIMEOUT,
+        &format!("Green on {second} after running there"),
+        |s| {
+            if s.uuid.is_empty() {
+                return false;
             }
-        }
-        if start.elapsed() > GREEN_TIMEOUT {
-            let last = agent.try_show(vm.name()).map(|s| s.summary());
-            vm.fail(format!(
-                "not Green on {second} within {GREEN_TIMEOUT:?} after running there: {last:?}"
-            ));
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+            if s.is(Status::Gray) && gray_at.is_none() {
+                gray_at = Some(killed.elapsed());
+            }
+            s.is(Status::Green)
+        },
+    );
     let to_green = killed.elapsed();
     let gray_at = gray_at.unwrap_or_else(|| {
         vm.fail(format!(
